@@ -1,0 +1,228 @@
+"""Stack configuration: the one loader and validator for render, infra and lab.
+
+Every environment-specific value lives in ``Pulumi.<stack>.yaml`` under the ``idra:``
+namespace. :func:`load_stack` reads that file; :func:`parse` validates a mapping of
+un-namespaced keys (what the Pulumi program gets from ``pulumi.Config``). Any problem
+raises :class:`ConfigError` whose message is one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "idra"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRET_KEYS = ("nodeToken", "firebasePrivateKey", "blindedSigningPrivateKey")
+# Namespaces a stack file may hold besides ours (providers configured by Pulumi).
+FOREIGN_NAMESPACES = ("aws", "pulumi", "random")
+
+IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ConfigError(ValueError):
+    """A stack value is missing or wrong; the message is one line naming file and key."""
+
+
+def _https(url: str) -> str:
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:\d{1,5})?(/\S*)?", url):
+        raise ValueError("must be an https:// URL")
+    return url
+
+
+def _region(name: str) -> str:
+    if not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}", name):
+        raise ValueError(f"{name!r} is not an AWS region name (like eu-west-1)")
+    return name
+
+
+HttpsUrl = Annotated[str, AfterValidator(_https)]
+Region = Annotated[str, AfterValidator(_region)]
+
+
+class StackConfig(BaseModel):
+    """Validated settings of one environment (stack)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    stack: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    regions: list[Region] = Field(min_length=1)
+    instance_types: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]] = Field(
+        min_length=1
+    )
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    min_size: int = Field(ge=0, le=1000)
+    max_size: int = Field(ge=1, le=1000)
+    scale_cpu_target: float = Field(default=60.0, gt=0, le=95)
+    scale_network_out_target_mbps: float | None = Field(default=None, gt=0)
+    wireguard_port: int = Field(default=51820, ge=1, le=65535)
+    uplink_interface: IfName = "eth0"
+    tunnel_interface: IfName = "wg0"
+    tunnel_mtu: int = Field(default=1420, ge=1280, le=9000)
+    client_pool_ipv4: ipaddress.IPv4Network
+    client_pool_ipv6: ipaddress.IPv6Network
+    vpc_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.0.0/16")
+    existing_subnet_ids: dict[Region, list[str]] = Field(default_factory=dict)
+    ssh_bastion_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list
+    )
+    block_smtp: bool = True
+    conntrack_max: int = Field(default=262144, ge=16384, le=16_777_216)
+    control_plane_url: HttpsUrl
+    agent_url: HttpsUrl
+    agent_sha256: Sha256
+    ami_owner: str = Field(default="538276064493", pattern=r"^\d{12}$")
+    ami_name_pattern: str = Field(default="alpine-3.*-x86_64-uefi-cloudinit-r*", min_length=1)
+    ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    root_volume_gb: int = Field(default=4, ge=1, le=64)
+    health_check_grace_seconds: int = Field(default=300, ge=0, le=7200)
+    termination_hook_timeout_seconds: int = Field(default=3600, ge=30, le=7200)
+    max_drain_seconds: int = Field(default=21600, ge=60, le=172800)
+    # Present only as ``{secure: ...}`` entries in the file; values are read by Pulumi.
+    secrets_set: frozenset[str] = frozenset()
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, regions: list[str]) -> list[str]:
+        if len(set(regions)) != len(regions):
+            raise ValueError("lists a region twice")
+        return regions
+
+    @field_validator("client_pool_ipv4", "client_pool_ipv6")
+    @classmethod
+    def _private_pool(cls, pool: ipaddress.IPv4Network | ipaddress.IPv6Network):
+        cgnat = ipaddress.IPv4Network("100.64.0.0/10")
+        if not (pool.is_private or (pool.version == 4 and pool.subnet_of(cgnat))):
+            raise ValueError(f"{pool} is not a private range")
+        if pool.num_addresses < 4:
+            raise ValueError(f"{pool} is too small for a client pool")
+        return pool
+
+    @field_validator("ssh_bastion_cidrs")
+    @classmethod
+    def _no_world_ssh(cls, cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network]):
+        for cidr in cidrs:
+            if cidr.prefixlen == 0:
+                raise ValueError(f"{cidr} opens SSH to the world; list bastion addresses")
+        return cidrs
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackConfig:
+        if self.min_size > self.max_size:
+            raise _KeyedError("minSize", f"{self.min_size} is above maxSize {self.max_size}")
+        if self.client_pool_ipv4.overlaps(self.vpc_cidr):
+            raise _KeyedError(
+                "clientPoolIpv4", f"{self.client_pool_ipv4} overlaps vpcCidr {self.vpc_cidr}"
+            )
+        if self.uplink_interface == self.tunnel_interface:
+            raise _KeyedError("tunnelInterface", "must differ from uplinkInterface")
+        for region in self.existing_subnet_ids:
+            if region not in self.regions:
+                raise _KeyedError("existingSubnetIds", f"{region} is not in regions")
+        return self
+
+    def secret_name(self, key: str) -> str:
+        """Secrets Manager name of one of this environment's secrets."""
+        return f"idra/{self.stack}/{key}"
+
+    def tunnel_address(self, version: Literal[4, 6]) -> str:
+        """The node's own tunnel address with the pool's prefix (first host)."""
+        pool = self.client_pool_ipv4 if version == 4 else self.client_pool_ipv6
+        return f"{pool.network_address + 1}/{pool.prefixlen}"
+
+
+class _KeyedError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def stack_file(stack: str, root: Path = REPO_ROOT) -> Path:
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def load_stack(stack: str, root: Path = REPO_ROOT) -> StackConfig:
+    """Read and validate ``Pulumi.<stack>.yaml`` from ``root``."""
+    path = stack_file(stack, root)
+    source = path.name
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", stack):
+        raise ConfigError(f"{stack!r}: not a stack name (lowercase letters, digits, dashes)")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such stack file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} not valid YAML") from None
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+        raise ConfigError(f"{source}: needs a top-level 'config:' mapping")
+    values: dict[str, Any] = {}
+    for full_key, value in document["config"].items():
+        namespace, _, key = str(full_key).partition(":")
+        if namespace in FOREIGN_NAMESPACES:
+            continue
+        if namespace != NAMESPACE or not key:
+            raise ConfigError(f"{source}: {full_key}: unknown key (expected '{NAMESPACE}:<key>')")
+        values[key] = value
+    return parse(values, stack=stack, source=source)
+
+
+def parse(values: Mapping[str, Any], *, stack: str, source: str) -> StackConfig:
+    """Validate un-namespaced stack values; ``source`` names the file in error messages."""
+    data = dict(values)
+    secrets: set[str] = set()
+    for key in SECRET_KEYS:
+        if key not in data:
+            continue
+        value = data.pop(key)
+        if not (isinstance(value, dict) and set(value) == {"secure"}):
+            raise ConfigError(
+                f"{source}: {NAMESPACE}:{key}: must be encrypted; "
+                f"run 'pulumi config set --secret {NAMESPACE}:{key} ...'"
+            )
+        secrets.add(key)
+    data["stack"] = stack
+    data["secretsSet"] = frozenset(secrets)
+    try:
+        return StackConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None
+    except _KeyedError as exc:
+        raise ConfigError(f"{source}: {NAMESPACE}:{exc.key}: {exc}") from None
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    key = loc[0] if loc else "?"
+    where = f"{NAMESPACE}:{key}" + "".join(f"[{part}]" for part in loc[1:])
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = f"required; run 'pulumi config set {NAMESPACE}:{key} ...'"
+    elif "input" in error and not isinstance(error["input"], dict | list):
+        message = f"{message} (got {error['input']!r})"
+    if isinstance(error.get("ctx", {}).get("error"), _KeyedError):
+        keyed = error["ctx"]["error"]
+        return f"{source}: {NAMESPACE}:{keyed.key}: {keyed}"
+    return f"{source}: {where}: {message}"

@@ -1,0 +1,130 @@
+"""Linux network namespaces for tests and the local lab (iproute2 + wireguard-go).
+
+A :class:`Topology` owns every namespace, link and process it creates and removes them
+all on :meth:`Topology.close` (also used as a context manager), even after a failure.
+wireguard-go keeps its UAPI socket in the host-wide ``/var/run/wireguard/<ifname>.sock``,
+so tunnel interface names must be unique on the machine: use :func:`unique_name`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WG_RUN_DIR = Path("/var/run/wireguard")
+
+
+def unique_name(prefix: str, length: int = 15) -> str:
+    """A name unlikely to clash on this machine (``prefix`` + random hex, ≤ ``length``)."""
+    return prefix + secrets.token_hex(8)[: length - len(prefix)]
+
+
+def run(args: Sequence[str], *, check: bool = True, timeout: float = 30, **kw):
+    """Run a command, capture text output, raise with its stderr on failure."""
+    result = subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: exit {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+@dataclass
+class Netns:
+    """One network namespace; commands run inside it with ``ip netns exec``."""
+
+    name: str
+
+    def exec_args(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30, **kw):
+        return run(self.exec_args(*args), check=check, timeout=timeout, **kw)
+
+    def ip(self, *args: str):
+        return self.run("ip", *args)
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        self.run("sysctl", "-q", "-w", f"{key}={value}")
+
+
+@dataclass
+class Topology:
+    """Namespaces, links and processes made for one test or lab; all removed on close."""
+
+    prefix: str = "idra"
+    namespaces: list[Netns] = field(default_factory=list)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def netns(self, role: str) -> Netns:
+        """Create a namespace with loopback up; the name is unique on this machine."""
+        ns = Netns(unique_name(f"{self.prefix}-{role[:4]}-", 24))
+        run(["ip", "netns", "add", ns.name])
+        self.namespaces.append(ns)
+        ns.ip("link", "set", "lo", "up")
+        return ns
+
+    def link(self, a: Netns, a_if: str, b: Netns, b_if: str, mtu: int | None = None) -> None:
+        """A veth pair between two namespaces, both ends up."""
+        tmp_a, tmp_b = unique_name("va"), unique_name("vb")
+        run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+        for tmp, ns, ifname in ((tmp_a, a, a_if), (tmp_b, b, b_if)):
+            run(["ip", "link", "set", tmp, "netns", ns.name, "name", ifname])
+            if mtu:
+                ns.ip("link", "set", ifname, "mtu", str(mtu))
+            ns.ip("link", "set", ifname, "up")
+
+    def spawn(self, ns: Netns, *args: str, **kw) -> subprocess.Popen:
+        """Start a long-running process inside ``ns``; it is stopped on close."""
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        proc = subprocess.Popen(ns.exec_args(*args), start_new_session=True, **kw)
+        self.processes.append(proc)
+        return proc
+
+    def wireguard(self, ns: Netns, ifname: str, timeout: float = 10) -> subprocess.Popen:
+        """Create ``ifname`` in ``ns`` with wireguard-go (userspace) and wait for its socket."""
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+        proc = self.spawn(ns, "wireguard-go", "-f", ifname, env=env)
+        sock = WG_RUN_DIR / f"{ifname}.sock"
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wireguard-go did not create {ifname} in {ns.name}")
+            time.sleep(0.05)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 5) -> None:
+        """Stop one process (and its session) started by :meth:`spawn`."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        if proc in self.processes:
+            self.processes.remove(proc)
+
+    def close(self) -> None:
+        """Stop every process, then delete every namespace (with their interfaces)."""
+        for proc in reversed(list(self.processes)):
+            self.stop(proc)
+        for ns in reversed(self.namespaces):
+            run(["ip", "netns", "del", ns.name], check=False)
+        self.namespaces.clear()

@@ -1,0 +1,83 @@
+"""Render a node's boot configuration from ``templates/`` for one stack and region.
+
+The same :func:`render_node_files` feeds ``idra render`` and the Pulumi launch template.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from idra.config import REPO_ROOT, ConfigError, StackConfig
+
+TEMPLATES = REPO_ROOT / "templates"
+NODE_FILES = ("sysctl.conf", "nftables.nft", "node-daemon.initd", "user-data.yaml")
+
+# Destinations a client must never reach through a node (ARCHITECTURE §2). Documentation
+# ranges stay reachable: they are never routed on the internet, and the lab uses them.
+BLOCKED_V4 = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4",
+    "240.0.0.0/4",
+)  # fmt: skip
+BLOCKED_V6 = (
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+    "2001::/23", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+)  # fmt: skip
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - renders config files, not HTML
+)
+
+
+def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, str]:
+    """Return the four node files (name → text) for ``region`` (default: the first)."""
+    region = region or cfg.regions[0]
+    if region not in cfg.regions:
+        raise ConfigError(f"region {region!r} is not in stack {cfg.stack!r} (has {cfg.regions})")
+    bastions = cfg.ssh_bastion_cidrs
+    context = {
+        "cfg": cfg,
+        "region": region,
+        "tun": cfg.tunnel_interface,
+        "bastions_v4": [str(c) for c in bastions if c.version == 4],
+        "bastions_v6": [str(c) for c in bastions if c.version == 6],
+        "blocked_v4": [*BLOCKED_V4, str(cfg.vpc_cidr)],
+        "blocked_v6": list(BLOCKED_V6),
+    }
+    files = {
+        name: _env.get_template(f"{name}.j2").render(context)
+        for name in ("sysctl.conf", "nftables.nft", "node-daemon.initd")
+    }
+    files["user-data.yaml"] = _env.get_template("user-data.yaml.j2").render(context, files=files)
+    return files
+
+
+def write_node_files(cfg: StackConfig, out: Path, region: str | None = None) -> list[Path]:
+    """Render, then write all four files into ``out``: all of them or none."""
+    files = render_node_files(cfg, region)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text)
+        if not out.exists():
+            staging.rename(out)
+            return [out / name for name in NODE_FILES]
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder")
+        for name in NODE_FILES:
+            (staging / name).replace(out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in NODE_FILES]
+
+
+__all__ = ["NODE_FILES", "render_node_files", "write_node_files"]
