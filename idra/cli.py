@@ -47,3 +47,7 @@ def render(stack: str, out: Path, region: str | None, root: Path | None) -> None
         raise IdraError(str(exc)) from None
     for path in paths:
         click.echo(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -220,6 +220,8 @@ def _one_line(exc: ValidationError, source: str) -> str:
         message = "unknown key"
     elif error["type"] == "missing":
         message = f"required; run 'pulumi config set {NAMESPACE}:{key} ...'"
+    elif error["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
     elif "input" in error and not isinstance(error["input"], dict | list):
         message = f"{message} (got {error['input']!r})"
     if isinstance(error.get("ctx", {}).get("error"), _KeyedError):

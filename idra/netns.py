@@ -36,6 +36,17 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 30, **kw):
     return result
 
 
+def parse_sysctl(text: str) -> dict[str, str]:
+    """``key = value`` lines of a sysctl.conf, in order (comments and blanks skipped)."""
+    settings = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = " ".join(value.split())
+    return settings
+
+
 @dataclass
 class Netns:
     """One network namespace; commands run inside it with ``ip netns exec``."""
@@ -53,6 +64,17 @@ class Netns:
 
     def sysctl(self, key: str, value: str | int) -> None:
         self.run("sysctl", "-q", "-w", f"{key}={value}")
+
+    def load_sysctl(self, text: str) -> dict[str, str]:
+        """Apply a sysctl.conf's per-namespace keys; return the others (host-wide keys)."""
+        skipped = {}
+        for key, value in parse_sysctl(text).items():
+            mode = self.run("stat", "-c", "%a", f"/proc/sys/{key.replace('.', '/')}", check=False)
+            if mode.returncode != 0 or not int(mode.stdout, 8) & 0o200:
+                skipped[key] = value  # absent or read-only in a namespace: host-wide
+                continue
+            self.run("sysctl", "-q", "-w", f"{key}={value}")
+        return skipped
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""Rendered node files pass the real validators and hold what the node needs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from idra.config import load_stack
+from idra.netns import run
+from idra.render import NODE_FILES, render_node_files, write_node_files
+
+STACKS = ["staging", "production"]
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def rendered(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(request.param) / "node"
+    write_node_files(load_stack(request.param), out)
+    return out
+
+
+def test_writes_exactly_the_four_files(rendered: Path) -> None:
+    assert sorted(p.name for p in rendered.iterdir()) == sorted(NODE_FILES)
+
+
+def test_nftables_passes_nft_check(rendered: Path) -> None:
+    result = run(["nft", "-c", "-f", str(rendered / "nftables.nft")], check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_user_data_passes_cloud_init_schema(rendered: Path) -> None:
+    result = run(["cloud-init", "schema", "--config-file", str(rendered / "user-data.yaml")])
+    assert "Valid cloud-config" in result.stdout
+
+
+def test_user_data_carries_the_rendered_files(rendered: Path) -> None:
+    text = (rendered / "user-data.yaml").read_text()
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    files = {f["path"]: f["content"] for f in data["write_files"]}
+    assert files["/etc/sysctl.d/90-idra.conf"] == (rendered / "sysctl.conf").read_text()
+    assert files["/etc/nftables.nft"] == (rendered / "nftables.nft").read_text()
+    assert files["/etc/init.d/node-daemon"] == (rendered / "node-daemon.initd").read_text()
+    assert data["ssh_pwauth"] is False and data["disable_root"] is True
+    assert {"wireguard-tools", "nftables", "python3"} <= set(data["packages"])
+    tmpfs = {m[1]: m for m in data["mounts"] if m[0] == "tmpfs"}
+    assert {"/var/log", "/etc/wireguard"} <= set(tmpfs)
+    boot = files["/var/lib/cloud/scripts/per-boot/idra-boot"]
+    assert "idra-install-agent" in boot and "fetch-secret" in boot
+    assert boot.index("idra-install-agent") < boot.index("rc-service node-daemon start")
+
+
+def test_no_packet_logging(rendered: Path) -> None:
+    ruleset = (rendered / "nftables.nft").read_text()
+    rules = [line for line in ruleset.splitlines() if not line.strip().startswith("#")]
+    assert not [line for line in rules if re.search(r"\blog\b", line)]
+    assert "net.ipv4.conf.all.log_martians = 0" in (rendered / "sysctl.conf").read_text()
+
+
+def test_seed_corrections_in_sysctl(rendered: Path) -> None:
+    sysctl = (rendered / "sysctl.conf").read_text()
+    assert "udp_mem" not in sysctl.replace("net.ipv4.udp_mem is left", "")
+    assert re.search(r"net\.ipv6\.conf\.eth0\.accept_ra = 2", sysctl)
+    assert "net.ipv4.conf.all.rp_filter = 2" in sysctl
+    for key in ("accept_redirects", "accept_source_route"):
+        assert f"net.ipv6.conf.all.{key} = 0" in sysctl
+        assert f"net.ipv4.conf.all.{key} = 0" in sysctl
+
+
+def test_initd_is_openrc_supervised(rendered: Path) -> None:
+    initd = (rendered / "node-daemon.initd").read_text()
+    assert initd.startswith("#!/sbin/openrc-run\n")
+    assert 'supervisor="supervise-daemon"' in initd
+    assert re.search(r"need net nftables", initd)
+    assert run(["sh", "-n", str(rendered / "node-daemon.initd")], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_region_renders(stack: str) -> None:
+    cfg = load_stack(stack)
+    for region in cfg.regions:
+        user_data = render_node_files(cfg, region)["user-data.yaml"]
+        assert f"--region '{region}'" in user_data
+        assert f"idra/{stack}/NODE_TOKEN" in user_data
+
+
+def test_boot_scripts_are_valid_shell(rendered: Path) -> None:
+    data = yaml.safe_load((rendered / "user-data.yaml").read_text())
+    for entry in data["write_files"]:
+        if entry["content"].startswith("#!/bin/sh"):
+            check = subprocess.run(["sh", "-n"], input=entry["content"], text=True, check=False)
+            assert check.returncode == 0, entry["path"]
+
+
+def test_rewrite_replaces_all_files(tmp_path: Path) -> None:
+    out = tmp_path / "node"
+    write_node_files(load_stack("staging"), out)
+    (out / "sysctl.conf").write_text("stale")
+    write_node_files(load_stack("production"), out)
+    assert "production" in (out / "sysctl.conf").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["node"]
