@@ -1,0 +1,1 @@
+"""Fleet lifecycle ("Grim Reaper"): the canary finds blocked nodes, the reaper replaces them."""

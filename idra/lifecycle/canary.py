@@ -1,0 +1,95 @@
+"""The canary: reputation checks of every active node; drain after two confirming runs.
+
+A node is drained (reason ``blocked``) only when a blocklist or probe lists it on two
+consecutive runs. A run with only errors for a node neither confirms nor clears it;
+a clean run clears it. The count of confirming runs is kept in a small JSON state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idra.lifecycle.dnsbl import Check, Verdict
+
+CONFIRMATIONS = 2
+
+
+@dataclass
+class NodeReport:
+    """What one run found for one node (addresses are the nodes', never clients')."""
+
+    node_id: str
+    public_ip: str
+    checks: list[Check] = field(default_factory=list)
+    confirmations: int = 0
+    drained: bool = False
+
+    @property
+    def verdict(self) -> Verdict:
+        verdicts = {check.verdict for check in self.checks}
+        if Verdict.LISTED in verdicts:
+            return Verdict.LISTED
+        return Verdict.ERROR if Verdict.ERROR in verdicts or not verdicts else Verdict.CLEAN
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "public_ip": self.public_ip,
+            "verdict": self.verdict.value,
+            "confirmations": self.confirmations,
+            "drained": self.drained,
+            "checks": [vars(check) | {"verdict": check.verdict.value} for check in self.checks],
+        }
+
+
+def load_state(path: Path | None) -> dict[str, int]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text())["listed_runs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: not a canary state file") from None
+
+
+def save_state(path: Path | None, listed_runs: dict[str, int]) -> None:
+    """Write the state atomically (temp file + rename)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"listed_runs": listed_runs}, handle)
+    Path(tmp).replace(path)
+
+
+def run_once(
+    nodes: Iterable[dict[str, Any]],
+    checks: Callable[[dict[str, Any]], list[Check]],
+    drain: Callable[[str], None],
+    state: dict[str, int],
+) -> tuple[list[NodeReport], dict[str, int]]:
+    """Check each node, update confirmations, drain confirmed ones; return the new state."""
+    reports, new_state = [], {}
+    for node in nodes:
+        report = NodeReport(node["id"], node["public_ip"], checks(node))
+        seen = state.get(report.node_id, 0)
+        match report.verdict:
+            case Verdict.LISTED:
+                report.confirmations = seen + 1
+            case Verdict.ERROR:
+                report.confirmations = seen
+            case Verdict.CLEAN:
+                report.confirmations = 0
+        if report.confirmations >= CONFIRMATIONS:
+            drain(report.node_id)
+            report.drained = True
+        elif report.confirmations:
+            new_state[report.node_id] = report.confirmations
+        reports.append(report)
+    return reports, new_state

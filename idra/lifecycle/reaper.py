@@ -1,0 +1,72 @@
+"""The reaper: terminate draining nodes once their users have left (ARCHITECTURE §5).
+
+``blocked`` and ``manual`` wait until the last heartbeat reports no active peers, or the
+maximum drain time has passed; ``compromised`` goes at once. Only nodes the control
+plane lists as draining are ever touched. Safe to run every minute: a node whose
+instance is gone is just forgotten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from idra.lifecycle.api import OperatorApi
+from idra.lifecycle.fleet import Fleet
+
+
+@dataclass
+class Decision:
+    node_id: str
+    reason: str
+    action: str  # "terminate" or "wait"
+    why: str
+    outcome: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return vars(self).copy()
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def decide(node: dict[str, Any], now: dt.datetime, max_drain: dt.timedelta) -> Decision:
+    reason = node.get("drain_reason") or "manual"
+    peers = node.get("active_peers")
+    if node.get("state") != "draining":
+        return Decision(node["id"], reason, "wait", "not draining")
+    if reason == "compromised":
+        return Decision(node["id"], reason, "terminate", "compromised: at once")
+    if peers == 0:
+        return Decision(node["id"], reason, "terminate", "no active peers")
+    started = _time(node.get("drain_started_at"))
+    if started and now - started >= max_drain:
+        return Decision(node["id"], reason, "terminate", f"drain time over {max_drain}")
+    return Decision(node["id"], reason, "wait", f"{peers} active peers")
+
+
+def reap(
+    api: OperatorApi,
+    fleet: Fleet,
+    max_drain: dt.timedelta,
+    *,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> list[Decision]:
+    """One pass over the draining nodes; returns what was (or would be) done."""
+    now = now or dt.datetime.now(dt.UTC)
+    decisions = []
+    for node in api.nodes("draining"):
+        decision = decide(node, now, max_drain)
+        if decision.action == "terminate" and not dry_run:
+            decision.outcome = fleet.terminate(node)
+            api.delete(node["id"])
+        decisions.append(decision)
+    return decisions
