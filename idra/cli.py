@@ -8,6 +8,7 @@ import click
 
 from idra import __version__
 from idra.config import ConfigError, load_stack
+from idra.lifecycle import commands as lifecycle_commands
 from idra.render import write_node_files
 
 
@@ -48,6 +49,9 @@ def render(stack: str, out: Path, region: str | None, root: Path | None) -> None
     for path in paths:
         click.echo(path)
 
+
+main.add_command(lifecycle_commands.canary)
+main.add_command(lifecycle_commands.reap)
 
 if __name__ == "__main__":
     main()

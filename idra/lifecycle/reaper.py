@@ -9,6 +9,7 @@ instance is gone is just forgotten.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +58,16 @@ def reap(
     fleet: Fleet,
     max_drain: dt.timedelta,
     *,
+    regions: Collection[str] = (),
     dry_run: bool = False,
     now: dt.datetime | None = None,
 ) -> list[Decision]:
-    """One pass over the draining nodes; returns what was (or would be) done."""
+    """One pass over the draining nodes (of ``regions``, or all); returns what was done."""
     now = now or dt.datetime.now(dt.UTC)
     decisions = []
     for node in api.nodes("draining"):
+        if regions and node.get("region") not in regions:
+            continue
         decision = decide(node, now, max_drain)
         if decision.action == "terminate" and not dry_run:
             decision.outcome = fleet.terminate(node)
