@@ -37,9 +37,7 @@ def aws(monkeypatch):
         ec2 = boto3.client("ec2", region_name=REGION)
         asg = boto3.client("autoscaling", region_name=REGION)
         image = ec2.describe_images()["Images"][0]["ImageId"]
-        ec2.create_launch_template(
-            LaunchTemplateName="node", LaunchTemplateData={"ImageId": image}
-        )
+        ec2.create_launch_template(LaunchTemplateName="node", LaunchTemplateData={"ImageId": image})
         asg.create_auto_scaling_group(
             AutoScalingGroupName="idra-staging",
             LaunchTemplate={"LaunchTemplateName": "node"},
