@@ -13,8 +13,8 @@ ZONE = "zen.test.example"
 
 @pytest.fixture(scope="module")
 def dnsbl():
-    server, blocklist, address = start(ZONE)
-    yield blocklist, make_resolver(address, timeout=0.5)
+    server, behaviours, blocklist, address = start(ZONE)
+    yield behaviours, blocklist, make_resolver(address, timeout=0.5)
     server.stop()
 
 
@@ -36,9 +36,9 @@ def test_query_names() -> None:
     ],
 )
 def test_verdicts(dnsbl, address: str, behaviour: str | None, verdict: Verdict) -> None:
-    blocklist, resolver = dnsbl
+    behaviours, blocklist, resolver = dnsbl
     if behaviour:
-        blocklist.set(address, behaviour)
+        behaviours[address] = behaviour
     before = blocklist.queries
     result = check(address, ZONE, resolver)
     assert result.verdict is verdict, result
@@ -46,8 +46,8 @@ def test_verdicts(dnsbl, address: str, behaviour: str | None, verdict: Verdict) 
 
 
 def test_refusal_is_reported_as_such(dnsbl) -> None:
-    blocklist, resolver = dnsbl
-    blocklist.set("203.0.113.20", "refused")
+    behaviours, _, resolver = dnsbl
+    behaviours["203.0.113.20"] = "refused"
     assert "refused" in check("203.0.113.20", ZONE, resolver).detail
 
 

@@ -9,49 +9,36 @@ from pathlib import Path
 
 import pytest
 
+from idra.lab.services import streaming_handler
 from idra.lifecycle.dnsbl import Verdict
 from idra.lifecycle.probes import Target, load_probes, probe
 
-FORBIDDEN, PROXY_PAGE = "127.0.0.3", "127.0.0.4"
+LISTED = "127.0.0.3"
 
 
 @pytest.fixture(scope="module")
 def streaming() -> str:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            source = self.client_address[0]
-            status = 403 if source == FORBIDDEN else 200
-            body = b"Proxy detected" if source == PROXY_PAGE else b"Welcome"
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    handler = streaming_handler(lambda: {LISTED: "listed"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/geo"
     server.shutdown()
 
 
-def _target(url: str) -> Target:
-    return Target.model_validate(
-        {"name": "streaming", "url": url, "blocked": {"status": [403], "body": "(?i)proxy"}}
-    )
+def _target(url: str, **blocked) -> Target:
+    return Target.model_validate({"name": "streaming", "url": url, "blocked": blocked})
 
 
+@pytest.mark.parametrize("rule", [{"status": [403]}, {"body": "(?i)proxy"}], ids=["status", "body"])
 @pytest.mark.parametrize(
-    ("source", "verdict"),
-    [("127.0.0.2", Verdict.CLEAN), (FORBIDDEN, Verdict.LISTED), (PROXY_PAGE, Verdict.LISTED)],
+    ("source", "verdict"), [("127.0.0.2", Verdict.CLEAN), (LISTED, Verdict.LISTED)]
 )
-def test_blocked_rule_applies_to_the_source_address(streaming, source, verdict) -> None:
-    assert probe(_target(streaming), source).verdict is verdict
+def test_blocked_rule_applies_to_the_source_address(streaming, rule, source, verdict) -> None:
+    assert probe(_target(streaming, **rule), source).verdict is verdict
 
 
 def test_unreachable_target_is_an_error_not_a_listing() -> None:
-    check = probe(_target("http://127.0.0.1:9/"), "127.0.0.2", timeout=1)
+    check = probe(_target("http://127.0.0.1:9/", status=[403]), "127.0.0.2", timeout=1)
     assert check.verdict is Verdict.ERROR
 
 
