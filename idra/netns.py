@@ -8,7 +8,6 @@ so tunnel interface names must be unique on the machine: use :func:`unique_name`
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -65,6 +64,15 @@ class Netns:
     def sysctl(self, key: str, value: str | int) -> None:
         self.run("sysctl", "-q", "-w", f"{key}={value}")
 
+    def spawn(self, *args: str, log: Path | None = None, **kw) -> subprocess.Popen:
+        """Start a process inside this namespace, in a session of its own."""
+        if log is not None:
+            kw["stdout"] = log.open("ab")
+            kw["stderr"] = subprocess.STDOUT
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        return subprocess.Popen(self.exec_args(*args), start_new_session=True, **kw)
+
     def load_sysctl(self, text: str) -> dict[str, str]:
         """Apply a sysctl.conf's per-namespace keys; return the others (host-wide keys)."""
         skipped = {}
@@ -77,9 +85,75 @@ class Netns:
         return skipped
 
 
+def create_netns(name: str) -> Netns:
+    """Create a namespace with loopback up."""
+    run(["ip", "netns", "add", name])
+    ns = Netns(name)
+    ns.ip("link", "set", "lo", "up")
+    return ns
+
+
+def delete_netns(name: str) -> None:
+    run(["ip", "netns", "del", name], check=False)
+
+
+def link(a: Netns, a_if: str, b: Netns, b_if: str, mtu: int | None = None) -> None:
+    """A veth pair between two namespaces, both ends up."""
+    tmp_a, tmp_b = unique_name("va"), unique_name("vb")
+    run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+    for tmp, ns, ifname in ((tmp_a, a, a_if), (tmp_b, b, b_if)):
+        run(["ip", "link", "set", tmp, "netns", ns.name, "name", ifname])
+        if mtu:
+            ns.ip("link", "set", ifname, "mtu", str(mtu))
+        ns.ip("link", "set", ifname, "up")
+
+
+def start_wireguard(ns: Netns, ifname: str, timeout: float = 10, **kw) -> subprocess.Popen:
+    """Create ``ifname`` in ``ns`` with wireguard-go (userspace) and wait for its socket."""
+    env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+    proc = ns.spawn("wireguard-go", "-f", ifname, env=env, **kw)
+    sock = WG_RUN_DIR / f"{ifname}.sock"
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc.pid)
+            raise RuntimeError(f"wireguard-go did not create {ifname} in {ns.name}")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(pid: int, timeout: float = 5) -> None:
+    """SIGTERM the process group of ``pid`` (a session leader), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
 @dataclass
 class Topology:
-    """Namespaces, links and processes made for one test or lab; all removed on close."""
+    """Namespaces, links and processes made for one test; all removed on close."""
 
     prefix: str = "idra"
     namespaces: list[Netns] = field(default_factory=list)
@@ -92,54 +166,29 @@ class Topology:
         self.close()
 
     def netns(self, role: str) -> Netns:
-        """Create a namespace with loopback up; the name is unique on this machine."""
-        ns = Netns(unique_name(f"{self.prefix}-{role[:4]}-", 24))
-        run(["ip", "netns", "add", ns.name])
+        """Create a namespace; the name is unique on this machine."""
+        ns = create_netns(unique_name(f"{self.prefix}-{role[:4]}-", 24))
         self.namespaces.append(ns)
-        ns.ip("link", "set", "lo", "up")
         return ns
 
-    def link(self, a: Netns, a_if: str, b: Netns, b_if: str, mtu: int | None = None) -> None:
-        """A veth pair between two namespaces, both ends up."""
-        tmp_a, tmp_b = unique_name("va"), unique_name("vb")
-        run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
-        for tmp, ns, ifname in ((tmp_a, a, a_if), (tmp_b, b, b_if)):
-            run(["ip", "link", "set", tmp, "netns", ns.name, "name", ifname])
-            if mtu:
-                ns.ip("link", "set", ifname, "mtu", str(mtu))
-            ns.ip("link", "set", ifname, "up")
+    link = staticmethod(link)
 
     def spawn(self, ns: Netns, *args: str, **kw) -> subprocess.Popen:
         """Start a long-running process inside ``ns``; it is stopped on close."""
-        kw.setdefault("stdout", subprocess.DEVNULL)
-        kw.setdefault("stderr", subprocess.DEVNULL)
-        proc = subprocess.Popen(ns.exec_args(*args), start_new_session=True, **kw)
+        proc = ns.spawn(*args, **kw)
         self.processes.append(proc)
         return proc
 
     def wireguard(self, ns: Netns, ifname: str, timeout: float = 10) -> subprocess.Popen:
-        """Create ``ifname`` in ``ns`` with wireguard-go (userspace) and wait for its socket."""
-        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
-        proc = self.spawn(ns, "wireguard-go", "-f", ifname, env=env)
-        sock = WG_RUN_DIR / f"{ifname}.sock"
-        deadline = time.monotonic() + timeout
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"wireguard-go did not create {ifname} in {ns.name}")
-            time.sleep(0.05)
+        """Create ``ifname`` in ``ns`` with wireguard-go; stopped on close."""
+        proc = start_wireguard(ns, ifname, timeout)
+        self.processes.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen, timeout: float = 5) -> None:
-        """Stop one process (and its session) started by :meth:`spawn`."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+    def stop(self, proc: subprocess.Popen) -> None:
+        """Stop one process started by :meth:`spawn` (and its session)."""
+        stop_process(proc.pid)
+        proc.wait()
         if proc in self.processes:
             self.processes.remove(proc)
 
@@ -148,5 +197,5 @@ class Topology:
         for proc in reversed(list(self.processes)):
             self.stop(proc)
         for ns in reversed(self.namespaces):
-            run(["ip", "netns", "del", ns.name], check=False)
+            delete_netns(ns.name)
         self.namespaces.clear()
