@@ -61,6 +61,16 @@ class Netns:
     def ip(self, *args: str):
         return self.run("ip", *args)
 
+    def addr(self, ifname: str, *cidrs: str) -> None:
+        """Add addresses (v4 or v6, IPv6 without duplicate detection delay)."""
+        for cidr in cidrs:
+            v6 = ":" in cidr
+            self.ip("-6" if v6 else "-4", "addr", "add", cidr, "dev", ifname, *["nodad"] * v6)
+
+    def route(self, dest: str, *via: str) -> None:
+        """Add or replace a route (family from the addresses)."""
+        self.ip("-6" if ":" in dest + "".join(via) else "-4", "route", "replace", dest, *via)
+
     def sysctl(self, key: str, value: str | int) -> None:
         self.run("sysctl", "-q", "-w", f"{key}={value}")
 

@@ -71,6 +71,7 @@ class LabState:
     status: str = "building"  # building → up
     stack: str = "staging"
     region: str = ""
+    agent: str = ""  # the node-daemon.pyz every lab node runs
     namespaces: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)

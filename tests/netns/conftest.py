@@ -102,23 +102,6 @@ class Lab:
         raise AssertionError(f"ping printed no summary: {result.stdout} {result.stderr}")
 
 
-def _addr(ns: Netns, ifname: str, *cidrs: str) -> None:
-    for cidr in cidrs:
-        ns.ip(
-            "-6" if ":" in cidr else "-4",
-            "addr",
-            "add",
-            cidr,
-            "dev",
-            ifname,
-            *(["nodad"] if ":" in cidr else []),
-        )
-
-
-def _route(ns: Netns, dest: str, *via: str) -> None:
-    ns.ip("-6" if ":" in dest + "".join(via) else "-4", "route", "add", dest, *via)
-
-
 @pytest.fixture(scope="package")
 def lab() -> Lab:
     base = load_stack("staging")
@@ -130,17 +113,17 @@ def lab() -> Lab:
             ns.sysctl("net.ipv6.conf.all.forwarding", 1)
 
         topo.link(router, "n0", node, "eth0")
-        _addr(router, "n0", f"{ROUTER_V4}/24", f"{ROUTER_V6}/64", f"{UPLINK_LINK_LOCAL}/64")
-        _addr(node, "eth0", f"{NODE_V4}/24", f"{NODE_V6}/64")
-        _route(node, "default", "via", ROUTER_V4)
-        _route(node, "default", "via", ROUTER_V6)
+        router.addr("n0", f"{ROUTER_V4}/24", f"{ROUTER_V6}/64", f"{UPLINK_LINK_LOCAL}/64")
+        node.addr("eth0", f"{NODE_V4}/24", f"{NODE_V6}/64")
+        node.route("default", "via", ROUTER_V4)
+        node.route("default", "via", ROUTER_V6)
 
         topo.link(router, "vpc", vpc, "eth0")
-        _addr(router, "vpc", "192.0.2.49/28", "2001:db8:4::1/64")
-        _addr(vpc, "eth0", "192.0.2.50/28", "2001:db8:4::2/64")
-        _addr(vpc, "lo", *(f"{a}/{128 if ':' in a else 32}" for a in VPC_TARGETS.values()))
-        _route(vpc, "default", "via", "192.0.2.49")
-        _route(vpc, "default", "via", "2001:db8:4::1")
+        router.addr("vpc", "192.0.2.49/28", "2001:db8:4::1/64")
+        vpc.addr("eth0", "192.0.2.50/28", "2001:db8:4::2/64")
+        vpc.addr("lo", *(f"{a}/{128 if ':' in a else 32}" for a in VPC_TARGETS.values()))
+        vpc.route("default", "via", "192.0.2.49")
+        vpc.route("default", "via", "2001:db8:4::1")
         for dest in (
             "10.0.0.0/8",
             "172.16.0.0/12",
@@ -148,11 +131,11 @@ def lab() -> Lab:
             "100.64.0.0/10",
             "169.254.169.254",
         ):
-            _route(router, dest, "via", "192.0.2.50")
-        _route(router, "fc00::/7", "via", "2001:db8:4::2")
-        _route(router, str(cfg.client_pool_ipv4), "via", NODE_V4)
-        _route(router, str(cfg.client_pool_ipv6), "via", NODE_V6)
-        _addr(router, "lo", f"{PUBLIC_V4}/32", f"{PUBLIC_V6}/128")
+            router.route(dest, "via", "192.0.2.50")
+        router.route("fc00::/7", "via", "2001:db8:4::2")
+        router.route(str(cfg.client_pool_ipv4), "via", NODE_V4)
+        router.route(str(cfg.client_pool_ipv6), "via", NODE_V6)
+        router.addr("lo", f"{PUBLIC_V4}/32", f"{PUBLIC_V6}/128")
 
         node.load_sysctl(render_node_files(cfg)["sysctl.conf"])
         node.run("nft", "-f", "-", input=render_node_files(cfg)["nftables.nft"])
@@ -168,17 +151,17 @@ def lab() -> Lab:
             str(cfg.wireguard_port),
             input=node_key,
         )
-        _addr(node, cfg.tunnel_interface, cfg.tunnel_address(4), cfg.tunnel_address(6))
+        node.addr(cfg.tunnel_interface, cfg.tunnel_address(4), cfg.tunnel_address(6))
         node.ip("link", "set", cfg.tunnel_interface, "mtu", str(cfg.tunnel_mtu), "up")
 
         clients = []
         for i in (1, 2):
             ns = topo.netns(f"client{i}")
             topo.link(router, f"c{i}", ns, "eth0")
-            _addr(router, f"c{i}", f"192.0.2.{16 * i + 1}/28", f"2001:db8:{i + 1}::1/64")
-            _addr(ns, "eth0", f"192.0.2.{16 * i + 2}/28", f"2001:db8:{i + 1}::2/64")
-            _route(ns, "default", "via", f"192.0.2.{16 * i + 1}")
-            _route(ns, "default", "via", f"2001:db8:{i + 1}::1")
+            router.addr(f"c{i}", f"192.0.2.{16 * i + 1}/28", f"2001:db8:{i + 1}::1/64")
+            ns.addr("eth0", f"192.0.2.{16 * i + 2}/28", f"2001:db8:{i + 1}::2/64")
+            ns.route("default", "via", f"192.0.2.{16 * i + 1}")
+            ns.route("default", "via", f"2001:db8:{i + 1}::1")
             client = Client(
                 ns, unique_name(f"wgc{i}"), f"10.96.0.{i + 1}", f"fd49:4452:4100::{i + 1}"
             )
@@ -207,10 +190,10 @@ def lab() -> Lab:
                 "0.0.0.0/0,::/0",
                 input=key,
             )
-            _addr(ns, client.wg, f"{client.v4}/32", f"{client.v6}/128")
+            ns.addr(client.wg, f"{client.v4}/32", f"{client.v6}/128")
             ns.ip("link", "set", client.wg, "mtu", str(cfg.tunnel_mtu), "up")
             for dest in [*TUNNELLED, str(cfg.client_pool_ipv4), str(cfg.client_pool_ipv6)]:
-                _route(ns, dest, "dev", client.wg)
+                ns.route(dest, "dev", client.wg)
             clients.append(client)
 
         for ns in (router, node, vpc, *(c.ns for c in clients)):

@@ -1,0 +1,295 @@
+"""Build and tear down the lab's namespaces: the "internet", the control plane, the
+outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
+
+    internet (bridge 203.0.113.0/24, 2001:db8:1::/64; web server 198.51.100.80)
+      ├── cp      203.0.113.2   reference control plane over TLS (lab CA)
+      ├── svc     203.0.113.3   DNS blocklist + "streaming" service
+      ├── ops     203.0.113.4   where the canary and the reaper run
+      ├── nodeN   203.0.113.1N  rendered nftables + sysctl, wireguard-go, node-daemon.pyz
+      ├── clientM 203.0.113.10M WireGuard client, all traffic through its node
+      └── vpc     (routed)      169.254.169.254 and 10.20.0.5: must stay unreachable
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from idra.config import StackConfig
+from idra.lab import state as S
+from idra.lab.state import LabState, Node, Process
+from idra.netns import (
+    WG_RUN_DIR,
+    Netns,
+    create_netns,
+    delete_netns,
+    link,
+    run,
+    start_wireguard,
+    stop_process,
+)
+from idra.render import render_node_files
+
+PYTHON = sys.executable
+
+
+def ns(role: str) -> Netns:
+    return Netns(S.NS_PREFIX + role)
+
+
+def _new_ns(state: LabState, role: str) -> Netns:
+    created = create_netns(S.NS_PREFIX + role)
+    state.namespaces.append(created.name)
+    state.save()
+    return created
+
+
+def _plug(state: LabState, role: str, v4: str, v6: str) -> Netns:
+    """A namespace on the internet segment, default routes via the router."""
+    host = _new_ns(state, role)
+    link(ns("internet"), f"p-{role}"[:15], host, "eth0")
+    ns("internet").ip("link", "set", f"p-{role}"[:15], "master", "br0")
+    host.addr("eth0", f"{v4}/24", f"{v6}/64")
+    host.route("default", "via", S.ROUTER_V4)
+    host.route("default", "via", S.ROUTER_V6)
+    return host
+
+
+def _spawn(state: LabState, where: Netns, role: str, *args: str, ready: bool = False) -> int:
+    log = S.LAB_DIR / "logs" / f"{role}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = where.spawn(*args, log=log)
+    state.processes.append(Process(role, proc.pid, str(log)))
+    state.save()
+    if ready:
+        _wait_for(lambda: "ready" in log.read_text(), f"{role} to start", proc=proc)
+    return proc.pid
+
+
+def _wait_for(condition, what: str, timeout: float = 30, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if (proc and proc.poll() is not None) or time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def build_world(state: LabState) -> None:
+    """Internet, control plane, services, ops host and VPC (no nodes, no clients)."""
+    internet = _new_ns(state, "internet")
+    internet.ip("link", "add", "br0", "type", "bridge")
+    internet.ip("link", "set", "br0", "up")
+    internet.addr("br0", f"{S.ROUTER_V4}/24", f"{S.ROUTER_V6}/64")
+    internet.addr("lo", f"{S.PUBLIC_V4}/32", f"{S.PUBLIC_V6}/128")
+    internet.sysctl("net.ipv4.ip_forward", 1)
+    internet.sysctl("net.ipv6.conf.all.forwarding", 1)
+
+    vpc = _new_ns(state, "vpc")
+    link(internet, "vpc", vpc, "eth0")
+    internet.addr("vpc", "192.0.2.49/28")
+    vpc.addr("eth0", "192.0.2.50/28")
+    vpc.addr("lo", f"{S.METADATA_V4}/32", f"{S.PRIVATE_V4}/32")
+    vpc.route("default", "via", "192.0.2.49")
+    for dest in (f"{S.METADATA_V4}/32", "10.0.0.0/8"):
+        internet.route(dest, "via", "192.0.2.50")
+
+    (S.LAB_DIR / "listed.json").write_text("{}")
+    web = ["-m", "http.server", "--bind", "::", "--directory", str(S.LAB_DIR / "www")]
+    (S.LAB_DIR / "www").mkdir(exist_ok=True)
+    (S.LAB_DIR / "www" / "index.html").write_text("hello from the internet\n")
+    _spawn(state, internet, "web", PYTHON, *web, str(S.WEB_PORT))
+    _spawn(state, vpc, "vpc-web", PYTHON, *web, str(S.WEB_PORT))
+
+    svc = _plug(state, "svc", S.SVC_V4, "2001:db8:1::3")
+    listed = str(S.LAB_DIR / "listed.json")
+    _spawn(
+        state,
+        svc,
+        "dnsbl",
+        PYTHON,
+        "-m",
+        "idra.lab.services",
+        "dnsbl",
+        "--zone",
+        S.DNSBL_ZONE,
+        "--listed",
+        listed,
+        "--listen",
+        f"{S.SVC_V4}:53",
+        ready=True,
+    )
+    _spawn(
+        state,
+        svc,
+        "streaming",
+        PYTHON,
+        "-m",
+        "idra.lab.services",
+        "streaming",
+        "--listed",
+        listed,
+        "--listen",
+        f"{S.SVC_V4}:{S.STREAMING_PORT}",
+        ready=True,
+    )
+    _plug(state, "ops", S.OPS_V4, "2001:db8:1::4")
+
+
+def start_control_plane(state: LabState, cfg: StackConfig) -> None:
+    from idra.lab.pki import make_ca_and_server
+
+    cp = _plug(state, "cp", S.CP_V4, "2001:db8:1::2")
+    pki = S.LAB_DIR / "pki"
+    make_ca_and_server(pki, [S.CP_V4])
+    for kind in ("node", "operator", "client"):
+        token = S.LAB_DIR / f"{kind}-token"
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_urlsafe(32))
+    _spawn(
+        state,
+        cp,
+        "controlplane",
+        PYTHON,
+        "-m",
+        "idra.cli",
+        "controlplane",
+        "serve",
+        "--db",
+        str(S.LAB_DIR / "controlplane.db"),
+        "--listen",
+        f"{S.CP_V4}:{S.CP_PORT}",
+        "--node-token-file",
+        str(S.LAB_DIR / "node-token"),
+        "--operator-token-file",
+        str(S.LAB_DIR / "operator-token"),
+        "--client-token-file",
+        str(S.LAB_DIR / "client-token"),
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+        "--client-pool-v4",
+        str(cfg.client_pool_ipv4),
+        "--client-pool-v6",
+        str(cfg.client_pool_ipv6),
+    )
+    _wait_for(lambda: _cp_up(cp), "the control plane")
+
+
+def _cp_up(cp: Netns) -> bool:
+    probe = f"import socket; socket.create_connection(('{S.CP_V4}', {S.CP_PORT}), 1)"
+    return cp.run(PYTHON, "-c", probe, check=False).returncode == 0
+
+
+def node_config(cfg: StackConfig, node: Node) -> StackConfig:
+    """The stack config as this lab node sees it: its own tunnel interface name."""
+    return cfg.model_copy(update={"tunnel_interface": node.wg})
+
+
+def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
+    """Boot a node as cloud-init would: firewall, sysctl, tunnel, supervised agent."""
+    index = state.next_node
+    state.next_node += 1
+    v4, v6 = S.node_addresses(index)
+    node = Node(
+        index,
+        S.NS_PREFIX + f"node{index}",
+        f"{S.WG_PREFIX}n{index}",
+        f"i-lab{secrets.token_hex(6)}",
+        v4,
+        v6,
+    )
+    host = _plug(state, f"node{index}", v4, v6)
+    files = render_node_files(node_config(cfg, node))
+    host.run("nft", "-f", "-", input=files["nftables.nft"])
+    host.load_sysctl(files["sysctl.conf"])
+    node.wireguard_pid = start_wireguard(host, node.wg, log=_log(f"wireguard-node{index}")).pid
+    host.addr(node.wg, cfg.tunnel_address(4), cfg.tunnel_address(6))
+    host.ip("link", "set", node.wg, "mtu", str(cfg.tunnel_mtu), "up")
+    state_dir = S.LAB_DIR / f"node{index}"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    node.supervisor_pid = _spawn(
+        state,
+        host,
+        f"agent-node{index}",
+        PYTHON,
+        "-m",
+        "idra.lab.supervise",
+        "--",
+        PYTHON,
+        str(agent),
+        "run",
+        "--api-url",
+        state.api_url,
+        "--token-file",
+        str(S.LAB_DIR / "node-token"),
+        "--ca-file",
+        str(S.LAB_DIR / "pki/ca.pem"),
+        "--interface",
+        node.wg,
+        "--listen-port",
+        str(cfg.wireguard_port),
+        "--region",
+        state.region,
+        "--public-ip",
+        v4,
+        "--instance-id",
+        node.instance_id,
+        "--state-dir",
+        str(state_dir),
+        "--driver",
+        "uapi",
+        "--metrics-addr",
+        "127.0.0.1:9586",
+    )
+    state.nodes.append(node)
+    state.save()
+    return node
+
+
+def _log(role: str) -> Path:
+    return S.LAB_DIR / "logs" / f"{role}.log"
+
+
+def remove_node(state: LabState, node: Node) -> None:
+    """Terminate a node: its agent, its tunnel (all sessions) and its namespace."""
+    for pid in (node.supervisor_pid, node.wireguard_pid):
+        stop_process(pid)
+    state.processes = [p for p in state.processes if p.pid != node.supervisor_pid]
+    delete_netns(node.ns)
+    state.namespaces.remove(node.ns)
+    state.nodes.remove(node)
+    state.save()
+
+
+def enter_ops() -> None:
+    """Move this process's networking into the ops host (on the lab's internet), so its
+    HTTP calls reach the control plane; the host's own network is never touched."""
+    from pyroute2.netns import setns
+
+    setns(S.NS_PREFIX + "ops", flags=0)
+
+
+def teardown(state: LabState | None) -> list[str]:
+    """Stop every process, delete every namespace and file; return what was removed."""
+    removed = []
+    if state:
+        for node in state.nodes:
+            stop_process(node.wireguard_pid)
+        for client in state.clients:
+            stop_process(client.wireguard_pid)
+        for process in reversed(state.processes):
+            stop_process(process.pid)
+            removed.append(f"process {process.role}")
+    for name in run(["ip", "netns", "list"]).stdout.split():
+        if name.startswith(S.NS_PREFIX):
+            delete_netns(name)
+            removed.append(f"namespace {name}")
+    for sock in WG_RUN_DIR.glob(f"{S.WG_PREFIX}*.sock") if WG_RUN_DIR.exists() else []:
+        sock.unlink(missing_ok=True)
+    if S.LAB_DIR.exists():
+        run(["rm", "-rf", "--one-file-system", str(S.LAB_DIR)])
+        removed.append(f"folder {S.LAB_DIR}")
+    return removed
