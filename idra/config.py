@@ -34,6 +34,7 @@ FOREIGN_NAMESPACES = ("aws", "pulumi", "random")
 
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+SubnetId = Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]
 
 
 class ConfigError(ValueError):
@@ -80,7 +81,7 @@ class StackConfig(BaseModel):
     client_pool_ipv4: ipaddress.IPv4Network
     client_pool_ipv6: ipaddress.IPv6Network
     vpc_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.0.0.0/16")
-    existing_subnet_ids: dict[Region, list[str]] = Field(default_factory=dict)
+    existing_subnet_ids: dict[Region, list[SubnetId]] = Field(default_factory=dict)
     ssh_bastion_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list
     )

@@ -46,6 +46,12 @@ BAD_VALUES = {
     "min above max": ("idra:minSize", 50, "idra:minSize"),
     "bad region": ("idra:regions", ["eu-central"], "idra:regions"),
     "interface name too long": ("idra:tunnelInterface", "wg0123456789abcdef", "tunnelInterface"),
+    "bad subnet id": ("idra:existingSubnetIds", {"eu-central-1": ["sn-1"]}, "existingSubnetIds"),
+    "subnets of another region": (
+        "idra:existingSubnetIds",
+        {"us-east-1": ["subnet-0123abcd"]},
+        "existingSubnetIds",
+    ),
     "plaintext secret": ("idra:nodeToken", "hunter2", "idra:nodeToken"),
     "foreign namespace": ("idar:regions", ["eu-west-1"], "idar:regions"),
 }
