@@ -26,9 +26,7 @@ def make_peers(count: int, start: int = 0) -> dict[str, str]:
     hosts = POOL.hosts()
     for _ in range(start + 2):  # skip the node's own first address
         next(hosts)
-    return {
-        base64.b64encode(os.urandom(32)).decode(): f"{next(hosts)}/32" for _ in range(count)
-    }
+    return {base64.b64encode(os.urandom(32)).decode(): f"{next(hosts)}/32" for _ in range(count)}
 
 
 def config_text(private_key: str, peers: dict[str, str]) -> str:
