@@ -5,6 +5,8 @@
     ``listed``, ``refused`` or ``timeout``) answer so; all others NXDOMAIN.
 ``python -m idra.lab.services streaming --listed FILE --listen HOST:PORT``
     an HTTP "streaming service" that answers 403 "proxy detected" to listed addresses.
+``python -m idra.lab.services whoami --port PORT``
+    a web server "on the internet" that answers with the address it sees.
 FILE is read at every request, so listing an address takes effect at once.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import sys
 import threading
 import time
@@ -79,6 +82,26 @@ def streaming_handler(listed: Callable[[], dict[str, str]]):
     return Streaming
 
 
+class WhoAmI(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = self.client_address[0].removeprefix("::ffff:").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class DualStackServer(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def _host_port(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -107,6 +130,14 @@ def streaming(listed: Path, listen: str) -> None:
     server = http.server.ThreadingHTTPServer(
         _host_port(listen), streaming_handler(lambda: read_listed(listed))
     )
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+@main.command()
+@click.option("--port", type=int, required=True)
+def whoami(port: int) -> None:
+    server = DualStackServer(("::", port), WhoAmI)
     print("ready", flush=True)
     server.serve_forever()
 

@@ -96,44 +96,16 @@ def build_world(state: LabState) -> None:
         internet.route(dest, "via", "192.0.2.50")
 
     (S.LAB_DIR / "listed.json").write_text("{}")
-    web = ["-m", "http.server", "--bind", "::", "--directory", str(S.LAB_DIR / "www")]
-    (S.LAB_DIR / "www").mkdir(exist_ok=True)
-    (S.LAB_DIR / "www" / "index.html").write_text("hello from the internet\n")
-    _spawn(state, internet, "web", PYTHON, *web, str(S.WEB_PORT))
-    _spawn(state, vpc, "vpc-web", PYTHON, *web, str(S.WEB_PORT))
+    whoami = ["-m", "idra.lab.services", "whoami", "--port", str(S.WEB_PORT)]
+    _spawn(state, internet, "web", PYTHON, *whoami, ready=True)
+    _spawn(state, vpc, "vpc-web", PYTHON, *whoami, ready=True)
 
     svc = _plug(state, "svc", S.SVC_V4, "2001:db8:1::3")
-    listed = str(S.LAB_DIR / "listed.json")
-    _spawn(
-        state,
-        svc,
-        "dnsbl",
-        PYTHON,
-        "-m",
-        "idra.lab.services",
-        "dnsbl",
-        "--zone",
-        S.DNSBL_ZONE,
-        "--listed",
-        listed,
-        "--listen",
-        f"{S.SVC_V4}:53",
-        ready=True,
-    )
-    _spawn(
-        state,
-        svc,
-        "streaming",
-        PYTHON,
-        "-m",
-        "idra.lab.services",
-        "streaming",
-        "--listed",
-        listed,
-        "--listen",
-        f"{S.SVC_V4}:{S.STREAMING_PORT}",
-        ready=True,
-    )
+    listed = S.LAB_DIR / "listed.json"
+    dnsbl = f"dnsbl --zone {S.DNSBL_ZONE} --listed {listed} --listen {S.SVC_V4}:53"
+    streaming = f"streaming --listed {listed} --listen {S.SVC_V4}:{S.STREAMING_PORT}"
+    for role, args in (("dnsbl", dnsbl), ("streaming", streaming)):
+        _spawn(state, svc, role, PYTHON, "-m", "idra.lab.services", *args.split(), ready=True)
     _plug(state, "ops", S.OPS_V4, "2001:db8:1::4")
 
 
