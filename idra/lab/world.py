@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from idra.config import StackConfig
 from idra.lab import state as S
-from idra.lab.state import LabState, Node, Process
+from idra.lab.state import Client, LabState, Node, Process
 from idra.netns import (
     WG_RUN_DIR,
     Netns,
@@ -265,3 +267,118 @@ def teardown(state: LabState | None) -> list[str]:
         run(["rm", "-rf", "--one-file-system", str(S.LAB_DIR)])
         removed.append(f"folder {S.LAB_DIR}")
     return removed
+
+
+def add_client(state: LabState, api: httpx.Client) -> Client:
+    """A WireGuard client: key, ``POST /v1/peers``, tunnel to its assigned node."""
+    index = max((c.index for c in state.clients), default=0) + 1
+    v4, v6 = S.client_addresses(index)
+    host = _plug(state, f"client{index}", v4, v6)
+    private = run(["wg", "genkey"]).stdout.strip()
+    client = Client(
+        index,
+        host.name,
+        f"{S.WG_PREFIX}c{index}",
+        run(["wg", "pubkey"], input=private).stdout.strip(),
+    )
+    keyfile = S.LAB_DIR / f"client{index}.key"
+    keyfile.touch(mode=0o600)
+    keyfile.write_text(private)
+    client.wireguard_pid = start_wireguard(
+        host, client.wg, log=_log(f"wireguard-client{index}")
+    ).pid
+    host.run("wg", "set", client.wg, "private-key", str(keyfile))
+    host.ip("link", "set", client.wg, "mtu", "1420", "up")
+    state.clients.append(client)
+    connect(state, client, api)
+    return client
+
+
+def connect(state: LabState, client: Client, api: httpx.Client) -> None:
+    """Ask the control plane for a node (again) and point the tunnel at it."""
+    reply = api.post("/v1/peers", json={"public_key": client.public_key, "region": state.region})
+    reply.raise_for_status()
+    assignment = reply.json()
+    host = Netns(client.ns)
+    for peer in host.run("wg", "show", client.wg, "peers").stdout.split():
+        host.run("wg", "set", client.wg, "peer", peer, "remove")
+    host.run(
+        "wg",
+        "set",
+        client.wg,
+        "peer",
+        assignment["node_public_key"],
+        "endpoint",
+        assignment["endpoint"],
+        "allowed-ips",
+        "0.0.0.0/0,::/0",
+        "persistent-keepalive",
+        "15",
+    )
+    host.ip("-4", "addr", "flush", "dev", client.wg)
+    host.ip("-6", "addr", "flush", "dev", client.wg, "scope", "global")
+    client.address_v4 = assignment["addresses"]["ipv4"].split("/")[0]
+    client.address_v6 = assignment["addresses"]["ipv6"].split("/")[0]
+    host.addr(client.wg, f"{client.address_v4}/32", f"{client.address_v6}/128")
+    host.route("default", "dev", client.wg)
+    host.route("::/0", "dev", client.wg)
+    client.node_instance_id = assignment["instance_id"]
+    state.save()
+
+
+def remove_client(state: LabState, client: Client, api: httpx.Client) -> None:
+    api.delete(f"/v1/peers/{client.public_key}").raise_for_status()
+    stop_process(client.wireguard_pid)
+    delete_netns(client.ns)
+    state.namespaces.remove(client.ns)
+    state.clients.remove(client)
+    state.save()
+
+
+def api_client(state: LabState, kind: str) -> httpx.Client:
+    """HTTPS to the lab control plane with a token of ``kind`` (call after enter_ops)."""
+    token = (S.LAB_DIR / f"{kind}-token").read_text().strip()
+    return httpx.Client(
+        base_url=state.api_url,
+        verify=str(S.LAB_DIR / "pki" / "ca.pem"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
+def bring_up(cfg: StackConfig, nodes: int, clients: int, agent: Path, console) -> LabState:
+    """The whole lab; on return every node is active and every client has a handshake."""
+    state = LabState(stack=cfg.stack, region=cfg.regions[0], agent=str(agent.resolve()))
+    state.save()
+    console.print("building the internet, control plane and services")
+    build_world(state)
+    start_control_plane(state, cfg)
+    for _ in range(nodes):
+        node = add_node(state, cfg, agent)
+        console.print(f"booted node{node.index} at {node.public_v4}")
+    enter_ops()
+    with api_client(state, "operator") as ops:
+        _wait_for(lambda: len(active_nodes(ops)) == nodes, "every node to register", 60)
+    with api_client(state, "client") as api:
+        for _ in range(clients):
+            client = add_client(state, api)
+            console.print(f"client{client.index} connected")
+    for client in state.clients:
+        _wait_for(lambda c=client: handshake(c), f"client{client.index}'s handshake", 60)
+    state.status = "up"
+    state.save()
+    return state
+
+
+def active_nodes(ops: httpx.Client) -> list[dict]:
+    reply = ops.get("/v1/nodes", params={"state": "active"})
+    reply.raise_for_status()
+    return reply.json()["nodes"]
+
+
+def handshake(client: Client) -> bool:
+    """True once the client's tunnel has a handshake (sends a ping to trigger one)."""
+    host = Netns(client.ns)
+    host.run("ping", "-c", "1", "-W", "1", S.PUBLIC_V4, check=False)
+    shakes = host.run("wg", "show", client.wg, "latest-handshakes").stdout.split()
+    return len(shakes) == 2 and shakes[1] != "0"
