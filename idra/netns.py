@@ -141,12 +141,12 @@ def stop_process(pid: int, timeout: float = 5) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not is_running(pid):
                 return
             time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         if finished:

@@ -1,0 +1,55 @@
+"""The lab's outside world comes up, answers, and goes away without a trace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from idra.lab import state as S
+from idra.lab import world
+from idra.lab.state import LabState
+from idra.netns import Netns, is_running, run
+
+
+@pytest.fixture
+def lab_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "LAB_DIR", tmp_path / "idra-lab")
+    yield S.LAB_DIR
+    world.teardown(LabState.load())
+
+
+def _lab_namespaces() -> list[str]:
+    return [n for n in run(["ip", "netns", "list"]).stdout.split() if n.startswith(S.NS_PREFIX)]
+
+
+def test_world_answers_then_leaves_nothing(lab_dir) -> None:
+    state = LabState()
+    state.save()
+    world.build_world(state)
+    ops = Netns(S.NS_PREFIX + "ops")
+
+    def get(url: str) -> str:
+        return ops.run("curl", "-gsS", "--max-time", "3", url).stdout
+
+    assert get(f"http://{S.PUBLIC_V4}/") == S.OPS_V4
+    assert get(f"http://[{S.PUBLIC_V6}]/") == "2001:db8:1::4"
+    assert get(f"http://{S.SVC_V4}:{S.STREAMING_PORT}/").startswith("Now playing")
+    (lab_dir / "listed.json").write_text(json.dumps({S.OPS_V4: "listed"}))
+    assert "Proxy detected" in get(f"http://{S.SVC_V4}:{S.STREAMING_PORT}/")
+
+    loaded = LabState.load()
+    pids = [p.pid for p in loaded.processes]
+    assert len(pids) == 4 and len(loaded.namespaces) == 4
+    removed = world.teardown(loaded)
+    assert removed
+    assert not _lab_namespaces()
+    assert not lab_dir.exists()
+    assert not [pid for pid in pids if is_running(pid)]
+
+
+def test_teardown_sweeps_a_half_made_lab(lab_dir) -> None:
+    """A crashed ``up`` leaves namespaces the state never recorded: down removes them."""
+    run(["ip", "netns", "add", S.NS_PREFIX + "orphan"])
+    world.teardown(None)
+    assert not _lab_namespaces()
