@@ -8,6 +8,7 @@ import click
 
 from idra import __version__
 from idra.config import ConfigError, load_stack
+from idra.controlplane.serve import controlplane
 from idra.lifecycle import commands as lifecycle_commands
 from idra.render import write_node_files
 
@@ -50,6 +51,7 @@ def render(stack: str, out: Path, region: str | None, root: Path | None) -> None
         click.echo(path)
 
 
+main.add_command(controlplane)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 

@@ -13,6 +13,7 @@ outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
 from __future__ import annotations
 
 import secrets
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -340,7 +341,7 @@ def api_client(state: LabState, kind: str) -> httpx.Client:
     token = (S.LAB_DIR / f"{kind}-token").read_text().strip()
     return httpx.Client(
         base_url=state.api_url,
-        verify=str(S.LAB_DIR / "pki" / "ca.pem"),
+        verify=ssl.create_default_context(cafile=S.LAB_DIR / "pki" / "ca.pem"),
         headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ class OperatorApi:
         self._http = httpx.Client(
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
-            verify=str(ca_file) if ca_file else True,
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
             timeout=timeout,
         )
 

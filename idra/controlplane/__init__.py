@@ -1,0 +1,1 @@
+"""The reference control plane: node API v1 over HTTPS, state in SQLite."""

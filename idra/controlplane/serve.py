@@ -1,0 +1,99 @@
+"""``idra controlplane serve``: run the reference control plane with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import click
+import uvicorn
+
+from idra.controlplane.app import Settings, create_app
+from idra.controlplane.store import Pool, Store
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+def _read_token(path: Path, kind: str) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise BadInput(f"--{kind}-token-file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise BadInput(f"--{kind}-token-file {path}: token shorter than 16 characters")
+    return token
+
+
+@click.group()
+def controlplane() -> None:
+    """The reference control plane (node API v1)."""
+
+
+@controlplane.command()
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
+@click.option("--node-token-file", type=click.Path(path_type=Path), required=True)
+@click.option("--operator-token-file", type=click.Path(path_type=Path), required=True)
+@click.option("--client-token-file", type=click.Path(path_type=Path), required=True)
+@click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--client-pool-v4", default="10.96.0.0/12", show_default=True)
+@click.option("--client-pool-v6", default="fd49:4452:4100::/64", show_default=True)
+@click.option("--heartbeat-interval", type=click.IntRange(1, 300), default=10, show_default=True)
+@click.option("--agent-sha256", multiple=True, help="Released agent checksum (repeatable).")
+@click.option(
+    "--keep-changes",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Change-log rows kept; an older 'since' gets the full peer list.",
+)
+def serve(
+    db,
+    listen,
+    node_token_file,
+    operator_token_file,
+    client_token_file,
+    tls_cert,
+    tls_key,
+    client_pool_v4,
+    client_pool_v6,
+    heartbeat_interval,
+    agent_sha256,
+    keep_changes,
+) -> None:
+    """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
+    if bool(tls_cert) != bool(tls_key):
+        raise BadInput("--tls-cert and --tls-key go together")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInput(f"--listen {listen!r}: expected HOST:PORT")
+    if not tls_cert and not ipaddress.ip_address(host.strip("[]")).is_loopback:
+        raise BadInput("--listen: plain HTTP only on a loopback address; give --tls-cert/--tls-key")
+    try:
+        pool = Pool(ipaddress.IPv4Network(client_pool_v4), ipaddress.IPv6Network(client_pool_v6))
+    except ValueError as exc:
+        raise BadInput(f"client pool: {exc}") from None
+    tokens = {
+        "node": _read_token(node_token_file, "node"),
+        "operator": _read_token(operator_token_file, "operator"),
+        "client": _read_token(client_token_file, "client"),
+    }
+    if len(set(tokens.values())) != 3:
+        raise BadInput("the node, operator and client tokens must all differ")
+    settings = Settings(tokens, heartbeat_interval, set(agent_sha256))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(Store(db, pool, keep_changes), settings)
+    print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        access_log=False,
+        log_level="warning",
+    )

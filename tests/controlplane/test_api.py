@@ -1,0 +1,283 @@
+"""Node API v1 against the real control plane (uvicorn, SQLite) over HTTP and HTTPS."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+import pytest
+
+from .conftest import ControlPlane, start, wg_key
+
+
+def test_register_is_idempotent_per_instance(cp: ControlPlane) -> None:
+    first = cp.register("i-0abc")
+    assert cp.register("i-0abc") == first
+    assert cp.register("i-0def") != first
+    with cp.client("node") as node:
+        reply = node.post(
+            "/v1/nodes",
+            json={
+                "instance_id": "i-0abc",
+                "public_ip": "2001:db8::10",
+                "public_key": wg_key(),
+                "listen_port": 51820,
+                "region": "eu-central-1",
+                "agent_version": "1",
+            },
+        )
+    body = reply.json()
+    assert reply.status_code == 201 and body["node_id"] == first
+    assert body["heartbeat_interval_s"] == 10
+    assert body["client_pool"] == {"ipv4": "10.96.0.0/12", "ipv6": "fd49:4452:4100::/64"}
+
+
+@pytest.mark.parametrize("kind", [None, "wrong", "client", "operator"])
+def test_node_calls_need_the_node_token(cp: ControlPlane, kind: str | None) -> None:
+    cp.tokens["wrong"] = "not-the-token-at-all"
+    with cp.client(kind) as client:
+        reply = client.post(
+            "/v1/nodes",
+            json={
+                "instance_id": "i-x",
+                "public_ip": "203.0.113.9",
+                "public_key": wg_key(),
+                "listen_port": 51820,
+                "region": "eu-central-1",
+                "agent_version": "1",
+            },
+        )
+    assert reply.status_code == 401
+    with cp.client("operator") as ops:
+        assert ops.get("/v1/nodes").json()["nodes"] == [], "nothing changed"
+
+
+def test_operator_and_client_calls_refuse_other_tokens(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    with cp.client("node") as node:
+        assert node.post("/node/drain", json={"id": node_id, "reason": "manual"}).status_code == 401
+        assert node.get("/v1/nodes").status_code == 401
+        assert node.post("/v1/peers", json={"public_key": wg_key()}).status_code == 401
+    with cp.client("operator") as ops:
+        assert ops.get("/v1/nodes", params={"state": "active"}).json()["nodes"][0]["id"] == node_id
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"public_key": "short"},
+        {"listen_port": 70000},
+        {"public_ip": "not-an-ip"},
+        {"unexpected": 1},
+        {"instance_id": ""},
+    ],
+)
+def test_bad_bodies_are_400_with_a_message(cp: ControlPlane, change: dict) -> None:
+    body = {
+        "instance_id": "i-1",
+        "public_ip": "203.0.113.10",
+        "public_key": wg_key(),
+        "listen_port": 51820,
+        "region": "eu-central-1",
+        "agent_version": "1",
+    } | change
+    with cp.client("node") as node:
+        reply = node.post("/v1/nodes", json=body)
+    assert reply.status_code == 400
+    assert reply.json()["detail"]
+
+
+def _peers(cp: ControlPlane, node_id: str, since: int | None = None):
+    with cp.client("node") as node:
+        params = {} if since is None else {"since": since}
+        return node.get(f"/v1/nodes/{node_id}/peers", params=params)
+
+
+def _add(cp: ControlPlane, key: str, region: str | None = None) -> dict:
+    with cp.client("client") as client:
+        reply = client.post("/v1/peers", json={"public_key": key, "region": region})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_peers_delta_sync(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    keys = [wg_key() for _ in range(3)]
+    for key in keys:
+        _add(cp, key)
+    full = _peers(cp, node_id).json()
+    assert full["full"] and {p["public_key"] for p in full["peers"]} == set(keys)
+    version = full["version"]
+
+    idle = _peers(cp, node_id, version)
+    assert idle.json() == {"version": version, "full": False, "peers": [], "removed": []}
+    assert len(idle.content) < 1024
+
+    new = wg_key()
+    _add(cp, new)
+    with cp.client("client") as client:
+        assert client.delete(f"/v1/peers/{keys[0]}").status_code == 204
+        assert client.delete(f"/v1/peers/{keys[0]}").status_code == 404
+    delta = _peers(cp, node_id, version).json()
+    assert not delta["full"]
+    assert [p["public_key"] for p in delta["peers"]] == [new]
+    assert delta["removed"] == [keys[0]]
+    assert delta["version"] == version + 2
+
+    assert _peers(cp, node_id, delta["version"] + 5).json()["full"], "unknown version"
+
+
+def test_too_old_version_gets_the_full_list(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    first = _add(cp, wg_key())
+    assert first["node_id"] == node_id
+    for _ in range(60):  # the server keeps 50 changes
+        _add(cp, wg_key())
+    reply = _peers(cp, node_id, 1).json()
+    assert reply["full"] and len(reply["peers"]) == 61
+
+
+def test_addresses_unique_inside_the_pool(cp: ControlPlane) -> None:
+    cp.heartbeat(cp.register())
+    seen = set()
+    for _ in range(20):
+        addresses = _add(cp, wg_key())["addresses"]
+        v4 = ipaddress.ip_interface(addresses["ipv4"])
+        v6 = ipaddress.ip_interface(addresses["ipv6"])
+        assert v4.network.prefixlen == 32 and v6.network.prefixlen == 128
+        assert v4.ip in ipaddress.ip_network("10.96.0.0/12")
+        assert v6.ip in ipaddress.ip_network("fd49:4452:4100::/64")
+        assert str(v4.ip) != "10.96.0.1", "the node's own address"
+        seen.add(addresses["ipv4"])
+    assert len(seen) == 20
+
+
+def test_assignment_balances_by_region_and_is_idempotent(cp: ControlPlane) -> None:
+    a, b, c = cp.register(), cp.register(), cp.register(region="us-east-1")
+    for node_id in (a, b, c):
+        cp.heartbeat(node_id)
+    placed = [_add(cp, wg_key(), "eu-central-1")["node_id"] for _ in range(4)]
+    assert sorted(placed) == sorted([a, a, b, b])
+    key = wg_key()
+    assert _add(cp, key, "us-east-1")["node_id"] == c
+    assert _add(cp, key, "us-east-1") == _add(cp, key, "us-east-1")
+    with cp.client("client") as client:
+        assert (
+            client.post(
+                "/v1/peers", json={"public_key": wg_key(), "region": "ap-south-1"}
+            ).status_code
+            == 503
+        )
+
+
+def test_drain_leaves_the_pool_and_clients_move(cp: ControlPlane) -> None:
+    a, b = cp.register(), cp.register()
+    cp.heartbeat(a)
+    key = wg_key()
+    assignment = _add(cp, key)
+    assert assignment["node_id"] == a
+    cp.heartbeat(b)
+    with cp.client("operator") as ops:
+        assert ops.post("/node/drain", json={"id": a, "reason": "blocked"}).status_code == 202
+        assert (
+            ops.post("/node/drain", json={"id": "node-nope", "reason": "blocked"}).status_code
+            == 404
+        )
+        draining = ops.get("/v1/nodes", params={"state": "draining"}).json()["nodes"]
+    assert [n["id"] for n in draining] == [a]
+    assert draining[0]["drain_reason"] == "blocked" and draining[0]["drain_started_at"]
+    assert cp.heartbeat(a) == {
+        "drain": True,
+        "drain_reason": "blocked",
+        "peers_version": _peers(cp, a).json()["version"],
+    }
+    assert _add(cp, wg_key())["node_id"] == b, "never assigned to a draining node"
+    version = _peers(cp, a).json()["version"]
+    moved = _add(cp, key)
+    assert moved["node_id"] == b and moved["addresses"] == assignment["addresses"]
+    assert _peers(cp, a, version).json()["removed"] == [key]
+
+
+def test_delete_node(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    with cp.client("operator") as ops:
+        assert ops.delete(f"/v1/nodes/{node_id}").status_code == 204
+        assert ops.delete(f"/v1/nodes/{node_id}").status_code == 404
+    assert _peers(cp, node_id).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "integrity",
+    [{"nftables_sha256": "c" * 64}, {"sysctl_ok": False}, {"agent_sha256": "d" * 64}],
+    ids=["ruleset changed", "sysctl drift", "unknown agent"],
+)
+def test_integrity_mismatch_drains_as_compromised(tmp_path, integrity: dict) -> None:
+    server = start(tmp_path, "--agent-sha256", "b" * 64)
+    try:
+        node_id = server.register()
+        assert server.heartbeat(node_id)["drain"] is False, "first report is the baseline"
+        assert server.heartbeat(node_id) == {
+            "drain": False,
+            "drain_reason": None,
+            "peers_version": 0,
+        }
+        reply = server.heartbeat(node_id, **integrity)
+        assert reply["drain"] is True and reply["drain_reason"] == "compromised"
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+def test_concurrent_writes_keep_versions_consistent(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    errors = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                _add(cp, wg_key())
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    full = _peers(cp, node_id).json()
+    assert len(full["peers"]) == 40 and full["version"] == 40
+    assert len({p["allowed_ips"][0] for p in full["peers"]}) == 40
+
+
+def test_https_with_the_lab_ca(tmp_path) -> None:
+    server = start(tmp_path, tls=True)
+    try:
+        assert server.url.startswith("https://")
+        node_id = server.register()
+        assert node_id.startswith("node-")
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+def test_logs_hold_no_peer_key_or_client_address(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    keys = [wg_key() for _ in range(3)]
+    addresses = [_add(cp, key)["addresses"] for key in keys]
+    with cp.client("client") as client:
+        client.delete(f"/v1/peers/{keys[0]}")
+    with cp.client("operator") as ops:
+        ops.post("/node/drain", json={"id": node_id, "reason": "manual"})
+    cp.process.terminate()
+    cp.process.wait(10)
+    log = cp.log.read_text()
+    assert "registered" in log, "the log is being written"
+    for key, address in zip(keys, addresses, strict=True):
+        assert key not in log
+        assert address["ipv4"].split("/")[0] not in log
+        assert address["ipv6"].split("/")[0] not in log
