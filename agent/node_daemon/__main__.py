@@ -1,0 +1,5 @@
+"""python -m node_daemon"""
+
+from node_daemon.cli import main
+
+main()

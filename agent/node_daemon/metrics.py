@@ -1,0 +1,54 @@
+"""Prometheus metrics on loopback: aggregates only, never a per-peer label or value."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.peers = Gauge("idra_agent_peers", "Peers on the interface", registry=registry)
+        self.active_peers = Gauge(
+            "idra_agent_active_peers", "Peers with a handshake in the last 180 s", registry=registry
+        )
+        self.draining = Gauge("idra_agent_draining", "1 while the node drains", registry=registry)
+        self.unauthorized = Gauge(
+            "idra_agent_unauthorized",
+            "1 while the control plane refuses our token",
+            registry=registry,
+        )
+        self.peer_changes = Counter(
+            "idra_agent_peer_changes",
+            "Peers added, updated, removed",
+            ["change"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "idra_agent_peers_rejected",
+            "Peers refused by validation",
+            ["reason"],
+            registry=registry,
+        )
+        self.syncs = Counter("idra_agent_syncs", "Sync cycles", ["result"], registry=registry)
+        self.api_bytes = Counter(
+            "idra_agent_api_bytes",
+            "Bytes exchanged with the control plane",
+            ["direction"],
+            registry=registry,
+        )
+        self.last_sync = Gauge(
+            "idra_agent_last_sync_timestamp_seconds", "Last successful sync", registry=registry
+        )
+        self.integrity_ok = Gauge(
+            "idra_agent_integrity_ok", "1 when ruleset and sysctl match", registry=registry
+        )
+
+    def serve(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"--metrics-addr {address}: metrics are served on loopback only")
+        start_http_server(int(port), addr=host, registry=self.registry)

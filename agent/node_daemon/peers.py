@@ -1,0 +1,126 @@
+"""Peer validation and the difference to apply (ARCHITECTURE §4).
+
+A peer is accepted only with a 32-byte base64 public key and allowed IPs that are
+single hosts (/32, /128) inside the client pool, owned by no other peer. A bad peer is
+rejected on its own and counted by reason; the others still apply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class Plan:
+    """What one sync will do to the interface."""
+
+    upserts: dict[str, str] = field(default_factory=dict)  # key → "ip/32,ip/128"
+    removes: list[str] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason → count
+
+
+def valid_key(key: Any) -> bool:
+    if not isinstance(key, str) or len(key) != 44:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _allowed(ips: Any, pools: list[Network]) -> tuple[str | None, str]:
+    """Normalised allowed IPs, or (None, reason)."""
+    if not isinstance(ips, list) or not ips:
+        return None, "no allowed IPs"
+    hosts = []
+    for text in ips:
+        try:
+            net = ipaddress.ip_network(str(text), strict=True)
+        except ValueError:
+            return None, "bad allowed IP"
+        if net.prefixlen != net.max_prefixlen:
+            return None, "allowed IP not a single host"
+        if not any(net.version == pool.version and net.subnet_of(pool) for pool in pools):
+            return None, "allowed IP outside the client pool"
+        hosts.append(str(net))
+    if len(set(hosts)) != len(hosts):
+        return None, "duplicate allowed IP"
+    return ",".join(sorted(hosts)), ""
+
+
+def owners_of(live: dict[str, str]) -> dict[str, str]:
+    """Allowed IP → the live peer holding it."""
+    return {ip: key for key, ips in live.items() for ip in ips.split(",") if ip}
+
+
+def plan(
+    incoming: list[dict[str, Any]],
+    removed: list[str],
+    live: dict[str, str],
+    pools: list[Network],
+    *,
+    full: bool,
+    accept_new: bool = True,
+    owners: dict[str, str] | None = None,
+) -> Plan:
+    """Compare what the control plane sent with the live interface (key → allowed IPs).
+
+    ``full``: ``incoming`` is the whole desired set (live peers not in it go); otherwise
+    it holds changes only and ``removed`` lists keys to drop, and the work is O(change)
+    when the caller keeps ``owners`` (:func:`owners_of` ``live``) up to date.
+    ``accept_new=False`` (draining) never adds a peer, but still updates and removes.
+    """
+    result = Plan()
+    keys = [p.get("public_key") if isinstance(p, dict) else None for p in incoming]
+    counts = Counter(keys)
+    valid: dict[str, str] = {}
+    for peer, key in zip(incoming, keys, strict=True):
+        if not valid_key(key):
+            result.rejected["bad public key"] += 1
+        elif counts[key] > 1:
+            result.rejected["duplicate public key"] += 1
+        else:
+            ips, reason = _allowed(peer.get("allowed_ips"), pools)
+            if ips is None:
+                result.rejected[reason] += 1
+            else:
+                valid[key] = ips
+
+    mentioned = {key for key in keys if valid_key(key)}  # a rejected live peer stays as is
+    goes = set(live) - mentioned if full else {k for k in removed if k in live} - mentioned
+    owners = owners_of(live) if owners is None else owners
+    claimed: dict[str, str] = {}  # claims made in this batch
+    for key, ips in valid.items():
+        holders = {
+            holder
+            for ip in ips.split(",")
+            if (holder := claimed.get(ip) or owners.get(ip)) not in (None, key)
+            and holder not in goes
+            and not (holder in valid and ip not in valid[holder].split(","))  # released
+        }
+        if holders:
+            result.rejected["allowed IP owned by another peer"] += 1
+            continue
+        if live.get(key) == ips:
+            result.unchanged += 1
+            continue
+        if key not in live and not accept_new:
+            continue
+        claimed.update(dict.fromkeys(ips.split(","), key))
+        result.upserts[key] = ips
+        if key in live:
+            result.updated += 1
+        else:
+            result.added += 1
+    result.removes = sorted(goes)
+    return result

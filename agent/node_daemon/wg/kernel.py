@@ -1,0 +1,51 @@
+"""Kernel WireGuard through the ``wg`` tool: many peers per invocation, never one
+process per peer. Works on any interface ``wg`` can reach (kernel or userspace)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from node_daemon.wg import Device, PeerState
+
+BATCH = 2000  # peers per ``wg set`` call (keeps the argument list far below ARG_MAX)
+
+
+class WgToolDriver:
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+
+    def _wg(self, *args: str, stdin: str | None = None) -> str:
+        result = subprocess.run(
+            ["wg", *args], input=stdin, capture_output=True, text=True, check=False, timeout=120
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"wg {args[0]} {self.interface}: {result.stderr.strip()}")
+        return result.stdout
+
+    def read(self) -> Device:
+        lines = self._wg("show", self.interface, "dump").splitlines()
+        private, _, port, _ = lines[0].split("\t")
+        device = Device(has_private_key=private != "(none)", listen_port=int(port))
+        for line in lines[1:]:
+            key, _, _, ips, handshake, rx, tx, _ = line.split("\t")
+            ips = "" if ips == "(none)" else ips
+            device.peers[key] = PeerState(
+                ",".join(sorted(ips.split(","))) if ips else "", int(handshake), int(rx), int(tx)
+            )
+        return device
+
+    def public_key(self) -> str:
+        return self._wg("show", self.interface, "public-key").strip()
+
+    def configure(self, private_key: str | None, listen_port: int) -> None:
+        args = ["set", self.interface, "listen-port", str(listen_port)]
+        if private_key:
+            args += ["private-key", "/dev/stdin"]
+        self._wg(*args, stdin=private_key)
+
+    def apply(self, upserts: dict[str, str], removes: list[str]) -> None:
+        ops = [["peer", key, "remove"] for key in removes]
+        ops += [["peer", key, "allowed-ips", ips] for key, ips in upserts.items()]
+        for start in range(0, len(ops), BATCH):
+            args = [arg for op in ops[start : start + BATCH] for arg in op]
+            self._wg("set", self.interface, *args)
