@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import re
 import time
 from pathlib import Path
 
 import click
-import httpx
+from node_daemon.api import is_secure_url
 from rich.console import Console
 from rich.table import Table
 
@@ -47,21 +46,8 @@ def _token(path: Path) -> str:
     return token
 
 
-def _secure_url(url: str) -> bool:
-    """https, or plain http to a loopback host only."""
-    parsed = httpx.URL(url)
-    if parsed.scheme == "https":
-        return True
-    if parsed.scheme != "http":
-        return False
-    try:
-        return parsed.host == "localhost" or ipaddress.ip_address(parsed.host).is_loopback
-    except ValueError:
-        return False
-
-
 def _api(api_url: str, token_file: Path, ca_file: Path | None) -> OperatorApi:
-    if not _secure_url(api_url):
+    if not is_secure_url(api_url):
         raise BadInput(f"--api-url: {api_url} must be https:// (plain http only on loopback)")
     return OperatorApi(api_url, _token(token_file), ca_file)
 
