@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+import node_daemon
+
 
 class Unauthorized(RuntimeError):
     """The control plane refused our token (401)."""
@@ -47,7 +49,10 @@ class NodeApi:
             verify=verify,
             timeout=timeout,
             event_hooks={"request": [self._count_request], "response": [self._count_response]},
+            headers={"User-Agent": f"node-daemon/{node_daemon.__version__}"},
         )
+        for name in ("Accept", "Accept-Encoding"):  # defaults the API does not need
+            self._http.headers.pop(name, None)
 
     def _count_request(self, request: httpx.Request) -> None:
         head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"

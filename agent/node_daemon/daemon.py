@@ -1,5 +1,6 @@
-"""The agent loop (ARCHITECTURE §4): register, then every interval fetch peers since the
-last version, apply only the difference, heartbeat; drain on request or on AWS notice.
+"""The agent loop (ARCHITECTURE §4): register, then every interval heartbeat and, when
+the control plane's peers version moved, fetch the peers changed since ours and apply
+only the difference; drain on request or on AWS notice.
 
 Logs carry counts only: never a peer key, client address or endpoint.
 """
@@ -164,7 +165,8 @@ class Agent:
         self.metrics.peers.set(len(self.live))
         self.last_scan = time.monotonic()
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> int:
+        """Report load and integrity; returns the control plane's peers version."""
         stats = self.stats.sample() | {"peers": len(self.live), "active_peers": self.active_peers}
         integrity = {
             "nftables_sha256": host.nftables_sha256(),
@@ -178,8 +180,10 @@ class Agent:
         })  # fmt: skip
         if reply["drain"] and not self.draining:
             log.warning("drain requested (%s): no new peers from now on", reply["drain_reason"])
+        self.metrics.heartbeats.inc()
         self.draining = self.draining or reply["drain"]
         self.metrics.draining.set(int(self.draining))
+        return reply["peers_version"]
 
     def watch_termination(self) -> None:
         """AWS is terminating us: drain ourselves, then let the group go on when the
@@ -206,10 +210,9 @@ class Agent:
                 self.register()
             if time.monotonic() - self.last_scan >= self.opts.scan_interval:
                 self.scan()
-            if self.unauthorized:
-                self.heartbeat()  # succeeds once the token is fixed
-            self.sync()
-            self.heartbeat()
+            latest = self.heartbeat()  # idle cycle: this call only
+            if self.version is None or latest != self.version:
+                self.sync()
             self.watch_termination()
         except Unauthorized:
             if not self.unauthorized:

@@ -32,7 +32,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.syncs = Counter("idra_agent_syncs", "Sync cycles", ["result"], registry=registry)
+        self.syncs = Counter("idra_agent_syncs", "Peer syncs", ["result"], registry=registry)
+        self.heartbeats = Counter("idra_agent_heartbeats", "Heartbeats sent", registry=registry)
         self.api_bytes = Counter(
             "idra_agent_api_bytes",
             "Bytes exchanged with the control plane",

@@ -95,5 +95,7 @@ def serve(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         access_log=False,
+        server_header=False,
+        date_header=False,
         log_level="warning",
     )

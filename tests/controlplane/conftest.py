@@ -80,8 +80,15 @@ class ControlPlane:
         return reply.json()
 
 
-def start(tmp: Path, *extra: str, tls: bool = False) -> ControlPlane:
-    tokens = {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
+def start(
+    tmp: Path,
+    *extra: str,
+    tls: bool = False,
+    port: int | None = None,
+    tokens: dict[str, str] | None = None,
+) -> ControlPlane:
+    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server."""
+    tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
     args = []
     for kind, token in tokens.items():
         (tmp / f"{kind}.token").write_text(token)
@@ -91,7 +98,7 @@ def start(tmp: Path, *extra: str, tls: bool = False) -> ControlPlane:
         ca, cert, key = make_ca_and_server(tmp / "pki", ["127.0.0.1"])
         args += ["--tls-cert", str(cert), "--tls-key", str(key)]
         verify = ssl.create_default_context(cafile=ca)
-    port = free_port()
+    port = port or free_port()
     log = tmp / "controlplane.log"
     process = subprocess.Popen(
         [
@@ -107,7 +114,7 @@ def start(tmp: Path, *extra: str, tls: bool = False) -> ControlPlane:
             *args,
             *extra,
         ],
-        stdout=log.open("w"),
+        stdout=log.open("a"),
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20

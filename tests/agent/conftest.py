@@ -1,0 +1,204 @@
+"""The agent against the real control plane and real wireguard-go interfaces.
+
+host: control plane on 127.0.0.1, node-daemon (talks to the node's UAPI socket)
+node namespace: tunnel interface (wireguard-go) ── veth ── client namespace(s)
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from idra.netns import Netns, Topology, run, unique_name
+from tests.controlplane.conftest import ControlPlane, free_port, start
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_IP = "192.0.2.1"
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Client:
+    ns: Netns
+    wg: str
+    public_key: str
+    address: str
+
+
+@dataclass
+class Env:
+    cp: ControlPlane
+    topo: Topology
+    node: Netns
+    wg: str
+    tmp: Path
+    metrics_port: int = field(default_factory=free_port)
+    agent: subprocess.Popen | None = None
+    log: Path | None = None
+    clients: list[Client] = field(default_factory=list)
+
+    def start_agent(self, pyz: Path | None = None, *extra: str) -> subprocess.Popen:
+        command = [sys.executable, str(pyz)] if pyz else [sys.executable, "-m", "node_daemon"]
+        self.log = self.tmp / "agent.log"
+        self.agent = subprocess.Popen(
+            [
+                *command,
+                "run",
+                "--api-url",
+                self.cp.url,
+                "--token-file",
+                str(self.tmp / "node.token"),
+                "--interface",
+                self.wg,
+                "--driver",
+                "uapi",
+                "--region",
+                "eu-central-1",
+                "--public-ip",
+                NODE_IP,
+                "--instance-id",
+                "i-0agenttest",
+                "--state-dir",
+                str(self.tmp / "state"),
+                "--no-imds",
+                "--heartbeat-interval",
+                "0.5",
+                "--scan-interval",
+                "1",
+                "--backoff-max",
+                "2",
+                "--sysctl-file",
+                str(self.tmp / "none.conf"),
+                "--metrics-addr",
+                f"127.0.0.1:{self.metrics_port}",
+                *extra,
+            ],
+            stdout=self.log.open("a"),
+            stderr=subprocess.STDOUT,
+            env={"SHIV_ROOT": str(self.tmp / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        eventually(
+            lambda: self.metric("idra_agent_syncs_total", 'result="ok"') > 0,
+            what="the agent's first sync",
+        )
+        return self.agent
+
+    def stop_agent(self, kill: bool = False) -> None:
+        if self.agent and self.agent.poll() is None:
+            self.agent.kill() if kill else self.agent.terminate()
+            self.agent.wait(10)
+
+    def metrics(self) -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return ""
+
+    def metric(self, name: str, labels: str = "") -> float:
+        pattern = rf"^{name}{{{labels}}} (\S+)$" if labels else rf"^{name} (\S+)$"
+        match = re.search(pattern, self.metrics(), re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def dump(self) -> dict[str, list[str]]:
+        """The node interface's peers: key → [endpoint, allowed, handshake, rx, tx]."""
+        lines = self.node.run("wg", "show", self.wg, "dump").stdout.splitlines()[1:]
+        return {f[0]: [f[2], f[3], f[4], f[5], f[6]] for f in (line.split("\t") for line in lines)}
+
+    def add_client(self) -> Client:
+        """A real WireGuard client: registered through POST /v1/peers, tunnel up."""
+        ns = self.topo.netns("client")
+        index = len(self.clients) + 2
+        self.topo.link(self.node, f"c{index}", ns, "eth0")
+        self.node.addr(f"c{index}", "192.0.2.1/32")
+        self.node.route(f"198.18.{index}.2/32", "dev", f"c{index}")
+        ns.addr("eth0", f"198.18.{index}.2/32")
+        ns.route(f"{NODE_IP}/32", "dev", "eth0")
+        private = run(["wg", "genkey"]).stdout.strip()
+        public = run(["wg", "pubkey"], input=private).stdout.strip()
+        with self.cp.client("client") as api:
+            assignment = api.post("/v1/peers", json={"public_key": public}).json()
+        client = Client(ns, unique_name("wgc"), public, assignment["addresses"]["ipv4"])
+        self.topo.wireguard(ns, client.wg)
+        ns.run(
+            "wg",
+            "set",
+            client.wg,
+            "private-key",
+            "/dev/stdin",
+            "peer",
+            assignment["node_public_key"],
+            "endpoint",
+            assignment["endpoint"],
+            "allowed-ips",
+            "10.96.0.0/12",
+            input=private,
+        )
+        ns.addr(client.wg, client.address)
+        ns.ip("link", "set", client.wg, "up")
+        ns.route("10.96.0.0/12", "dev", client.wg)
+        self.clients.append(client)
+        eventually(lambda: public in self.dump(), what="the client's peer on the node")
+        return client
+
+    def ping(self, client: Client, count: int = 3, interval: float = 0.2) -> int:
+        out = client.ns.run(
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            "1",
+            "10.96.0.1",
+            check=False,
+            timeout=count * interval + 10,
+        ).stdout
+        return int(re.search(r"(\d+) received", out).group(1))
+
+
+@pytest.fixture
+def env(tmp_path):
+    cp = start(tmp_path)
+    topo = Topology("agent")
+    try:
+        node = topo.netns("node")
+        wg = unique_name("wgn")
+        topo.wireguard(node, wg)
+        node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
+        node.ip("link", "set", wg, "up")
+        environment = Env(cp, topo, node, wg, tmp_path)
+        yield environment
+        environment.stop_agent()
+    finally:
+        topo.close()
+        cp.process.terminate()
+        cp.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory) -> Path:
+    """The agent built as node-daemon.pyz by agent/build.py (as CI and releases do)."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, str(REPO / "agent" / "build.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out / "node-daemon.pyz"

@@ -1,0 +1,274 @@
+"""node-daemon acceptance (issue 5) with real wireguard-go, the real control plane, and
+for the end-to-end scenario the built node-daemon.pyz."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.controlplane.conftest import start, wg_key
+
+from .conftest import Env, eventually
+
+
+def _nodes(env: Env, state: str | None = None) -> list[dict]:
+    with env.cp.client("operator") as ops:
+        return ops.get("/v1/nodes", params={"state": state} if state else {}).json()["nodes"]
+
+
+def test_restart_keeps_key_registration_and_sessions(env: Env, pyz: Path) -> None:
+    """Runs the BUILT node-daemon.pyz: register, serve a client, restart without loss."""
+    assert pyz.stat().st_size <= 25 * 1024 * 1024
+    env.start_agent(pyz)
+    client = env.add_client()
+    assert env.ping(client) == 3
+    public_key = env.node.run("wg", "show", env.wg, "public-key").stdout
+    node_id = _nodes(env)[0]["id"]
+    ping = subprocess.Popen(
+        client.ns.exec_args("ping", "-n", "-q", "-c", "150", "-i", "0.02", "10.96.0.1"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    env.stop_agent(kill=True)
+    env.start_agent(pyz)
+    out, _ = ping.communicate(timeout=30)
+    assert " 150 received" in out, out
+    assert env.node.run("wg", "show", env.wg, "public-key").stdout == public_key
+    nodes = _nodes(env)
+    assert [n["id"] for n in nodes] == [node_id], "same instance id, same node"
+    assert "reusing the interface key" in env.log.read_text()
+
+
+def test_one_new_peer_among_a_thousand_changes_only_it(env: Env) -> None:
+    env.start_agent()
+    client = env.add_client()
+    assert env.ping(client) == 3
+    with env.cp.client("client") as api:
+        for _ in range(999):
+            assert api.post("/v1/peers", json={"public_key": wg_key()}).status_code == 200
+    eventually(lambda: env.metric("idra_agent_peers") == 1000, what="1000 peers applied")
+    before = env.dump()
+    added = env.metric("idra_agent_peer_changes_total", 'change="added"')
+    newcomer = wg_key()
+    with env.cp.client("client") as api:
+        api.post("/v1/peers", json={"public_key": newcomer})
+    eventually(lambda: env.metric("idra_agent_peers") == 1001, what="the new peer")
+    after = env.dump()
+    assert set(after) - set(before) == {newcomer}
+    assert env.metric("idra_agent_peer_changes_total", 'change="added"') == added + 1
+    for key, fields in before.items():
+        endpoint, allowed, handshake, rx, tx = fields
+        assert after[key][:3] == [endpoint, allowed, handshake], "peer untouched"
+        assert int(after[key][3]) >= int(rx) and int(after[key][4]) >= int(tx), "counters kept"
+    assert before[client.public_key][2] != "0", "the live client had a session"
+
+    with env.cp.client("client") as api:
+        assert api.delete(f"/v1/peers/{newcomer}").status_code == 204
+    eventually(lambda: newcomer not in env.dump(), what="the removal")
+    assert env.metric("idra_agent_peer_changes_total", 'change="removed"') == 1
+
+    def exchanged() -> tuple[float, float]:
+        cycles = env.metric("idra_agent_heartbeats_total")
+        sent = env.metric("idra_agent_api_bytes_total", 'direction="sent"')
+        return cycles, sent + env.metric("idra_agent_api_bytes_total", 'direction="received"')
+
+    cycles, total = exchanged()
+    time.sleep(3)
+    cycles2, total2 = exchanged()
+    assert cycles2 - cycles >= 3
+    per_cycle = (total2 - total) / (cycles2 - cycles)
+    assert per_cycle < 1024, f"an idle cycle moved {per_cycle:.0f} bytes with 1000 peers"
+
+
+def test_bad_peers_rejected_one_by_one(env: Env, tmp_path: Path) -> None:
+    good = [wg_key() for _ in range(3)]
+    twice = wg_key()
+    document = {
+        "version": 1,
+        "full": True,
+        "removed": [],
+        "peers": [
+            {"public_key": good[0], "allowed_ips": ["10.96.0.10/32", "fd49:4452:4100::10/128"]},
+            {"public_key": good[1], "allowed_ips": ["10.96.0.11/32"]},
+            {"public_key": good[2], "allowed_ips": ["10.96.0.12/32"]},
+            {"public_key": "not-a-key", "allowed_ips": ["10.96.0.13/32"]},
+            {"public_key": base64.b64encode(b"x" * 31).decode(), "allowed_ips": ["10.96.0.14/32"]},
+            {"public_key": wg_key(), "allowed_ips": ["0.0.0.0/0"]},
+            {"public_key": wg_key(), "allowed_ips": ["10.0.0.1/32"]},
+            {"public_key": wg_key(), "allowed_ips": ["10.96.0.0/24"]},
+            {"public_key": twice, "allowed_ips": ["10.96.0.15/32"]},
+            {"public_key": twice, "allowed_ips": ["10.96.0.16/32"]},
+            {"public_key": wg_key(), "allowed_ips": ["10.96.0.10/32"]},
+        ],
+    }
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps(document))
+    result = env.node.run(
+        sys.executable,
+        "-m",
+        "node_daemon",
+        "sync",
+        "--interface",
+        env.wg,
+        "--peers",
+        str(path),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout.strip() == "added 3 updated 0 removed 0 unchanged 0 rejected 8"
+    for reason in (
+        "bad public key",
+        "duplicate public key",
+        "allowed IP not a single host",
+        "allowed IP outside the client pool",
+        "allowed IP owned by another peer",
+    ):
+        assert reason in result.stderr
+    assert set(env.dump()) == set(good)
+    again = env.node.run(
+        sys.executable,
+        "-m",
+        "node_daemon",
+        "sync",
+        "--interface",
+        env.wg,
+        "--peers",
+        str(path),
+        check=False,
+    )
+    assert again.stdout.startswith("added 0 updated 0 removed 0 unchanged 3")
+
+
+def test_outage_keeps_peers_then_recovers(env: Env) -> None:
+    env.start_agent()
+    client = env.add_client()
+    env.cp.process.terminate()
+    env.cp.process.wait(10)
+    errors = env.metric("idra_agent_syncs_total", 'result="error"')
+    eventually(
+        lambda: env.metric("idra_agent_syncs_total", 'result="error"') >= errors + 2,
+        what="retries during the outage",
+    )
+    time.sleep(4)  # backoff capped at --backoff-max 2 s in this test (default 300 s)
+    assert client.public_key in env.dump(), "peers kept during the outage"
+    assert env.ping(client) == 3, "sessions unaffected"
+    port = int(env.cp.url.rsplit(":", 1)[1])
+    env.cp = start(env.tmp, port=port, tokens=env.cp.tokens)
+    newcomer = wg_key()
+    with env.cp.client("client") as api:
+        api.post("/v1/peers", json={"public_key": newcomer})
+    eventually(lambda: newcomer in env.dump(), what="sync after recovery")
+    assert "control plane unavailable" in env.log.read_text()
+
+
+def test_wrong_token_stops_sync_but_keeps_serving(env: Env) -> None:
+    env.start_agent()
+    client = env.add_client()
+    token_file = env.tmp / "node.token"
+    token_file.write_text("a-wrong-token-of-some-length")
+    eventually(lambda: env.metric("idra_agent_unauthorized") == 1, what="the 401")
+    newcomer = wg_key()
+    with env.cp.client("client") as api:
+        api.post("/v1/peers", json={"public_key": newcomer})
+    time.sleep(2)
+    assert newcomer not in env.dump(), "no sync without a valid token"
+    assert client.public_key in env.dump() and env.ping(client) == 3
+    assert "refuses our token" in env.log.read_text()
+    token_file.write_text(env.cp.tokens["node"])
+    eventually(lambda: newcomer in env.dump(), timeout=10, what="sync with the fixed token")
+    assert env.metric("idra_agent_unauthorized") == 0
+
+
+def test_drain_reaches_the_agent_and_empties_the_pool(env: Env) -> None:
+    env.start_agent()
+    node_id = _nodes(env)[0]["id"]
+    with env.cp.client("operator") as ops:
+        assert ops.post("/node/drain", json={"id": node_id, "reason": "blocked"}).status_code == 202
+    eventually(lambda: env.metric("idra_agent_draining") == 1, what="the drain flag")
+    assert [n["id"] for n in _nodes(env, "draining")] == [node_id]
+    with env.cp.client("client") as api:
+        assert api.post("/v1/peers", json={"public_key": wg_key()}).status_code == 503
+    assert "drain requested (blocked)" in env.log.read_text()
+
+
+def test_logs_and_metrics_hold_no_peer_identifiers(env: Env) -> None:
+    env.start_agent()
+    clients = [env.add_client() for _ in range(2)]
+    for client in clients:
+        env.ping(client)
+    with env.cp.client("client") as api:
+        api.delete(f"/v1/peers/{clients[0].public_key}")
+    eventually(lambda: clients[0].public_key not in env.dump(), what="removal")
+    time.sleep(1.5)
+    captured = env.metrics() + env.log.read_text() + env.cp.log.read_text()
+    assert "idra_agent_peers" in captured
+    for client in clients:
+        assert client.public_key not in captured
+        assert client.address.split("/")[0] not in captured
+        assert "198.18." not in captured, "no client endpoint"
+
+
+def test_fetch_secret_writes_0600_and_never_prints(tmp_path: Path, monkeypatch) -> None:
+    import boto3
+    from click.testing import CliRunner
+    from moto import mock_aws
+    from node_daemon.cli import main
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    value = "tok-" + os.urandom(12).hex()
+    out = tmp_path / "run" / "token"
+    with mock_aws():
+        boto3.client("secretsmanager", region_name="eu-central-1").create_secret(
+            Name="idra/staging/NODE_TOKEN", SecretString=value
+        )
+        runner = CliRunner()
+        ok = runner.invoke(
+            main,
+            [
+                "fetch-secret",
+                "--secret-id",
+                "idra/staging/NODE_TOKEN",
+                "--region",
+                "eu-central-1",
+                "--out",
+                str(out),
+            ],
+        )
+        missing = runner.invoke(
+            main,
+            [
+                "fetch-secret",
+                "--secret-id",
+                "idra/staging/NOPE",
+                "--region",
+                "eu-central-1",
+                "--out",
+                str(tmp_path / "x"),
+            ],
+        )
+    assert ok.exit_code == 0, ok.output
+    assert out.read_text() == value
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert value not in ok.output
+    assert missing.exit_code == 1
+    assert "ResourceNotFoundException" in missing.output and "idra/staging/NOPE" in missing.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_is_reproducible(pyz: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, str(repo / "agent" / "build.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "node-daemon.pyz").read_bytes() == pyz.read_bytes()
+    digest = (tmp_path / "node-daemon.pyz.sha256").read_text().split()
+    assert digest[1] == "node-daemon.pyz" and len(digest[0]) == 64
