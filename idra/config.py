@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 NAMESPACE = "idra"
+LIFECYCLE_HOOK = "idra-drain"  # the ASG's termination hook; the agent completes it
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEYS = ("nodeToken", "firebasePrivateKey", "blindedSigningPrivateKey")
 # Namespaces a stack file may hold besides ours (providers configured by Pulumi).
@@ -139,6 +140,10 @@ class StackConfig(BaseModel):
             if region not in self.regions:
                 raise _KeyedError("existingSubnetIds", f"{region} is not in regions")
         return self
+
+    def asg_name(self, region: str) -> str:
+        """The auto-scaling group's name (fixed, so user-data can name it before it exists)."""
+        return f"idra-{self.stack}-{region}"
 
     def secret_name(self, key: str) -> str:
         """Secrets Manager name of one of this environment's secrets."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from idra.config import REPO_ROOT, ConfigError, StackConfig
+from idra.config import LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
 TEMPLATES = REPO_ROOT / "templates"
 NODE_FILES = ("sysctl.conf", "nftables.nft", "node-daemon.initd", "user-data.yaml")
@@ -46,6 +46,7 @@ def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, 
         "cfg": cfg,
         "region": region,
         "tun": cfg.tunnel_interface,
+        "lifecycle_hook": LIFECYCLE_HOOK,
         "bastions_v4": [str(c) for c in bastions if c.version == 4],
         "bastions_v6": [str(c) for c in bastions if c.version == 6],
         "blocked_v4": [*BLOCKED_V4, str(cfg.vpc_cidr)],
