@@ -42,10 +42,15 @@ class ControlPlane:
         headers = {"Authorization": f"Bearer {self.tokens[kind]}"} if kind else {}
         return httpx.Client(base_url=self.url, headers=headers, verify=self.verify, timeout=10)
 
-    def register(self, instance_id: str | None = None, region: str = "eu-central-1") -> str:
+    def register(
+        self,
+        instance_id: str | None = None,
+        region: str = "eu-central-1",
+        public_ip: str = "203.0.113.10",
+    ) -> str:
         body = {
             "instance_id": instance_id or f"i-{secrets.token_hex(8)}",
-            "public_ip": "203.0.113.10",
+            "public_ip": public_ip,
             "public_key": wg_key(),
             "listen_port": 51820,
             "region": region,
