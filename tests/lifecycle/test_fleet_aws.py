@@ -1,64 +1,14 @@
-"""The AWS fleet backend against moto (autoscaling + ec2).
-
-moto 5 does not implement ``complete_lifecycle_action``: that one call goes to a client
-wrapped in botocore's Stubber, which checks its parameters against the real API model.
-"""
+"""The AWS fleet backend against moto (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
-import boto3
-import pytest
-from botocore.stub import Stubber
-from moto import mock_aws
+from idra.lifecycle.fleet import AwsFleet
 
-from idra.lifecycle.fleet import TERMINATING, AwsFleet
-
-REGION = "eu-central-1"
-
-
-class LifecycleStub:
-    """The moto client for everything but ``complete_lifecycle_action``."""
-
-    def __init__(self, moto_client) -> None:
-        self._moto = moto_client
-        self.stubbed = boto3.client("autoscaling", region_name=REGION)
-        self.stubber = Stubber(self.stubbed)
-        self.complete_lifecycle_action = self.stubbed.complete_lifecycle_action
-
-    def __getattr__(self, name: str):
-        return getattr(self._moto, name)
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    with mock_aws():
-        ec2 = boto3.client("ec2", region_name=REGION)
-        asg = boto3.client("autoscaling", region_name=REGION)
-        image = ec2.describe_images()["Images"][0]["ImageId"]
-        ec2.create_launch_template(LaunchTemplateName="node", LaunchTemplateData={"ImageId": image})
-        asg.create_auto_scaling_group(
-            AutoScalingGroupName="idra-staging",
-            LaunchTemplate={"LaunchTemplateName": "node"},
-            MinSize=1, MaxSize=4, DesiredCapacity=2,
-            AvailabilityZones=[f"{REGION}a"],
-            NewInstancesProtectedFromScaleIn=True,
-        )  # fmt: skip
-        asg.put_lifecycle_hook(
-            LifecycleHookName="drain", AutoScalingGroupName="idra-staging",
-            LifecycleTransition=TERMINATING, HeartbeatTimeout=3600, DefaultResult="CONTINUE",
-        )  # fmt: skip
-        yield LifecycleStub(asg)
-
-
-def _instances(client) -> list[str]:
-    group = client.describe_auto_scaling_groups(AutoScalingGroupNames=["idra-staging"])
-    return [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
+from .conftest import REGION, instances
 
 
 def test_terminate_replaces_without_decrementing(aws) -> None:
-    victim, survivor = _instances(aws)
+    victim, survivor = instances(aws)
     aws.stubber.add_response(
         "complete_lifecycle_action",
         {},
@@ -71,7 +21,7 @@ def test_terminate_replaces_without_decrementing(aws) -> None:
         )
     aws.stubber.assert_no_pending_responses()
     assert outcome == "terminated"
-    after = _instances(aws)
+    after = instances(aws)
     assert victim not in after and survivor in after
     assert len(after) == 2, "the group launched a replacement"
     group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=["idra-staging"])
@@ -79,7 +29,7 @@ def test_terminate_replaces_without_decrementing(aws) -> None:
 
 
 def test_terminating_a_gone_instance_is_a_no_op(aws) -> None:
-    victim = _instances(aws)[0]
+    victim = instances(aws)[0]
     aws.stubber.add_response("complete_lifecycle_action", {})
     fleet = AwsFleet(lambda region: aws)
     with aws.stubber:
@@ -87,11 +37,11 @@ def test_terminating_a_gone_instance_is_a_no_op(aws) -> None:
         assert fleet.terminate({"id": "n1", "instance_id": victim, "region": REGION}) == (
             "already gone"
         )
-    assert len(_instances(aws)) == 2
+    assert len(instances(aws)) == 2
 
 
 def test_lifecycle_already_completed_by_the_agent(aws) -> None:
-    victim = _instances(aws)[0]
+    victim = instances(aws)[0]
     aws.stubber.add_client_error(
         "complete_lifecycle_action", "ValidationError", "No active Lifecycle Action found"
     )

@@ -1,0 +1,136 @@
+"""The reaper against the real control plane and moto's Auto Scaling (ARCHITECTURE §5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import pytest
+
+from idra.lifecycle.api import OperatorApi
+from idra.lifecycle.fleet import AwsFleet
+from idra.lifecycle.reaper import reap
+from tests.controlplane.conftest import start
+
+from .conftest import REGION, instances
+
+HOURS = dt.timedelta(hours=6)
+
+
+@pytest.fixture
+def cp(tmp_path):
+    server = start(tmp_path)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def _fleet_nodes(cp, aws) -> dict[str, str]:
+    """One node record per instance of the moto group: instance id → node id."""
+    nodes = {}
+    for instance in instances(aws):
+        nodes[instance] = cp.register(instance, region=REGION)
+        cp.heartbeat(nodes[instance], active_peers=3)
+    return nodes
+
+
+def _drain(cp, node_id: str, reason: str) -> None:
+    with cp.client("operator") as ops:
+        assert ops.post("/node/drain", json={"id": node_id, "reason": reason}).status_code == 202
+
+
+def _api(cp) -> OperatorApi:
+    return OperatorApi(cp.url, cp.tokens["operator"])
+
+
+def _node_ids(cp) -> set[str]:
+    with cp.client("operator") as ops:
+        return {n["id"] for n in ops.get("/v1/nodes").json()["nodes"]}
+
+
+def _expect_completion(aws, instance: str) -> None:
+    aws.stubber.add_response(
+        "complete_lifecycle_action",
+        {},
+        {
+            "LifecycleHookName": "drain",
+            "AutoScalingGroupName": "idra-staging",
+            "InstanceId": instance,
+            "LifecycleActionResult": "CONTINUE",
+        },
+    )
+
+
+def test_blocked_waits_for_users_then_goes(cp, aws) -> None:
+    nodes = _fleet_nodes(cp, aws)
+    blocked, healthy = list(nodes)
+    _drain(cp, nodes[blocked], "blocked")
+    fleet = AwsFleet(lambda region: aws)
+    with aws.stubber:
+        first = reap(_api(cp), fleet, HOURS)
+        assert [(d.node_id, d.action) for d in first] == [(nodes[blocked], "wait")]
+        assert blocked in instances(aws), "users still on it"
+
+        cp.heartbeat(nodes[blocked], active_peers=0)
+        _expect_completion(aws, blocked)
+        second = reap(_api(cp), fleet, HOURS)
+        assert [(d.action, d.outcome) for d in second] == [("terminate", "terminated")]
+        again = reap(_api(cp), fleet, HOURS)
+    assert again == [], "a second run changes nothing"
+    aws.stubber.assert_no_pending_responses()
+    after = instances(aws)
+    assert blocked not in after and healthy in after and len(after) == 2
+    group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=["idra-staging"])
+    assert group["AutoScalingGroups"][0]["DesiredCapacity"] == 2
+    assert _node_ids(cp) == {nodes[healthy]}, "record deleted, the healthy one untouched"
+
+
+def test_compromised_goes_at_once_and_max_drain_ends_the_wait(cp, aws) -> None:
+    nodes = _fleet_nodes(cp, aws)
+    compromised, stuck = list(nodes)
+    _drain(cp, nodes[compromised], "compromised")
+    _drain(cp, nodes[stuck], "manual")
+    _expect_completion(aws, compromised)
+    with aws.stubber:
+        decisions = {d.node_id: d.action for d in reap(_api(cp), AwsFleet(lambda r: aws), HOURS)}
+        assert decisions == {nodes[compromised]: "terminate", nodes[stuck]: "wait"}
+        _expect_completion(aws, stuck)
+        later = dt.datetime.now(dt.UTC) + HOURS + dt.timedelta(minutes=1)
+        decisions = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, now=later)
+    assert [(d.node_id, d.action) for d in decisions] == [(nodes[stuck], "terminate")]
+    assert "drain time" in decisions[0].why
+    assert not set(nodes) & set(instances(aws))
+
+
+def test_dry_run_and_region_filter_change_nothing(cp, aws) -> None:
+    nodes = _fleet_nodes(cp, aws)
+    victim = next(iter(nodes))
+    _drain(cp, nodes[victim], "compromised")
+    with aws.stubber:
+        elsewhere = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, regions=["us-east-1"])
+        dry = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, dry_run=True)
+    assert elsewhere == []
+    assert [(d.action, d.outcome) for d in dry] == [("terminate", "")]
+    assert victim in instances(aws) and nodes[victim] in _node_ids(cp)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idra.cli",
+            "reap",
+            "--api-url",
+            cp.url,
+            "--dry-run",
+            "--json",
+            "--operator-token-file",
+            str(cp.log.parent / "operator.token"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["action"] == "terminate"
+    assert nodes[victim] in _node_ids(cp)
