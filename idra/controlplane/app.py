@@ -149,6 +149,9 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         if _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
             log.warning("node %s drained: integrity mismatch", node_id)
+        elif body.state == "draining" and before["state"] == "active":
+            store.drain(node_id, "terminating")  # the node drains itself (AWS notice)
+            log.info("node %s draining itself: terminating", node_id)
         node = store.node(node_id)
         return {
             "drain": node["state"] == "draining",

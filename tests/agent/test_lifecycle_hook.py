@@ -122,9 +122,10 @@ def test_termination_notice_drains_then_completes_when_empty(env: Env, imds, aut
     assert agent.draining and agent.terminating
     assert agent.lifecycle_done, "no active peers: completed at once"
     autoscaling.assert_no_pending_responses()
+    agent.cycle()  # the next heartbeat tells the control plane
     with env.cp.client("operator") as ops:
         node = ops.get("/v1/nodes").json()["nodes"][0]
-    assert node["state"] == "active", "the pool state is the control plane's to change"
+    assert (node["state"], node["drain_reason"]) == ("draining", "terminating")
 
 
 def test_waits_for_the_last_user(env: Env, imds, autoscaling) -> None:
