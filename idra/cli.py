@@ -9,6 +9,7 @@ import click
 from idra import __version__
 from idra.config import ConfigError, load_stack
 from idra.controlplane.serve import controlplane
+from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
 from idra.render import write_node_files
 
@@ -52,6 +53,7 @@ def render(stack: str, out: Path, region: str | None, root: Path | None) -> None
 
 
 main.add_command(controlplane)
+main.add_command(lab)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 

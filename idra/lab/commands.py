@@ -53,7 +53,7 @@ def up(nodes: int, clients: int, stack: str, agent: Path | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        world.bring_up(cfg, nodes, clients, agent, console)
+        world.bring_up(cfg, nodes, clients, agent or world.default_agent(), console)
     except Exception:
         console.print("[red]lab up failed; removing what was made[/red]")
         world.teardown(LabState.load())

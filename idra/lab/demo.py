@@ -45,6 +45,7 @@ def _fetch(client: Client, host: str, timeout: float = 3) -> str | None:
 
 
 def internet_through_the_node(state: LabState) -> Step:
+    """Every client reaches the internet through its node, v4 and v6."""
     nodes = {n.instance_id: n for n in state.nodes}
     wrong = []
     for client in state.clients:
@@ -61,6 +62,7 @@ def internet_through_the_node(state: LabState) -> Step:
 
 
 def isolation(state: LabState) -> Step:
+    """No client reaches the metadata service, the VPC or another client."""
     leaks = []
     for client in state.clients:
         others = [c.address_v4 for c in state.clients if c is not client]
@@ -75,6 +77,7 @@ def isolation(state: LabState) -> Step:
 
 
 def join_and_leave(state: LabState) -> Step:
+    """A client joins and leaves while another pings on."""
     watcher = state.clients[0]
     ping = subprocess.Popen(
         Netns(watcher.ns).exec_args("ping", "-n", "-q", "-i", "0.05", "-c", "120", S.PUBLIC_V4),
@@ -97,6 +100,7 @@ def join_and_leave(state: LabState) -> Step:
 
 
 def blocked_node_replaced(state: LabState) -> Step:
+    """A node's address is listed: canary, drain, clients move, reaper replaces."""
     victim = state.nodes[0]
     (S.LAB_DIR / "listed.json").write_text(json.dumps({victim.public_v4: "listed"}))
     canary = [
@@ -149,7 +153,9 @@ def blocked_node_replaced(state: LabState) -> Step:
         state.__dict__.update(LabState.load().__dict__)
         healthy = _eventually(lambda: len(world.active_nodes(ops)) == len(state.nodes), 60)
     (S.LAB_DIR / "listed.json").write_text("{}")
-    reachable = all(_fetch(c, S.PUBLIC_V4) for c in state.clients)
+    # a moved client's first handshake may precede its peer on the new node: WireGuard
+    # retries after 5 s
+    reachable = _eventually(lambda: all(_fetch(c, S.PUBLIC_V4) for c in state.clients), 20)
     replaced = victim.instance_id not in {n.instance_id for n in state.nodes}
     ok = bool(drained) and replaced and healthy and reachable
     return Step(

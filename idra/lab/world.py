@@ -29,6 +29,7 @@ from idra.netns import (
     create_netns,
     delete_netns,
     link,
+    parse_sysctl,
     run,
     start_wireguard,
     stop_process,
@@ -36,6 +37,7 @@ from idra.netns import (
 from idra.render import render_node_files
 
 PYTHON = sys.executable
+LAB_HEARTBEAT_S = 2  # faster than production's 10 s, so the story moves quickly
 
 
 def ns(role: str) -> Netns:
@@ -149,6 +151,8 @@ def start_control_plane(state: LabState, cfg: StackConfig) -> None:
         str(cfg.client_pool_ipv4),
         "--client-pool-v6",
         str(cfg.client_pool_ipv6),
+        "--heartbeat-interval",
+        str(LAB_HEARTBEAT_S),
     )
     _wait_for(lambda: _cp_up(cp), "the control plane")
 
@@ -179,12 +183,15 @@ def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
     host = _plug(state, f"node{index}", v4, v6)
     files = render_node_files(node_config(cfg, node))
     host.run("nft", "-f", "-", input=files["nftables.nft"])
-    host.load_sysctl(files["sysctl.conf"])
+    host_wide = host.load_sysctl(files["sysctl.conf"])
+    state_dir = S.LAB_DIR / f"node{index}"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    applied = {k: v for k, v in parse_sysctl(files["sysctl.conf"]).items() if k not in host_wide}
+    sysctl_file = state_dir / "sysctl.conf"  # what this node's namespace really holds
+    sysctl_file.write_text("".join(f"{k} = {v}\n" for k, v in applied.items()))
     node.wireguard_pid = start_wireguard(host, node.wg, log=_log(f"wireguard-node{index}")).pid
     host.addr(node.wg, cfg.tunnel_address(4), cfg.tunnel_address(6))
     host.ip("link", "set", node.wg, "mtu", str(cfg.tunnel_mtu), "up")
-    state_dir = S.LAB_DIR / f"node{index}"
-    state_dir.mkdir(mode=0o700, exist_ok=True)
     node.supervisor_pid = _spawn(
         state,
         host,
@@ -218,6 +225,9 @@ def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
         "uapi",
         "--metrics-addr",
         "127.0.0.1:9586",
+        "--no-imds",
+        "--sysctl-file",
+        str(sysctl_file),
     )
     state.nodes.append(node)
     state.save()
@@ -237,6 +247,13 @@ def remove_node(state: LabState, node: Node) -> None:
     state.namespaces.remove(node.ns)
     state.nodes.remove(node)
     state.save()
+
+
+def default_agent() -> Path:
+    """Build dist/node-daemon.pyz from this checkout (the file every lab node runs)."""
+    repo = Path(__file__).resolve().parents[2]
+    run([PYTHON, str(repo / "agent" / "build.py"), "--out", str(repo / "dist")], timeout=300)
+    return repo / "dist" / "node-daemon.pyz"
 
 
 def enter_ops() -> None:

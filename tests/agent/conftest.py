@@ -186,6 +186,7 @@ def env(tmp_path):
         environment = Env(cp, topo, node, wg, tmp_path)
         yield environment
         environment.stop_agent()
+        cp = environment.cp  # a test may have restarted it
     finally:
         topo.close()
         cp.process.terminate()

@@ -1,0 +1,94 @@
+"""The lab end to end (issue 7): up with 2 nodes and 3 clients, an agent killed under
+supervision, the whole demo with real traffic, a privacy sweep of every log and metric,
+then down with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from idra.lab import state as S
+from idra.netns import WG_RUN_DIR, Netns, is_running, run
+
+IDRA = [sys.executable, "-m", "idra.cli", "lab"]
+
+
+def _lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*IDRA, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if S.LAB_DIR.exists() or any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
+        pytest.fail("a lab is already up on this machine: run 'idra lab down' first")
+    up = _lab("up", "--nodes", "2", "--clients", "3")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield json.loads((S.LAB_DIR / "state.json").read_text())
+    finally:
+        _lab("down")
+
+
+def _namespaces() -> list[str]:
+    return run(["ip", "netns", "list"]).stdout.split()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in run(["pgrep", "-P", str(pid)], check=False).stdout.split()]
+
+
+def test_killed_agent_is_restarted_and_sessions_survive(lab) -> None:
+    node = lab["nodes"][0]
+    client = next(c for c in lab["clients"] if c["node_instance_id"] == node["instance_id"])
+    supervisor = node["supervisor_pid"]
+    (agent,) = _children(supervisor)
+    ping = subprocess.Popen(
+        Netns(client["ns"]).exec_args("ping", "-n", "-q", "-c", "60", "-i", "0.1", S.PUBLIC_V4),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    run(["kill", "-9", str(agent)])
+    out, _ = ping.communicate(timeout=30)
+    received = int(re.search(r"(\d+) received", out).group(1))
+    assert received >= 59, f"{received}/60 pings: a session was disturbed"
+    deadline = time.monotonic() + 20
+    while not (restarted := _children(supervisor)) or restarted == [agent]:
+        assert time.monotonic() < deadline, "the supervisor did not restart the agent"
+        time.sleep(0.2)
+
+
+def test_demo_holds_every_step(lab) -> None:
+    demo = _lab("demo", "--keep")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert demo.stdout.count("held") == 4
+
+
+def test_no_client_key_or_address_in_logs_or_metrics(lab) -> None:
+    state = json.loads((S.LAB_DIR / "state.json").read_text())
+    captured = "".join(p.read_text(errors="replace") for p in (S.LAB_DIR / "logs").glob("*.log"))
+    for node in state["nodes"]:
+        captured += Netns(node["ns"]).run("curl", "-s", "127.0.0.1:9586/metrics").stdout
+    assert "idra_agent_peers" in captured and "registered" in captured, "logs were captured"
+    secrets = [c["public_key"] for c in state["clients"]]
+    secrets += [c[k] for c in state["clients"] for k in ("address_v4", "address_v6")]
+    secrets += [f"203.0.113.{100 + c['index']}" for c in state["clients"]]  # their own IPs
+    leaked = [s for s in secrets if s and s in captured]
+    assert not leaked, f"{len(leaked)} client identifiers in lab logs or metrics"
+
+
+def test_down_leaves_nothing(lab) -> None:
+    state = json.loads((S.LAB_DIR / "state.json").read_text())
+    pids = [p["pid"] for p in state["processes"]]
+    assert _lab("down").returncode == 0
+    assert not [n for n in _namespaces() if n.startswith(S.NS_PREFIX)]
+    assert not list(WG_RUN_DIR.glob(f"{S.WG_PREFIX}*")) if WG_RUN_DIR.exists() else True
+    assert not S.LAB_DIR.exists()
+    alive = [pid for pid in pids if is_running(pid)]
+    assert not alive, f"processes left: {alive}"
+    assert "idra-lab" not in run(["ps", "-eo", "args"]).stdout
