@@ -15,6 +15,7 @@ import threading
 import boto3
 import pytest
 from botocore.stub import Stubber
+
 from node_daemon.api import NodeApi
 from node_daemon.aws import Imds
 from node_daemon.daemon import Agent, Options

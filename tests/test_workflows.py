@@ -1,4 +1,4 @@
-"""The scheduled lifecycle workflow is a valid GitHub workflow and runs both steps per stack."""
+"""GitHub workflows validate against the workflow schema and do what operators rely on."""
 
 from __future__ import annotations
 
@@ -9,16 +9,30 @@ import yaml
 from idra.config import REPO_ROOT
 from idra.netns import run
 
-WORKFLOW = REPO_ROOT / ".github" / "workflows" / "lifecycle.yml"
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+WORKFLOW = WORKFLOWS / "lifecycle.yml"
 
 
-def test_schema_valid() -> None:
+def test_every_workflow_is_schema_valid() -> None:
+    files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
+    assert len(files) >= 2
     result = run(
-        [str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")), "--builtin-schema",
-         "vendor.github-workflows", str(WORKFLOW)],
+        [
+            str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *files,
+        ],
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_release_builds_and_attaches_the_agent() -> None:
+    release = yaml.safe_load((WORKFLOWS / "release.yml").read_text())
+    assert release[True]["push"]["tags"] == ["v*"]
+    steps = " ".join(str(step) for step in release["jobs"]["agent"]["steps"])
+    assert "agent/build.py" in steps and "node-daemon.pyz.sha256" in steps
 
 
 def test_scheduled_with_oidc_for_both_stacks() -> None:
