@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import click
-from node_daemon.api import is_secure_url
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +19,7 @@ from idra.lifecycle.dnsbl import DEFAULT_ZONES, Check, Verdict, check, make_reso
 from idra.lifecycle.fleet import AwsFleet, Fleet
 from idra.lifecycle.probes import load_probes, probe
 from idra.lifecycle.reaper import reap as reap_once
+from node_daemon.api import is_secure_url
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
