@@ -89,3 +89,69 @@ class Interface:
 
     def peer_count(self) -> int:
         return len(self.wg("show", self.name, "peers").stdout.split())
+
+
+def agent_delta(iface: Interface, old: dict[str, str], new: dict[str, str]) -> float:
+    """The agent's way: the control plane sends only the changes; plan + one UAPI batch."""
+    from node_daemon.peers import owners_of, plan
+    from node_daemon.wg.uapi import UapiDriver
+
+    pools = [POOL, ipaddress.IPv6Network("fd49:4452:4100::/64")]
+    changes = [{"public_key": k, "allowed_ips": [v]} for k, v in new.items() if k not in old]
+    removed = [k for k in old if k not in new]
+    owners = owners_of(old)  # kept up to date by the agent between cycles
+
+    def apply() -> None:
+        result = plan(changes, removed, old, pools, full=False, owners=owners)
+        UapiDriver(iface.name).apply(result.upserts, result.removes)
+
+    return timed(apply)
+
+
+def run_apply(sizes: list[int]) -> list[dict[str, float]]:
+    """Per size: full load, then a 1 % change three ways on the same interface."""
+    rows = []
+    for size in sizes:
+        with Topology("bpeers") as topo:
+            iface = Interface(topo)
+            peers = make_peers(size)
+            load = iface.setconf(peers)
+            step1 = changed(peers)
+            agent = agent_delta(iface, peers, step1)
+            step2 = changed(step1)
+            syncconf = iface.syncconf(step2)
+            step3 = changed(step2)
+            each = iface.set_each(step2, step3)
+            if iface.peer_count() != size:
+                raise RuntimeError(f"interface holds {iface.peer_count()} peers, not {size}")
+        rows.append(
+            {
+                "peers": size,
+                "load_s": load,
+                "agent_s": agent,
+                "syncconf_s": syncconf,
+                "set_each_s": each,
+                "changed": len(step1.keys() - peers.keys()) * 2,
+            }
+        )
+    return rows
+
+
+def run_plan_in_memory(sizes: list[int]) -> list[dict[str, float]]:
+    """The agent's own work without an interface: validate a full list and plan a 1 %
+    delta, at sizes beyond wireguard-go's 65,536-peer limit."""
+    from node_daemon.peers import owners_of, plan
+
+    pools = [POOL, ipaddress.IPv6Network("fd49:4452:4100::/64")]
+    rows = []
+    for size in sizes:
+        live = make_peers(size)
+        incoming = [{"public_key": k, "allowed_ips": [v]} for k, v in live.items()]
+        full = timed(lambda: plan(incoming, [], {}, pools, full=True))  # noqa: B023
+        step = changed(live)
+        changes = [{"public_key": k, "allowed_ips": [v]} for k, v in step.items() if k not in live]
+        removed = [k for k in live if k not in step]
+        owners = owners_of(live)
+        delta = timed(lambda: plan(changes, removed, live, pools, full=False, owners=owners))  # noqa: B023
+        rows.append({"peers": size, "validate_full_s": full, "plan_delta_s": delta})
+    return rows
