@@ -11,16 +11,11 @@ import statistics
 import time
 
 from idra.config import load_stack
-from idra.netns import Netns, Topology, run, unique_name
+from idra.netns import Netns, Topology, unique_name, wg_keypair
 from idra.render import render_node_files
 
 NO_FIREWALL = "flush ruleset\n"
 SERVER_V4 = "198.51.100.80"
-
-
-def _keypair() -> tuple[str, str]:
-    private = run(["wg", "genkey"]).stdout.strip()
-    return private, run(["wg", "pubkey"], input=private).stdout.strip()
 
 
 def _topology(topo: Topology):
@@ -36,8 +31,8 @@ def _topology(topo: Topology):
     node.route("default", "via", SERVER_V4)
     files = render_node_files(cfg)
     node.load_sysctl(files["sysctl.conf"])
-    node_key, node_pub = _keypair()
-    client_key, client_pub = _keypair()
+    node_key, node_pub = wg_keypair()
+    client_key, client_pub = wg_keypair()
     client_wg = unique_name("wgbc")
     topo.wireguard(node, cfg.tunnel_interface)
     topo.wireguard(client, client_wg)

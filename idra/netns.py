@@ -46,6 +46,12 @@ def parse_sysctl(text: str) -> dict[str, str]:
     return settings
 
 
+def wg_keypair() -> tuple[str, str]:
+    """A WireGuard (private, public) key pair from ``wg genkey``/``wg pubkey``."""
+    private = run(["wg", "genkey"]).stdout.strip()
+    return private, run(["wg", "pubkey"], input=private).stdout.strip()
+
+
 @dataclass
 class Netns:
     """One network namespace; commands run inside it with ``ip netns exec``."""

@@ -33,6 +33,7 @@ from idra.netns import (
     run,
     start_wireguard,
     stop_process,
+    wg_keypair,
 )
 from idra.render import render_node_files
 
@@ -292,13 +293,8 @@ def add_client(state: LabState, api: httpx.Client) -> Client:
     index = max((c.index for c in state.clients), default=0) + 1
     v4, v6 = S.client_addresses(index)
     host = _plug(state, f"client{index}", v4, v6)
-    private = run(["wg", "genkey"]).stdout.strip()
-    client = Client(
-        index,
-        host.name,
-        f"{S.WG_PREFIX}c{index}",
-        run(["wg", "pubkey"], input=private).stdout.strip(),
-    )
+    private, public = wg_keypair()
+    client = Client(index, host.name, f"{S.WG_PREFIX}c{index}", public)
     keyfile = S.LAB_DIR / f"client{index}.key"
     keyfile.touch(mode=0o600)
     keyfile.write_text(private)

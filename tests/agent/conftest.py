@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from idra.netns import Netns, Topology, run, unique_name
+from idra.netns import Netns, Topology, unique_name, wg_keypair
 from tests.controlplane.conftest import ControlPlane, free_port, start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,8 +128,7 @@ class Env:
         self.node.route(f"198.18.{index}.2/32", "dev", f"c{index}")
         ns.addr("eth0", f"198.18.{index}.2/32")
         ns.route(f"{NODE_IP}/32", "dev", "eth0")
-        private = run(["wg", "genkey"]).stdout.strip()
-        public = run(["wg", "pubkey"], input=private).stdout.strip()
+        private, public = wg_keypair()
         with self.cp.client("client") as api:
             assignment = api.post("/v1/peers", json={"public_key": public}).json()
         client = Client(ns, unique_name("wgc"), public, assignment["addresses"]["ipv4"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from idra.config import StackConfig, load_stack
-from idra.netns import Netns, Topology, run, unique_name
+from idra.netns import Netns, Topology, run, unique_name, wg_keypair
 from idra.render import render_node_files
 
 PROBE = Path(__file__).with_name("probe.py")
@@ -56,11 +56,6 @@ table inet baseline {
 	}
 }
 """
-
-
-def wg_keypair() -> tuple[str, str]:
-    private = run(["wg", "genkey"]).stdout
-    return private.strip(), run(["wg", "pubkey"], input=private).stdout.strip()
 
 
 @dataclass
