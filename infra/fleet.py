@@ -1,0 +1,173 @@
+"""Per region: the launch template and the auto-scaling group of exit nodes.
+
+Nodes leave only through drain: new instances are protected from scale-in, target
+tracking never scales in, and a termination lifecycle hook gives the agent time to drain.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pulumi
+import pulumi_aws as aws
+
+from idra.config import LIFECYCLE_HOOK, StackConfig
+from idra.render import render_node_files
+from infra.settings import tags
+
+ROOT_DEVICE = "/dev/xvda"  # Alpine's cloud images
+
+
+def ami_id(cfg: StackConfig, provider: aws.Provider) -> pulumi.Input[str]:
+    """The pinned image if the stack names one, else the newest matching Alpine image."""
+    if cfg.ami_id:
+        return cfg.ami_id
+    return aws.ec2.get_ami_output(
+        owners=[cfg.ami_owner],
+        most_recent=True,
+        filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name_pattern]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=[cfg.architecture]),
+            aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
+        ],
+        opts=pulumi.InvokeOptions(provider=provider),
+    ).id
+
+
+def user_data(cfg: StackConfig, region: str) -> str:
+    """Base64 of the same ``user-data.yaml`` that ``idra render`` writes."""
+    text = render_node_files(cfg, region)["user-data.yaml"]
+    return base64.b64encode(text.encode()).decode()
+
+
+def launch_template(
+    cfg: StackConfig,
+    region: str,
+    security_group_id: pulumi.Input[str],
+    instance_profile_arn: pulumi.Input[str],
+    provider: aws.Provider,
+) -> aws.ec2.LaunchTemplate:
+    instance_tags = tags(cfg, Name=f"idra-{cfg.stack}-{region}")
+    return aws.ec2.LaunchTemplate(
+        f"{region}-node",
+        description=f"IDRA {cfg.stack} exit node",
+        image_id=ami_id(cfg, provider),
+        instance_type=cfg.instance_types[0],
+        user_data=user_data(cfg, region),
+        update_default_version=True,
+        iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=instance_profile_arn),
+        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+            http_endpoint="enabled",
+            http_tokens="required",
+            http_put_response_hop_limit=1,
+            instance_metadata_tags="disabled",
+        ),
+        block_device_mappings=[
+            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=ROOT_DEVICE,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=cfg.root_volume_gb,
+                    volume_type="gp3",
+                    encrypted="true",
+                    delete_on_termination="true",
+                ),
+            )
+        ],
+        network_interfaces=[
+            aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                device_index=0,
+                associate_public_ip_address="true",
+                ipv6_address_count=1,
+                security_groups=[security_group_id],
+                delete_on_termination="true",
+            )
+        ],
+        monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=True),  # 1-minute metrics
+        tag_specifications=[
+            aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
+            for kind in ("instance", "volume", "network-interface")
+        ],
+        tags=tags(cfg),
+        opts=pulumi.ResourceOptions(provider=provider),
+    )
+
+
+def auto_scaling_group(
+    cfg: StackConfig,
+    region: str,
+    template: aws.ec2.LaunchTemplate,
+    subnet_ids: list[pulumi.Input[str]],
+    provider: aws.Provider,
+) -> aws.autoscaling.Group:
+    opts = pulumi.ResourceOptions(provider=provider)
+    group = aws.autoscaling.Group(
+        f"{region}-nodes",
+        name=cfg.asg_name(region),  # fixed: user-data names it before it exists
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        vpc_zone_identifiers=subnet_ids,
+        health_check_type="EC2",
+        health_check_grace_period=cfg.health_check_grace_seconds,
+        protect_from_scale_in=True,
+        mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
+            launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
+                launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
+                    launch_template_id=template.id,
+                    version=template.latest_version.apply(str),
+                ),
+                overrides=[
+                    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateOverrideArgs(
+                        instance_type=instance_type
+                    )
+                    for instance_type in cfg.instance_types
+                ],
+            ),
+        ),
+        instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+            strategy="Rolling",
+            preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                min_healthy_percentage=90,
+                scale_in_protected_instances="Refresh",  # replaced through the drain hook
+            ),
+        ),
+        tags=[
+            aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
+            for key, value in tags(cfg, Name=f"idra-{cfg.stack}-{region}").items()
+        ],
+        opts=opts,
+    )
+    aws.autoscaling.LifecycleHook(
+        f"{region}-drain",
+        name=LIFECYCLE_HOOK,
+        autoscaling_group_name=group.name,
+        lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+        heartbeat_timeout=cfg.termination_hook_timeout_seconds,
+        default_result="CONTINUE",
+        opts=opts,
+    )
+    _scale_on_load(cfg, region, group, opts)
+    return group
+
+
+def _scale_on_load(
+    cfg: StackConfig, region: str, group: aws.autoscaling.Group, opts: pulumi.ResourceOptions
+) -> None:
+    """Target tracking that only ever adds nodes; removing one is the reaper's decision."""
+    targets = {"cpu": ("ASGAverageCPUUtilization", cfg.scale_cpu_target)}
+    if cfg.scale_network_out_target_mbps:
+        bytes_per_minute = cfg.scale_network_out_target_mbps * 1e6 / 8 * 60
+        targets["network-out"] = ("ASGAverageNetworkOut", bytes_per_minute)
+    for label, (metric, target) in targets.items():
+        aws.autoscaling.Policy(
+            f"{region}-scale-{label}",
+            autoscaling_group_name=group.name,
+            policy_type="TargetTrackingScaling",
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type=metric
+                ),
+                target_value=target,
+                disable_scale_in=True,
+            ),
+            opts=opts,
+        )

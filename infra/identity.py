@@ -1,0 +1,109 @@
+"""Per region: the nodes' IAM role. It may read its environment's NODE_TOKEN in its own
+region (and decrypt it only through Secrets Manager) and complete lifecycle actions of its
+own auto-scaling group. Nothing else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from idra.config import StackConfig
+from infra.secrets import EnvironmentSecrets
+from infra.settings import tags
+
+ASSUME_BY_EC2 = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+)
+
+
+def _document(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def token_policy(region: str, secret_arn: str, key_arn: str) -> str:
+    """Read one secret; decrypt with one key, only for that secret, only via Secrets Manager."""
+    return _document(
+        {
+            "Sid": "ReadNodeToken",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": secret_arn,
+        },
+        {
+            "Sid": "DecryptNodeTokenViaSecretsManager",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": key_arn,
+            "Condition": {
+                "StringEquals": {
+                    "kms:ViaService": f"secretsmanager.{region}.amazonaws.com",
+                    "kms:EncryptionContext:SecretARN": secret_arn,
+                }
+            },
+        },
+    )
+
+
+def lifecycle_policy(asg_arn: str) -> str:
+    return _document(
+        {
+            "Sid": "CompleteOwnLifecycleAction",
+            "Effect": "Allow",
+            "Action": "autoscaling:CompleteLifecycleAction",
+            "Resource": asg_arn,
+        }
+    )
+
+
+class NodeIdentity:
+    """The role and instance profile of one region's nodes."""
+
+    def __init__(
+        self,
+        cfg: StackConfig,
+        region: str,
+        secrets: EnvironmentSecrets,
+        provider: aws.Provider,
+    ) -> None:
+        self._region = region
+        self._opts = pulumi.ResourceOptions(provider=provider)
+        self.role = aws.iam.Role(
+            f"{region}-node",
+            description=f"IDRA {cfg.stack} exit nodes in {region}",
+            assume_role_policy=ASSUME_BY_EC2,
+            max_session_duration=3600,
+            tags=tags(cfg),
+            opts=self._opts,
+        )
+        aws.iam.RolePolicy(
+            f"{region}-node-token",
+            role=self.role.id,
+            policy=pulumi.Output.all(
+                secrets.arn_in("NODE_TOKEN", region), secrets.key_arns[region]
+            ).apply(lambda arns: token_policy(region, *arns)),
+            opts=self._opts,
+        )
+        self.profile = aws.iam.InstanceProfile(
+            f"{region}-node", role=self.role.name, tags=tags(cfg), opts=self._opts
+        )
+
+    def allow_lifecycle_actions(self, asg_arn: pulumi.Output[str]) -> None:
+        """Attached once the group exists (its ARN carries a generated id)."""
+        aws.iam.RolePolicy(
+            f"{self._region}-node-lifecycle",
+            role=self.role.id,
+            policy=asg_arn.apply(lifecycle_policy),
+            opts=self._opts,
+        )

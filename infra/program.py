@@ -1,0 +1,49 @@
+"""The whole environment: per-environment secrets, then each region's fleet."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from idra.config import ConfigError
+from infra import settings as stack_settings
+from infra.fleet import auto_scaling_group, launch_template
+from infra.identity import NodeIdentity
+from infra.network import network
+from infra.secrets import environment_secrets
+from infra.security import security_group
+
+
+def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
+    """Register every resource; return the stack outputs (no secret value among them)."""
+    cfg = settings.cfg
+    providers = {region: aws.Provider(f"aws-{region}", region=region) for region in cfg.regions}
+    secrets = environment_secrets(settings, providers)
+    asg_names, asg_arns, group_ids = {}, {}, {}
+    for region, provider in providers.items():
+        net = network(cfg, region, provider)
+        group = security_group(cfg, region, net.vpc_id, provider)
+        identity = NodeIdentity(cfg, region, secrets, provider)
+        template = launch_template(cfg, region, group.id, identity.profile.arn, provider)
+        asg = auto_scaling_group(cfg, region, template, net.subnet_ids, provider)
+        identity.allow_lifecycle_actions(asg.arn)
+        asg_names[region], asg_arns[region], group_ids[region] = asg.name, asg.arn, group.id
+    return {
+        "asgNames": asg_names,
+        "asgArns": asg_arns,
+        "securityGroupIds": group_ids,
+        "secretArns": secrets.secret_arns,
+        "kmsKeyArns": secrets.key_arns,
+    }
+
+
+def main() -> dict[str, pulumi.Input[object]]:
+    """Entry point of ``pulumi up``: a bad stack value stops it with one clear line."""
+    try:
+        settings = stack_settings.load()
+    except ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    outputs = build(settings)
+    for name, value in outputs.items():
+        pulumi.export(name, value)
+    return outputs

@@ -1,0 +1,96 @@
+"""Per environment: a KMS key (replicated to every region of the stack) and the three
+Secrets Manager secrets, encrypted with it and replicated the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra.settings import SECRETS, Settings, tags
+
+RECOVERY_DAYS = 7
+TOKEN_LENGTH = 48
+
+
+@dataclass(frozen=True)
+class EnvironmentSecrets:
+    key_arns: dict[str, pulumi.Output[str]]  # region -> the KMS key (primary or replica)
+    secret_arns: dict[str, pulumi.Output[str]]  # secret name -> ARN in the primary region
+
+    def arn_in(self, name: str, region: str) -> pulumi.Output[str]:
+        """The ARN of a secret's copy in ``region`` (replicas keep the primary's suffix)."""
+        primary = self.secret_arns[name]
+        return primary.apply(lambda arn: _in_region(arn, region))
+
+
+def _in_region(arn: str, region: str) -> str:
+    parts = arn.split(":")
+    parts[3] = region
+    return ":".join(parts)
+
+
+def environment_secrets(
+    settings: Settings, providers: dict[str, aws.Provider]
+) -> EnvironmentSecrets:
+    """The key lives in the first region listed; every other region holds replicas."""
+    cfg = settings.cfg
+    primary, *replicas = cfg.regions
+    key = aws.kms.Key(
+        "secrets-key",
+        description=f"IDRA {cfg.stack}: Secrets Manager secrets",
+        enable_key_rotation=True,
+        deletion_window_in_days=30,
+        multi_region=True,
+        tags=tags(cfg),
+        opts=pulumi.ResourceOptions(provider=providers[primary]),
+    )
+    key_arns = {primary: key.arn}
+    for region in replicas:
+        replica = aws.kms.ReplicaKey(
+            f"{region}-secrets-key",
+            description=f"IDRA {cfg.stack}: Secrets Manager secrets",
+            primary_key_arn=key.arn,
+            deletion_window_in_days=30,
+            tags=tags(cfg),
+            opts=pulumi.ResourceOptions(provider=providers[region]),
+        )
+        key_arns[region] = replica.arn
+    for region, arn in key_arns.items():
+        aws.kms.Alias(
+            f"{region}-secrets-key",
+            name=f"alias/idra-{cfg.stack}-secrets",
+            target_key_id=arn,
+            opts=pulumi.ResourceOptions(provider=providers[region]),
+        )
+
+    values = dict(settings.secrets)
+    if "NODE_TOKEN" not in values:
+        values["NODE_TOKEN"] = random.RandomPassword(
+            "node-token", length=TOKEN_LENGTH, special=False
+        ).result
+    secret_arns = {}
+    for name in SECRETS:
+        secret = aws.secretsmanager.Secret(
+            name.lower().replace("_", "-"),
+            name=cfg.secret_name(name),
+            description=f"IDRA {cfg.stack} {name}",
+            kms_key_id=key.arn,
+            recovery_window_in_days=RECOVERY_DAYS,
+            replicas=[
+                aws.secretsmanager.SecretReplicaArgs(region=region, kms_key_id=key_arns[region])
+                for region in replicas
+            ],
+            tags=tags(cfg),
+            opts=pulumi.ResourceOptions(provider=providers[primary]),
+        )
+        aws.secretsmanager.SecretVersion(
+            name.lower().replace("_", "-"),
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(values[name]),
+            opts=pulumi.ResourceOptions(provider=providers[primary]),
+        )
+        secret_arns[name] = secret.arn
+    return EnvironmentSecrets(key_arns=key_arns, secret_arns=secret_arns)

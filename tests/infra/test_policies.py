@@ -1,0 +1,144 @@
+"""The policy pack: every rule on passing and violating resources, the program's own
+resources against every rule, and the pack itself served and asked over gRPC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+
+from idra.config import REPO_ROOT
+from policy import rules
+from tests.infra.harness import Deployment
+
+LT = rules.LAUNCH_TEMPLATE
+SG = "aws:ec2/securityGroup:SecurityGroup"
+GOOD_METADATA = {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1}
+
+
+def _document(*statements: dict) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+CASES = [
+    # (rule, type, props, violations expected)
+    (rules.imdsv2_required, LT, {"metadataOptions": GOOD_METADATA}, 0),
+    (rules.imdsv2_required, LT, {"metadataOptions": {"httpEndpoint": "disabled"}}, 0),
+    (rules.imdsv2_required, LT, {}, 2),
+    (rules.imdsv2_required, LT, {"metadataOptions": GOOD_METADATA | {"httpTokens": "optional"}}, 1),
+    (rules.imdsv2_required, rules.INSTANCE, {"metadataOptions": GOOD_METADATA | {
+        "httpPutResponseHopLimit": 2}}, 1),
+    (rules.storage_encrypted, LT, {"blockDeviceMappings": [
+        {"deviceName": "/dev/xvda", "ebs": {"encrypted": "true"}}]}, 0),
+    (rules.storage_encrypted, LT, {"blockDeviceMappings": [
+        {"deviceName": "/dev/xvda", "ebs": {"volumeSize": 4}}]}, 1),
+    (rules.storage_encrypted, rules.INSTANCE, {"rootBlockDevice": {"encrypted": False}}, 1),
+    (rules.storage_encrypted, "aws:ebs/volume:Volume", {"encrypted": True}, 0),
+    (rules.storage_encrypted, "aws:ebs/volume:Volume", {}, 1),
+    (rules.storage_encrypted, "aws:secretsmanager/secret:Secret", {"kmsKeyId": "arn:k"}, 0),
+    (rules.storage_encrypted, "aws:secretsmanager/secret:Secret", {"name": "s"}, 1),
+    (rules.storage_encrypted, "aws:kms/key:Key", {"enableKeyRotation": False}, 1),
+    (rules.no_world_ssh, SG, {"ingress": [{"protocol": "udp", "fromPort": 51820,
+        "toPort": 51820, "cidrBlocks": ["0.0.0.0/0"], "ipv6CidrBlocks": ["::/0"]}]}, 0),
+    (rules.no_world_ssh, SG, {"ingress": [{"protocol": "tcp", "fromPort": 22,
+        "toPort": 22, "cidrBlocks": ["198.51.100.7/32"]}]}, 0),
+    (rules.no_world_ssh, SG, {"ingress": [{"protocol": "tcp", "fromPort": 22,
+        "toPort": 22, "ipv6CidrBlocks": ["::/0"]}]}, 1),
+    (rules.no_world_ssh, SG, {"ingress": [{"protocol": "-1", "fromPort": 0,
+        "toPort": 0, "cidrBlocks": ["0.0.0.0/0"]}]}, 1),
+    (rules.no_world_ssh, SG, {"ingress": [{"protocol": "tcp", "fromPort": 1,
+        "toPort": 1024, "cidrBlocks": ["0.0.0.0/0"]}]}, 1),
+    (rules.no_world_ssh, "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+        {"ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "cidrIpv4": "0.0.0.0/0"}, 1),
+    (rules.no_world_ssh, "aws:ec2/securityGroupRule:SecurityGroupRule", {"type": "ingress",
+        "protocol": "tcp", "fromPort": 22, "toPort": 22, "cidrBlocks": ["0.0.0.0/0"]}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": "arn:aws:secretsmanager:eu-west-1:1:secret:idra/x/NODE_TOKEN-abc"})}, 0),
+    (rules.no_wildcard_secret_access, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": "*"})}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
+        {"Effect": "Allow", "Action": ["SecretsManager:*"],
+         "Resource": ["arn:aws:secretsmanager:eu-west-1:1:secret:idra/*"]})}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
+        {"Effect": "Allow", "Action": "*", "Resource": "*"})}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/role:Role", {"inlinePolicies": [
+        {"name": "p", "policy": _document({"Effect": "Allow", "Action": "kms:Decrypt",
+                                           "Resource": "*"})}]}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
+        {"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"})}, 0),
+    (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
+        {"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"})}, 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "typ", "props", "expected"), CASES)
+def test_rule(rule: rules.Rule, typ: str, props: dict, expected: int) -> None:
+    assert len(rule(typ, props)) == expected
+
+
+def test_every_rule_has_a_violating_case() -> None:
+    violated = {case[0] for case in CASES if case[3]}
+    assert violated == {rule for _, rule in rules.RULES.values()}
+
+
+def test_the_program_passes_every_policy(deployment: Deployment) -> None:
+    checked = 0
+    for resource in deployment.resources:
+        for name, (_, rule) in rules.RULES.items():
+            assert rule(resource.typ, resource.inputs) == [], (name, resource.name)
+        checked += 1
+    assert checked > 20
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    """The real policy pack, served by pulumi-policy as `pulumi preview` would start it."""
+    pack = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "policy" / "__main__.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pack.stdout is not None
+        port = int(pack.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            yield analyzer_pb2_grpc.AnalyzerStub(channel)
+    finally:
+        pack.kill()
+        pack.wait(timeout=10)
+
+
+def test_pack_serves_every_rule_as_mandatory(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
+    assert info.name == "idra-security"
+    assert {p.name for p in info.policies} == set(rules.RULES)
+    assert {p.enforcementLevel for p in info.policies} == {analyzer_pb2.MANDATORY}
+
+
+def _analyze(analyzer: analyzer_pb2_grpc.AnalyzerStub, typ: str, props: dict) -> list[str]:
+    properties = struct_pb2.Struct()
+    properties.update(props)
+    request = analyzer_pb2.AnalyzeRequest(type=typ, properties=properties, urn="urn:x", name="x")
+    return [d.policyName for d in analyzer.Analyze(request).diagnostics]
+
+
+def test_pack_rejects_world_ssh_and_accepts_ours(
+    analyzer: analyzer_pb2_grpc.AnalyzerStub, deployments: dict[str, Deployment]
+) -> None:
+    world_ssh = {"ingress": [{"protocol": "tcp", "fromPort": 22, "toPort": 22,
+                              "cidrBlocks": ["0.0.0.0/0"]}]}  # fmt: skip
+    assert _analyze(analyzer, SG, world_ssh) == ["no-world-ssh"]
+    ours = deployments["production"].of_type(SG)[0]
+    assert _analyze(analyzer, SG, json.loads(json.dumps(ours.inputs))) == []
+    template = deployments["production"].of_type(LT)[0].inputs
+    optional = template | {"metadataOptions": GOOD_METADATA | {"httpTokens": "optional"}}
+    assert _analyze(analyzer, LT, json.loads(json.dumps(template))) == []
+    assert _analyze(analyzer, LT, json.loads(json.dumps(optional))) == ["imdsv2-required"]

@@ -1,0 +1,301 @@
+"""The Pulumi program, run under Pulumi's mock runtime on the real stack files."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from idra.config import LIFECYCLE_HOOK, load_stack
+from idra.netns import run
+from idra.render import render_node_files
+from tests.infra.harness import Deployment, Resource, deploy, stack_config
+
+SG = "aws:ec2/securityGroup:SecurityGroup"
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+ASG = "aws:autoscaling/group:Group"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+SECRET = "aws:secretsmanager/secret:Secret"
+VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
+UNTAGGABLE = {
+    "aws:ec2/routeTableAssociation:RouteTableAssociation",
+    "aws:kms/alias:Alias",
+    "aws:secretsmanager/secretVersion:SecretVersion",
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:autoscaling/lifecycleHook:LifecycleHook",
+    "aws:autoscaling/policy:Policy",
+    "random:index/randomPassword:RandomPassword",
+    "pulumi:providers:aws",
+}
+
+
+def policy_statements(deployment: Deployment, region: str) -> list[dict]:
+    return [
+        statement
+        for policy in deployment.of_type(ROLE_POLICY)
+        if policy.region == region
+        for statement in json.loads(policy.inputs["policy"])["Statement"]
+    ]
+
+
+def test_one_provider_and_one_asg_per_region(deployment: Deployment) -> None:
+    regions = load_stack(deployment.stack).regions
+    providers = deployment.of_type("pulumi:providers:aws")
+    assert sorted(p.inputs["region"] for p in providers) == sorted(regions)
+    assert sorted(asg.region for asg in deployment.of_type(ASG)) == sorted(regions)
+    for asg in deployment.of_type(ASG):
+        assert asg.inputs["name"] == f"idra-{deployment.stack}-{asg.region}"
+    # Every AWS resource goes through one of the explicit regional providers.
+    assert all(r.region in regions for r in deployment.resources if r.typ.startswith("aws:"))
+
+
+def test_security_group_admits_only_wireguard(deployment: Deployment) -> None:
+    port = load_stack(deployment.stack).wireguard_port
+    for region in load_stack(deployment.stack).regions:
+        group = deployment.one(SG, region)
+        assert group.inputs["ingress"] == [
+            {
+                "description": "WireGuard",
+                "protocol": "udp",
+                "fromPort": port,
+                "toPort": port,
+                "cidrBlocks": ["0.0.0.0/0"],
+                "ipv6CidrBlocks": ["::/0"],
+            }
+        ]
+        (egress,) = group.inputs["egress"]
+        assert egress["protocol"] == "-1"
+
+
+def test_ssh_only_from_the_configured_bastions() -> None:
+    config = stack_config("staging") | {
+        "idra:sshBastionCidrs": json.dumps(["198.51.100.7/32", "2001:db8::7/128"]),
+        "idra:firebasePrivateKey": "x",
+        "idra:blindedSigningPrivateKey": "y",
+    }
+    group = deploy("staging", config).one(SG, "eu-central-1")
+    ssh = [rule for rule in group.inputs["ingress"] if rule["protocol"] == "tcp"]
+    assert [(r["fromPort"], r["toPort"]) for r in ssh] == [(22, 22), (22, 22)]
+    assert [r.get("cidrBlocks") for r in ssh] == [["198.51.100.7/32"], None]
+    assert [r.get("ipv6CidrBlocks") for r in ssh] == [None, ["2001:db8::7/128"]]
+
+
+def test_launch_template_imdsv2_and_encrypted_root(deployment: Deployment) -> None:
+    for template in deployment.of_type(LT):
+        options = template.inputs["metadataOptions"]
+        assert options["httpTokens"] == "required"
+        assert options["httpPutResponseHopLimit"] == 1
+        (root,) = template.inputs["blockDeviceMappings"]
+        assert root["ebs"]["encrypted"] == "true"
+        assert root["ebs"]["volumeType"] == "gp3"
+        assert template.inputs["iamInstanceProfile"]["arn"].startswith("arn:aws:iam::")
+
+
+def test_alpine_image_looked_up_by_owner_and_pattern(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    lookups = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert len(lookups) == len(cfg.regions)
+    for args in lookups:
+        assert args["owners"] == ["538276064493"] and args["mostRecent"] is True
+        assert {"name": "name", "values": [cfg.ami_name_pattern]} in args["filters"]
+    assert {t.inputs["imageId"] for t in deployment.of_type(LT)} == {"ami-0123456789abcdef0"}
+
+
+def test_ami_override_skips_the_lookup() -> None:
+    config = stack_config("staging") | {
+        "idra:amiId": "ami-0fedcba9876543210",
+        "idra:firebasePrivateKey": "x",
+        "idra:blindedSigningPrivateKey": "y",
+    }
+    deployment = deploy("staging", config)
+    assert not [token for token, _ in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == "ami-0fedcba9876543210"
+
+
+def test_user_data_is_the_rendered_file_and_valid(deployment: Deployment, tmp_path: Path) -> None:
+    cfg = load_stack(deployment.stack)
+    for template in deployment.of_type(LT):
+        text = base64.b64decode(template.inputs["userData"]).decode()
+        assert text == render_node_files(cfg, template.region)["user-data.yaml"]
+        path = tmp_path / f"{template.region}.yaml"
+        path.write_text(text)
+        result = run(["cloud-init", "schema", "--config-file", str(path)], check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"--region '{template.region}'" in text  # region becomes the node's location
+
+
+def _inputs_text(resource: Resource) -> str:
+    return json.dumps(resource.inputs, default=str)
+
+
+def test_no_secret_value_outside_its_secret_version(deployment: Deployment) -> None:
+    assert len(deployment.secret_values) == 3  # two stack secrets + generated NODE_TOKEN
+    outputs = json.dumps(deployment.outputs)
+    for value in deployment.secret_values:
+        assert value not in outputs
+        holders = [r.typ for r in deployment.resources if value in _inputs_text(r)]
+        assert holders == [VERSION]
+
+
+def test_node_role_reads_only_its_node_token(deployment: Deployment) -> None:
+    token_arn = deployment.outputs["secretArns"]["NODE_TOKEN"]
+    for region in load_stack(deployment.stack).regions:
+        regional_arn = token_arn.replace(":eu-central-1:", f":{region}:")
+        statements = policy_statements(deployment, region)
+        actions = {s["Action"]: s["Resource"] for s in statements}
+        assert actions == {
+            "secretsmanager:GetSecretValue": regional_arn,
+            "kms:Decrypt": deployment.outputs["kmsKeyArns"][region],
+            "autoscaling:CompleteLifecycleAction": deployment.outputs["asgArns"][region],
+        }
+        decrypt = next(s for s in statements if s["Action"] == "kms:Decrypt")
+        assert decrypt["Condition"]["StringEquals"] == {
+            "kms:ViaService": f"secretsmanager.{region}.amazonaws.com",
+            "kms:EncryptionContext:SecretARN": regional_arn,
+        }
+        assert all(s["Effect"] == "Allow" and "*" not in s["Resource"] for s in statements)
+
+
+def test_stacks_never_reference_each_other(deployments: dict[str, Deployment]) -> None:
+    for stack, other in (("staging", "production"), ("production", "staging")):
+        foreign = deployments[other].arns()
+        assert foreign
+        for resource in deployments[stack].resources:
+            text = _inputs_text(resource)
+            assert not any(arn in text for arn in foreign), resource.name
+            assert other not in text, resource.name
+
+
+def test_secrets_encrypted_and_replicated(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    secrets = deployment.of_type(SECRET)
+    assert sorted(s.inputs["name"] for s in secrets) == sorted(
+        f"idra/{cfg.stack}/{name}"
+        for name in ("NODE_TOKEN", "FIREBASE_PRIVATE_KEY", "BLINDED_SIGNING_PRIVATE_KEY")
+    )
+    (key,) = deployment.of_type("aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    for secret in secrets:
+        assert secret.inputs["kmsKeyId"] == key.state["arn"]
+        replicas = {r["region"]: r["kmsKeyId"] for r in secret.inputs.get("replicas", [])}
+        assert sorted(replicas) == sorted(cfg.regions[1:])
+        for region, key_arn in replicas.items():
+            assert key_arn == deployment.outputs["kmsKeyArns"][region]
+
+
+def test_node_token_from_stack_secret_is_not_generated() -> None:
+    config = stack_config("staging") | {
+        "idra:nodeToken": "a-token-set-by-the-operator-0123456789",
+        "idra:firebasePrivateKey": "x",
+        "idra:blindedSigningPrivateKey": "y",
+    }
+    deployment = deploy("staging", config)
+    assert not deployment.of_type("random:index/randomPassword:RandomPassword")
+    versions = [_inputs_text(v) for v in deployment.of_type(VERSION)]
+    assert sum("a-token-set-by-the-operator" in text for text in versions) == 1
+
+
+def test_scale_in_only_through_drain(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    for asg in deployment.of_type(ASG):
+        assert asg.inputs["protectFromScaleIn"] is True
+        assert (asg.inputs["minSize"], asg.inputs["maxSize"]) == (cfg.min_size, cfg.max_size)
+        assert "desiredCapacity" not in asg.inputs  # left to the scaling policies
+        assert asg.inputs["healthCheckGracePeriod"] == cfg.health_check_grace_seconds
+        assert asg.inputs["instanceRefresh"]["strategy"] == "Rolling"
+        overrides = asg.inputs["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
+        assert [o["instanceType"] for o in overrides] == cfg.instance_types
+    policies = deployment.of_type("aws:autoscaling/policy:Policy")
+    metrics = 2 if cfg.scale_network_out_target_mbps else 1
+    assert len(policies) == metrics * len(cfg.regions)
+    for policy in policies:
+        tracking = policy.inputs["targetTrackingConfiguration"]
+        assert policy.inputs["policyType"] == "TargetTrackingScaling"
+        assert tracking["disableScaleIn"] is True
+    hooks = deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+    assert sorted(h.inputs["autoscalingGroupName"] for h in hooks) == sorted(
+        cfg.asg_name(region) for region in cfg.regions
+    )
+    for hook in hooks:
+        assert hook.inputs["name"] == LIFECYCLE_HOOK
+        assert hook.inputs["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+
+
+def test_everything_tagged_with_environment_and_role(deployment: Deployment) -> None:
+    for resource in deployment.resources:
+        if resource.typ in UNTAGGABLE:
+            continue
+        tags = resource.inputs.get("tags")
+        if resource.typ == ASG:
+            tags = {t["key"]: t["value"] for t in tags if t["propagateAtLaunch"]}
+        assert tags, f"{resource.typ} {resource.name} has no tags"
+        assert tags["environment"] == deployment.stack and tags["role"] == "exit-node"
+
+
+def test_dual_stack_public_subnets_across_zones(deployment: Deployment) -> None:
+    for vpc in deployment.of_type("aws:ec2/vpc:Vpc"):
+        assert vpc.inputs["assignGeneratedIpv6CidrBlock"] is True
+        subnets = [s for s in deployment.of_type("aws:ec2/subnet:Subnet") if s.region == vpc.region]
+        assert len({s.inputs["availabilityZone"] for s in subnets}) == 3
+        assert len({s.inputs["ipv6CidrBlock"] for s in subnets}) == 3
+        assert all(s.inputs["ipv6CidrBlock"].endswith("/64") for s in subnets)
+        asg = deployment.one(ASG, vpc.region)
+        assert sorted(asg.inputs["vpcZoneIdentifiers"]) == sorted(s.id for s in subnets)
+
+
+def test_existing_subnets_replace_the_vpc() -> None:
+    subnets = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
+    config = stack_config("staging") | {
+        "idra:existingSubnetIds": json.dumps({"eu-central-1": subnets}),
+        "idra:firebasePrivateKey": "x",
+        "idra:blindedSigningPrivateKey": "y",
+    }
+    deployment = deploy("staging", config)
+    assert not deployment.of_type("aws:ec2/vpc:Vpc")
+    assert deployment.one(ASG, "eu-central-1").inputs["vpcZoneIdentifiers"] == subnets
+    assert deployment.one(SG, "eu-central-1").inputs["vpcId"] == "vpc-0123456789abcdef0"
+
+
+def test_outputs_name_what_operators_need(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    outputs = deployment.outputs
+    assert outputs["asgNames"] == {r: cfg.asg_name(r) for r in cfg.regions}
+    assert sorted(outputs["asgArns"]) == sorted(outputs["securityGroupIds"]) == sorted(cfg.regions)
+    assert sorted(outputs["secretArns"]) == [
+        "BLINDED_SIGNING_PRIVATE_KEY",
+        "FIREBASE_PRIVATE_KEY",
+        "NODE_TOKEN",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"idra:blindedSigningPrivateKey": None},
+            "Pulumi.staging.yaml: idra:blindedSigningPrivateKey: required secret is not set; "
+            "run 'pulumi config set --secret --stack staging idra:blindedSigningPrivateKey",
+        ),
+        (
+            {"idra:regions": json.dumps(["moon-base-1"])},
+            "Pulumi.staging.yaml: idra:regions[0]: 'moon-base-1' is not an AWS region name",
+        ),
+        (
+            {"idra:minSize": "5", "idra:maxSize": "2"},
+            "Pulumi.staging.yaml: idra:minSize: 5 is above maxSize 2",
+        ),
+    ],
+)
+def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> None:
+    config = stack_config("staging") | {
+        "idra:firebasePrivateKey": "x",
+        "idra:blindedSigningPrivateKey": "y",
+    }
+    config = {k: v for k, v in (config | change).items() if v is not None}
+    with pytest.raises(pulumi.RunError) as error:
+        deploy("staging", config)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
