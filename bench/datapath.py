@@ -1,7 +1,8 @@
 """Data path: iperf3 TCP/UDP throughput and ping latency through a wireguard-go tunnel,
 node with the rendered IDRA ruleset and sysctl vs the same path with no firewall.
 
-    client (wg) ──udp──▶ node (eth0 + tunnel, ruleset?) ──▶ server (iperf3 -s)
+    client (wg) ──▶ server/"internet" ──▶ node eth0 (tunnel, ruleset?) ──▶ back out eth0
+                   (iperf3 -s, routes)            masqueraded ──▶ server
 """
 
 from __future__ import annotations
@@ -16,19 +17,25 @@ from idra.render import render_node_files
 
 NO_FIREWALL = "flush ruleset\n"
 SERVER_V4 = "198.51.100.80"
+NODE_V4 = "198.51.100.10"
 
 
 def _topology(topo: Topology):
     cfg = load_stack("staging").model_copy(update={"tunnel_interface": unique_name("wgb")})
     client, node, server = topo.netns("client"), topo.netns("node"), topo.netns("server")
-    topo.link(client, "eth0", node, "eth1")
+    # The server namespace is the internet: it routes the client's encrypted packets to the
+    # node's uplink and serves iperf3; the node, like on EC2, has that one uplink.
+    topo.link(client, "eth0", server, "eth1")
     topo.link(node, "eth0", server, "eth0")
     client.addr("eth0", "192.0.2.2/24")
-    node.addr("eth1", "192.0.2.1/24")
-    node.addr("eth0", "198.51.100.10/24")
-    server.addr("eth0", f"{SERVER_V4}/24")
-    server.route(str(cfg.client_pool_ipv4), "via", "198.51.100.10")  # reach clients un-NATed
-    node.route("default", "via", SERVER_V4)
+    client.route("default", "via", "192.0.2.1")
+    server.addr("eth1", "192.0.2.1/24")
+    server.addr("eth0", "198.51.100.1/24")
+    server.addr("lo", f"{SERVER_V4}/32")
+    server.sysctl("net.ipv4.ip_forward", "1")
+    server.route(str(cfg.client_pool_ipv4), "via", NODE_V4)  # no-firewall run: un-NATed
+    node.addr("eth0", f"{NODE_V4}/24")
+    node.route("default", "via", "198.51.100.1")
     files = render_node_files(cfg)
     node.load_sysctl(files["sysctl.conf"])
     node_key, node_pub = wg_keypair()
@@ -59,7 +66,7 @@ def _topology(topo: Topology):
         "peer",
         node_pub,
         "endpoint",
-        "192.0.2.1:51820",
+        f"{NODE_V4}:51820",
         "allowed-ips",
         "0.0.0.0/0",
         input=client_key,
