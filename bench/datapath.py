@@ -16,6 +16,13 @@ from idra.netns import Netns, Topology, unique_name, wg_keypair
 from idra.render import render_node_files
 
 NO_FIREWALL = "flush ruleset\n"
+# Profiling by subtraction: only what any NAT gateway pays (conntrack + masquerade).
+CONNTRACK_NAT = """flush ruleset
+table inet nat_only {
+    chain forward { type filter hook forward priority 0; ct state established,related accept; }
+    chain post { type nat hook postrouting priority 100; oifname "eth0" masquerade; }
+}
+"""
 SERVER_V4 = "198.51.100.80"
 NODE_V4 = "198.51.100.10"
 
@@ -30,12 +37,11 @@ def _topology(topo: Topology):
     client.addr("eth0", "192.0.2.2/24")
     client.route("default", "via", "192.0.2.1")
     server.addr("eth1", "192.0.2.1/24")
-    server.addr("eth0", "198.51.100.1/24")
-    server.addr("lo", f"{SERVER_V4}/32")
+    server.addr("eth0", f"{SERVER_V4}/24")  # also the node's gateway: one source address
     server.sysctl("net.ipv4.ip_forward", "1")
     server.route(str(cfg.client_pool_ipv4), "via", NODE_V4)  # no-firewall run: un-NATed
     node.addr("eth0", f"{NODE_V4}/24")
-    node.route("default", "via", "198.51.100.1")
+    node.route("default", "via", SERVER_V4)
     files = render_node_files(cfg)
     node.load_sysctl(files["sysctl.conf"])
     node_key, node_pub = wg_keypair()
@@ -103,14 +109,16 @@ def _measure(client: Netns, seconds: int) -> dict[str, float]:
 
 def run_datapath(repeats: int = 3, seconds: int = 5) -> dict:
     """Median of ``repeats`` alternating runs per variant (each run about 2 x seconds)."""
-    results: dict[str, list[dict[str, float]]] = {"idra": [], "no firewall": []}
     with Topology("bench") as topo:
         _, client, node, server, ruleset = _topology(topo)
+        variants = {"idra": ruleset, "conntrack + NAT only": CONNTRACK_NAT,
+                    "no firewall": NO_FIREWALL}  # fmt: skip
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         topo.spawn(server, "iperf3", "-s")
         time.sleep(0.5)
         client.run("ping", "-c", "3", "-i", "0.2", SERVER_V4, check=False)  # handshake
         for _ in range(repeats):
-            for variant, rules in (("idra", ruleset), ("no firewall", NO_FIREWALL)):
+            for variant, rules in variants.items():
                 node.run("nft", "-f", "-", input=rules)
                 results[variant].append(_measure(client, seconds))
     return {

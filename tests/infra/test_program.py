@@ -32,6 +32,15 @@ UNTAGGABLE = {
 }
 
 
+def staging_with(changes: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The staging stack file plus test stack secrets, with ``changes`` (None drops a key)."""
+    config = stack_config("staging") | {
+        "idra:firebasePrivateKey": "test-firebase-key",
+        "idra:blindedSigningPrivateKey": "test-signing-key",
+    }
+    return {k: v for k, v in (config | (changes or {})).items() if v is not None}
+
+
 def policy_statements(deployment: Deployment, region: str) -> list[dict]:
     return [
         statement
@@ -71,11 +80,9 @@ def test_security_group_admits_only_wireguard(deployment: Deployment) -> None:
 
 
 def test_ssh_only_from_the_configured_bastions() -> None:
-    config = stack_config("staging") | {
-        "idra:sshBastionCidrs": json.dumps(["198.51.100.7/32", "2001:db8::7/128"]),
-        "idra:firebasePrivateKey": "x",
-        "idra:blindedSigningPrivateKey": "y",
-    }
+    config = staging_with(
+        {"idra:sshBastionCidrs": json.dumps(["198.51.100.7/32", "2001:db8::7/128"])}
+    )
     group = deploy("staging", config).one(SG, "eu-central-1")
     ssh = [rule for rule in group.inputs["ingress"] if rule["protocol"] == "tcp"]
     assert [(r["fromPort"], r["toPort"]) for r in ssh] == [(22, 22), (22, 22)]
@@ -105,11 +112,7 @@ def test_alpine_image_looked_up_by_owner_and_pattern(deployment: Deployment) -> 
 
 
 def test_ami_override_skips_the_lookup() -> None:
-    config = stack_config("staging") | {
-        "idra:amiId": "ami-0fedcba9876543210",
-        "idra:firebasePrivateKey": "x",
-        "idra:blindedSigningPrivateKey": "y",
-    }
+    config = staging_with({"idra:amiId": "ami-0fedcba9876543210"})
     deployment = deploy("staging", config)
     assert not [token for token, _ in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
     assert deployment.one(LT, "eu-central-1").inputs["imageId"] == "ami-0fedcba9876543210"
@@ -187,11 +190,7 @@ def test_secrets_encrypted_and_replicated(deployment: Deployment) -> None:
 
 
 def test_node_token_from_stack_secret_is_not_generated() -> None:
-    config = stack_config("staging") | {
-        "idra:nodeToken": "a-token-set-by-the-operator-0123456789",
-        "idra:firebasePrivateKey": "x",
-        "idra:blindedSigningPrivateKey": "y",
-    }
+    config = staging_with({"idra:nodeToken": "a-token-set-by-the-operator-0123456789"})
     deployment = deploy("staging", config)
     assert not deployment.of_type("random:index/randomPassword:RandomPassword")
     versions = [_inputs_text(v) for v in deployment.of_type(VERSION)]
@@ -248,11 +247,7 @@ def test_dual_stack_public_subnets_across_zones(deployment: Deployment) -> None:
 
 def test_existing_subnets_replace_the_vpc() -> None:
     subnets = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
-    config = stack_config("staging") | {
-        "idra:existingSubnetIds": json.dumps({"eu-central-1": subnets}),
-        "idra:firebasePrivateKey": "x",
-        "idra:blindedSigningPrivateKey": "y",
-    }
+    config = staging_with({"idra:existingSubnetIds": json.dumps({"eu-central-1": subnets})})
     deployment = deploy("staging", config)
     assert not deployment.of_type("aws:ec2/vpc:Vpc")
     assert deployment.one(ASG, "eu-central-1").inputs["vpcZoneIdentifiers"] == subnets
@@ -290,12 +285,7 @@ def test_outputs_name_what_operators_need(deployment: Deployment) -> None:
     ],
 )
 def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> None:
-    config = stack_config("staging") | {
-        "idra:firebasePrivateKey": "x",
-        "idra:blindedSigningPrivateKey": "y",
-    }
-    config = {k: v for k, v in (config | change).items() if v is not None}
     with pytest.raises(pulumi.RunError) as error:
-        deploy("staging", config)
+        deploy("staging", staging_with(change))
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
