@@ -50,6 +50,8 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)

@@ -1,0 +1,64 @@
+"""Where the agent's memory goes at a given peer count, step by step in a fresh process:
+the agent's imports, the full peer list as received (JSON bytes, then parsed), the
+planned state the agent keeps (peers and the address → owner index). Resident memory
+(RSS) after each step, and the Python heap still held (tracemalloc) at the end, since
+CPython keeps freed memory mapped.
+
+    python -m bench.memory_profile 100000 [--heap]      (prints JSON: MiB after each step)
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import ipaddress
+import json
+import os
+import sys
+import tracemalloc
+from pathlib import Path
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def profile(count: int, heap: bool = False) -> dict[str, float]:
+    steps = {"python": rss_mb()}
+    import node_daemon.cli  # noqa: F401 - the agent's own imports, as `node-daemon run`
+    from node_daemon.api import NodeApi  # noqa: F401
+    from node_daemon.daemon import Agent  # noqa: F401
+    from node_daemon.peers import owners_of, plan
+
+    steps["agent imports"] = rss_mb()
+    if heap:  # tracing inflates RSS: heap figures come from a separate run
+        tracemalloc.start()
+    v4 = ipaddress.IPv4Network("10.96.0.0/12")
+    v6 = ipaddress.IPv6Network("fd49:4452:4100::/64")
+    body = json.dumps({"version": 1, "full": True, "removed": [], "peers": [
+        {"public_key": base64.b64encode(os.urandom(32)).decode(),
+         "allowed_ips": [f"{v4.network_address + i + 2}/32", f"{v6.network_address + i + 2}/128"]}
+        for i in range(count)]}).encode()  # fmt: skip
+    steps["reply bytes"] = rss_mb()
+    reply = json.loads(body)
+    del body
+    gc.collect()
+    steps["reply parsed"] = rss_mb()
+    result = plan(reply["peers"], [], {}, [v4, v6], full=True, owners={})
+    live = dict(result.upserts)
+    steps["planned"] = rss_mb()
+    del reply, result
+    gc.collect()
+    owners = owners_of(live)
+    steps["owner index"] = rss_mb()
+    if heap:
+        return {"heap kept": tracemalloc.get_traced_memory()[0] / 2**20}
+    assert len(owners) == 2 * count  # noqa: S101 - sanity of the measurement
+    return steps
+
+
+if __name__ == "__main__":
+    print(json.dumps(profile(int(sys.argv[1]), heap="--heap" in sys.argv)))
