@@ -123,6 +123,7 @@ def run_datapath(repeats: int = 3, seconds: int = 5) -> dict:
                 results[variant].append(_measure(client, seconds))
     return {
         variant: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        | {"tcp_min": min(r["tcp_mbps"] for r in runs), "tcp_max": max(r["tcp_mbps"] for r in runs)}
         for variant, runs in results.items()
     }
 
