@@ -2,7 +2,7 @@
 applied by the agent's driver vs ``wg syncconf`` with the full new config vs one
 ``wg set`` process per changed peer; plus the initial full load of each size.
 
-wireguard-go holds at most 65,536 peers per interface, so real interfaces go up to 50k;
+wireguard-go holds at most 65,536 peers per interface, so real interfaces go up to 60k;
 the agent's own work (diff and validation) is measured in memory up to 200k elsewhere.
 """
 
