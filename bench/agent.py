@@ -6,8 +6,6 @@ runs with an in-memory interface (``bench.memory_agent``)."""
 
 from __future__ import annotations
 
-import base64
-import os
 import sys
 import tempfile
 import time
@@ -17,6 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import BIN, ControlPlane, cpu_seconds, inside, interface_bytes, memory_mb
+from bench.keys import random_key
 from idra.config import REPO_ROOT
 from idra.netns import Netns, Topology, unique_name
 
@@ -24,7 +23,7 @@ INTERVAL = 10  # the control plane's heartbeat interval, as in production
 
 
 def _keys(count: int) -> list[str]:
-    return [base64.b64encode(os.urandom(32)).decode() for _ in range(count)]
+    return [random_key() for _ in range(count)]
 
 
 def _metrics(ns: Netns, port: int) -> dict[str, float]:

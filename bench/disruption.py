@@ -52,10 +52,10 @@ def run_disruption(peers: int = 10_000, rounds: int = 20) -> dict:
             result = plan(changes, removed, live, pools, full=False, owners=owners)
             driver.apply(result.upserts, result.removes)
             times.append(time.perf_counter() - started)
-            for key in result.removes:
-                owners.pop(live.pop(key), None)
+            for key in result.removes:  # the agent's state after the apply (untimed)
+                del live[key]
             live.update(result.upserts)
-            owners.update({ips: key for key, ips in result.upserts.items()})
+            owners = owners_of(live)
             applied += len(result.upserts) + len(result.removes)
             time.sleep(0.4)
         out, _ = flood.communicate(timeout=60)

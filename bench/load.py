@@ -6,8 +6,6 @@ the load generator shares the machine's 2 cores with the server."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import random
 import statistics
 import tempfile
@@ -17,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ControlPlane, inside
+from bench.keys import random_key
 from idra.netns import Topology
 
 BODY = {
@@ -33,13 +32,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": 1000 * cuts[49], "p99_ms": 1000 * cuts[98], "max_ms": 1000 * max(values)}
 
 
-def _key() -> str:
-    return base64.b64encode(os.urandom(32)).decode()
-
-
 async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float) -> dict:
     headers = {"Authorization": f"Bearer {plane.token('node')}"}
-    limits = httpx.Limits(max_connections=nodes, keepalive_expiry=5)
+    # Idle connections expire before uvicorn's 5 s keep-alive, so none is reused as it closes.
+    limits = httpx.Limits(max_connections=nodes, keepalive_expiry=4)
     async with httpx.AsyncClient(
         base_url=plane.url, headers=headers, limits=limits, timeout=30
     ) as client:
@@ -47,8 +43,8 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
 
         async def register(index: int) -> str:
             body = {"instance_id": f"i-load-{index}", "public_ip": f"192.0.2.{index % 250 + 1}",
-                    "public_key": _key(), "listen_port": 51820, "region": "eu-central-1",
-                    "agent_version": "bench"}  # fmt: skip
+                    "public_key": random_key(), "listen_port": 51820,
+                    "region": "eu-central-1", "agent_version": "bench"}  # fmt: skip
             async with gate:
                 reply = await client.post("/v1/nodes", json=body)
             reply.raise_for_status()
@@ -91,7 +87,7 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
         # Peers delta: one client joins; its node asks for what changed since before.
         version = (await client.get(f"/v1/nodes/{ids[0]}/peers")).json()["version"]
         reply = await client.post(
-            "/v1/peers", json={"public_key": _key()},
+            "/v1/peers", json={"public_key": random_key()},
             headers={"Authorization": f"Bearer {plane.token('client')}"},
         )  # fmt: skip
         reply.raise_for_status()

@@ -7,10 +7,8 @@ HTTP client, validation, delta planning, state, metrics.
 
 from __future__ import annotations
 
-import base64
-import os
-
 import node_daemon.wg
+from bench.keys import random_key
 from node_daemon.cli import main
 from node_daemon.wg import Device, PeerState
 
@@ -20,7 +18,7 @@ class MemoryDriver:
 
     def __init__(self, interface: str) -> None:
         self.device = Device(has_private_key=False, listen_port=0)
-        self.key = base64.b64encode(os.urandom(32)).decode()
+        self.key = random_key()
 
     def read(self) -> Device:
         return self.device

@@ -9,14 +9,14 @@ CPython keeps freed memory mapped.
 
 from __future__ import annotations
 
-import base64
 import gc
 import ipaddress
 import json
-import os
 import sys
 import tracemalloc
 from pathlib import Path
+
+from bench.keys import random_key
 
 
 def rss_mb() -> float:
@@ -39,7 +39,7 @@ def profile(count: int, heap: bool = False) -> dict[str, float]:
     v4 = ipaddress.IPv4Network("10.96.0.0/12")
     v6 = ipaddress.IPv6Network("fd49:4452:4100::/64")
     body = json.dumps({"version": 1, "full": True, "removed": [], "peers": [
-        {"public_key": base64.b64encode(os.urandom(32)).decode(),
+        {"public_key": random_key(),
          "allowed_ips": [f"{v4.network_address + i + 2}/32", f"{v6.network_address + i + 2}/128"]}
         for i in range(count)]}).encode()  # fmt: skip
     steps["reply bytes"] = rss_mb()

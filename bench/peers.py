@@ -8,14 +8,13 @@ the agent's own work (diff and validation) is measured in memory up to 200k else
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.keys import random_key
 from idra.netns import Topology, run, unique_name
 
 POOL = ipaddress.IPv4Network("10.96.0.0/12")
@@ -26,7 +25,7 @@ def make_peers(count: int, start: int = 0) -> dict[str, str]:
     hosts = POOL.hosts()
     for _ in range(start + 2):  # skip the node's own first address
         next(hosts)
-    return {base64.b64encode(os.urandom(32)).decode(): f"{next(hosts)}/32" for _ in range(count)}
+    return {random_key(): f"{next(hosts)}/32" for _ in range(count)}
 
 
 def config_text(private_key: str, peers: dict[str, str]) -> str:

@@ -73,8 +73,9 @@ def environment_secrets(
         ).result
     secret_arns = {}
     for name in SECRETS:
+        label = name.lower().replace("_", "-")
         secret = aws.secretsmanager.Secret(
-            name.lower().replace("_", "-"),
+            label,
             name=cfg.secret_name(name),
             description=f"IDRA {cfg.stack} {name}",
             kms_key_id=key.arn,
@@ -87,7 +88,7 @@ def environment_secrets(
             opts=pulumi.ResourceOptions(provider=providers[primary]),
         )
         aws.secretsmanager.SecretVersion(
-            name.lower().replace("_", "-"),
+            label,
             secret_id=secret.id,
             secret_string=pulumi.Output.secret(values[name]),
             opts=pulumi.ResourceOptions(provider=providers[primary]),
