@@ -13,15 +13,17 @@ import random
 import subprocess
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import node_daemon
 from node_daemon import host
-from node_daemon.api import ApiUnavailable, NodeApi, Unauthorized
+from node_daemon.api import NodeApi, NotFound, Unauthorized
 from node_daemon.aws import Imds, complete_lifecycle_action
+from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
-from node_daemon.peers import Plan, owners_of, plan
+from node_daemon.peers import Plan, client_pools, owners_of, plan, reserved_hosts
 from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
@@ -32,9 +34,9 @@ ACTIVE_WINDOW_S = 180
 class Options:
     interface: str
     listen_port: int
-    region: str
-    public_ip: str
-    instance_id: str
+    region: str | None  # None: from instance metadata
+    public_ip: str | None
+    instance_id: str | None
     state_dir: Path
     heartbeat_interval: float | None = None  # None: the control plane's
     backoff_max: float = 300.0
@@ -43,6 +45,7 @@ class Options:
     asg_name: str | None = None
     lifecycle_hook: str | None = None
     lifecycle_timeout: float = 3600.0
+    interface_netns: str | None = None  # labs and tests: the interface's namespace
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -62,6 +65,8 @@ class Agent:
         self.version: int | None = None
         self.interval = opts.heartbeat_interval or 10.0
         self.pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.reserved: set[str] = set()
+        self.integrity = host.Integrity(opts.sysctl_file, opts.interface_netns)
         self.live: dict[str, str] = {}
         self.owners: dict[str, str] = {}
         self.draining = self.unauthorized = self.terminating = self.lifecycle_done = False
@@ -83,28 +88,44 @@ class Agent:
             if device.listen_port != self.opts.listen_port:
                 self.driver.configure(None, self.opts.listen_port)
             log.info("reusing the interface key (%d peers kept)", len(device.peers))
-        else:
+        else:  # the key lives on the interface only (tmpfs-like: gone with it)
             private, public = wg_keypair()
-            key_file = self.opts.state_dir / "private.key"
-            key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            key_file.touch(mode=0o600)
-            key_file.write_text(private + "\n")
             self.driver.configure(private, self.opts.listen_port)
             log.info("generated the node key")
         self.public_key = public
         self.live = {key: peer.allowed_ips for key, peer in device.peers.items()}
         self.owners = owners_of(self.live)
 
+    def identify(self) -> None:
+        """Region, public IP and instance id from instance metadata, where not given."""
+        for field_name, path in (("region", "placement/region"), ("public_ip", "public-ipv4"),
+                                 ("instance_id", "instance-id")):  # fmt: skip
+            if getattr(self.opts, field_name) is None:
+                value = self.imds.get(path) if self.imds else None
+                if not value or not value.isprintable() or len(value) > 64:
+                    raise Fault("imds", "malformed", f"{path}: missing")
+                setattr(self.opts, field_name, value)
+
     def register(self) -> None:
+        """Register (again, after a 404: same key) and take the pool, bounded by the
+        interface's own prefixes; the next sync is a full one."""
+        self.identify()
+        try:
+            own = host.interface_addresses(self.opts.interface, self.opts.interface_netns)
+        except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+            raise Fault("wireguard", "interface", "addresses unreadable") from None
         reply = self.api.register({
             "instance_id": self.opts.instance_id, "public_ip": self.opts.public_ip,
             "public_key": self.public_key, "listen_port": self.opts.listen_port,
             "region": self.opts.region, "agent_version": node_daemon.__version__,
         })  # fmt: skip
-        self.node_id = reply["node_id"]
-        self.interval = self.opts.heartbeat_interval or float(reply["heartbeat_interval_s"])
-        pool = reply["client_pool"]
-        self.pools = [ipaddress.ip_network(pool["ipv4"]), ipaddress.ip_network(pool["ipv6"])]
+        self.node_id, self.version = reply.node_id, None
+        self.interval = self.opts.heartbeat_interval or reply.interval
+        self.pools = client_pools(reply.pools, [a.network for a in own])
+        self.reserved = reserved_hosts(self.pools, [str(a.ip) for a in own])
+        if len(self.pools) < len(reply.pools):
+            log.warning("client pool reduced to the interface's own prefixes")
+        self.metrics.registrations.inc()
         log.info("registered; heartbeat every %.0f s", self.interval)
 
     # -- cycle -------------------------------------------------------------------------
@@ -113,16 +134,17 @@ class Agent:
         """Fetch the peers changed since our version and apply only the difference."""
         reply = self.api.peers(self.node_id, self.version)
         result = plan(
-            reply["peers"], reply["removed"], self.live, self.pools,
-            full=reply["full"], accept_new=not self.draining, owners=self.owners,
+            reply.peers, reply.removed, self.live, self.pools, full=reply.full,
+            accept_new=not self.draining, owners=self.owners, own_key=self.public_key,
+            reserved=self.reserved,
         )  # fmt: skip
         self._apply(result)
-        self.version = reply["version"]
+        self.version = reply.version
         for reason, count in result.rejected.items():
             self.metrics.rejected.labels(reason).inc(count)
         if result.upserts or result.removes or result.rejected:
             log.info("sync%s: %d added, %d updated, %d removed, %d rejected",
-                     " (full)" if reply["full"] else "", result.added, result.updated,
+                     " (full)" if reply.full else "", result.added, result.updated,
                      len(result.removes), sum(result.rejected.values()))  # fmt: skip
         self.metrics.syncs.labels("ok").inc()
         self.metrics.last_sync.set_to_current_time()
@@ -168,27 +190,24 @@ class Agent:
     def heartbeat(self) -> int:
         """Report load and integrity; returns the control plane's peers version."""
         stats = self.stats.sample() | {"peers": len(self.live), "active_peers": self.active_peers}
-        integrity = {
-            "nftables_sha256": host.nftables_sha256(),
-            "sysctl_ok": host.sysctl_ok(self.opts.sysctl_file),
-            "agent_sha256": host.agent_sha256(),
-        }
-        self.metrics.integrity_ok.set(int(integrity["sysctl_ok"]))
+        integrity, ok = self.integrity.check()
+        self.metrics.integrity_ok.set(int(ok is True))
+        self.metrics.integrity_unknown.set(int(ok is None))
         reply = self.api.heartbeat(self.node_id, {
             "state": "draining" if self.draining else "active",
             "peers_version": self.version or 0, "stats": stats, "integrity": integrity,
         })  # fmt: skip
-        if reply["drain"] and not self.draining:
-            log.warning("drain requested (%s): no new peers from now on", reply["drain_reason"])
+        if reply.drain and not self.draining:
+            log.warning("drain requested (%s): no new peers from now on", reply.drain_reason)
         self.metrics.heartbeats.inc()
-        self.draining = self.draining or reply["drain"]
+        self.draining = self.draining or reply.drain
         self.metrics.draining.set(int(self.draining))
-        return reply["peers_version"]
+        return reply.peers_version
 
     def watch_termination(self) -> None:
         """AWS is terminating us: drain ourselves, then let the group go on when the
         last user has left or the hook's time is nearly up."""
-        if self.imds is None or self.lifecycle_done:
+        if self.imds is None or self.lifecycle_done or self.opts.instance_id is None:
             return
         if not self.terminating and self.imds.terminating():
             self.terminating = self.draining = True
@@ -204,8 +223,16 @@ class Agent:
             log.info("lifecycle action completed (%s)", "empty" if not overdue else "deadline")
 
     def cycle(self) -> float:
-        """One round; returns how long to wait before the next."""
+        """One round; returns how long to wait before the next. Never raises: every
+        failure is counted, logged as one line, and retried with jittered backoff."""
+        delay = self._sync_round()
+        self._terminations()
+        return delay
+
+    def _sync_round(self) -> float:
         try:
+            if not self.public_key:
+                self.ensure_key()
             if self.node_id is None:
                 self.register()
             if time.monotonic() - self.last_scan >= self.opts.scan_interval:
@@ -213,7 +240,6 @@ class Agent:
             latest = self.heartbeat()  # idle cycle: this call only
             if self.version is None or latest != self.version:
                 self.sync()
-            self.watch_termination()
         except Unauthorized:
             if not self.unauthorized:
                 log.error("control plane refuses our token: sync stopped, peers kept")
@@ -221,13 +247,16 @@ class Agent:
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("unauthorized").inc()
             return self.opts.backoff_max
-        except (ApiUnavailable, OSError, RuntimeError) as exc:
-            self.failures += 1
-            self.metrics.syncs.labels("error").inc()
-            cap = min(self.opts.backoff_max, self.interval * 2**self.failures)
-            delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
-            log.warning("control plane unavailable (%s): peers kept, retry in %.0f s", exc, delay)
-            return delay
+        except NotFound:
+            log.warning("control plane does not know this node: registering again, peers kept")
+            self.node_id = self.version = None
+            return self._failed(Fault("control_plane", "not_found"))
+        except Fault as fault:
+            return self._failed(fault)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            return self._failed(Fault("wireguard", "error", type(exc).__name__))
+        except Exception as exc:  # the agent outlives its own bugs too
+            return self._failed(Fault("agent", "internal", _where(exc)))
         finally:
             self._count_bytes()
         if self.unauthorized:
@@ -237,6 +266,27 @@ class Agent:
         self.failures = 0
         return self.interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter
 
+    def _failed(self, fault: Fault) -> float:
+        self.failures += 1
+        self.metrics.syncs.labels("error").inc()
+        self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+        cap = min(self.opts.backoff_max, self.interval * 2 ** min(self.failures, 16))
+        delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
+        log.warning("%s: peers kept, retry in %.1f s", sanitize(fault), delay)
+        return delay
+
+    def _terminations(self) -> None:
+        """The AWS notice, apart from the sync: an IMDS or AWS failure is counted and
+        retried next cycle, and delays nothing else."""
+        try:
+            self.watch_termination()
+        except Fault as fault:
+            self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+            log.warning("%s: retry next cycle", sanitize(fault))
+        except Exception as exc:
+            self.metrics.faults.labels("agent", "internal").inc()
+            log.warning("termination check failed (%s): retry next cycle", _where(exc))
+
     def _count_bytes(self) -> None:
         sent, received = self.api.bytes_sent, self.api.bytes_received
         self.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
@@ -244,6 +294,16 @@ class Agent:
         self._bytes_seen = (sent, received)
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_key()
         while not stop.is_set():
             stop.wait(self.cycle())
+
+
+def _where(exc: BaseException) -> str:
+    """The exception's type and innermost source line (no values: no peer data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    return (
+        f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno}"
+        if last
+        else type(exc).__name__
+    )
