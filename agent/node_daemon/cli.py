@@ -75,6 +75,13 @@ def version() -> None:
 )
 @option("--imds-url", default="http://169.254.169.254", show_default=True)
 @option("--no-imds", is_flag=True, help="Never ask instance metadata (labs, tests).")
+@option(
+    "--imds-deadline",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds an instance-metadata call may take in all.",
+)
 @option("--asg-name", default=None, help="Auto-scaling group, to complete its lifecycle hook.")
 @option("--lifecycle-hook", default=None, help="Termination hook name.")
 @option("--lifecycle-timeout", type=click.FloatRange(min=60), default=3600.0, show_default=True)
@@ -126,6 +133,7 @@ def run(
     sysctl_file,
     imds_url,
     no_imds,
+    imds_deadline,
     asg_name,
     lifecycle_hook,
     lifecycle_timeout,
@@ -157,7 +165,9 @@ def run(
         raise BadInput("--region, --public-ip and --instance-id are needed with --no-imds")
     if not token_file.is_file():
         raise BadInput(f"--token-file {token_file}: no such file")
-    imds = None if no_imds else Imds(imds_url)  # asked (and retried) by the agent
+    imds = (
+        None if no_imds else Imds(imds_url, deadline=imds_deadline)
+    )  # asked (and retried) by the agent
     opts = Options(
         interface,
         listen_port,
