@@ -1,7 +1,9 @@
 """Node API v1 client. HTTPS only; plain http only to loopback or when allowed.
 
-Every call has an overall deadline and a reply-size cap (:mod:`node_daemon.bounded`);
-every reply is validated (:mod:`node_daemon.replies`) before the agent uses it.
+Registration uses the fleet-wide NODE_TOKEN (plus the node credential once we have
+one); every other call uses only this node's credential. Every call has an overall
+deadline and a reply-size cap (:mod:`node_daemon.bounded`); every reply is validated
+(:mod:`node_daemon.replies`) before the agent uses it.
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ import httpx
 
 import node_daemon
 from node_daemon import replies
-from node_daemon.bounded import BoundedClient, Fault
+from node_daemon.bounded import BoundedClient, Fault, Reply, sanitize
 
 MAX_REPLY_BYTES = 256 << 20  # 2^20 peers (kernel WireGuard's limit) x 256 bytes
 MAX_PEERS = 1 << 20
 
 
 class Unauthorized(RuntimeError):
-    """The control plane refused our token (401)."""
+    """The control plane refused our token or credential (401)."""
+
+
+class Refused(RuntimeError):
+    """The control plane refused our registration (403 identity, 409 instance bound to
+    another credential or retired): this instance needs replacing."""
 
 
 class NotFound(RuntimeError):
     """The control plane does not know our node (404): register again."""
-
-
-ApiUnavailable = Fault  # former name
 
 
 def is_secure_url(url: str) -> bool:
@@ -63,6 +67,7 @@ class NodeApi:
     ) -> None:
         self.token_file = token_file
         self.max_peers = max_peers
+        self.credential: str | None = None  # this node's, from the register reply
         self.bytes_sent = self.bytes_received = 0
         verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._http = BoundedClient(
@@ -75,13 +80,9 @@ class NodeApi:
             headers={"User-Agent": f"node-daemon/{node_daemon.__version__}"},
         )
 
-    def _call(self, method: str, path: str, body: Any = None, **kw) -> dict[str, Any]:
-        try:  # re-read: a rotated token needs no restart
-            token = self.token_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Fault("token_file", "unreadable", type(exc).__name__) from None
+    def _call(self, method: str, path: str, secret: str, body: Any = None, **kw) -> dict[str, Any]:
         content = b"" if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {secret}", **kw.pop("headers", {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         reply = self._http.request(method, path, content=content or None, headers=headers, **kw)
@@ -93,6 +94,8 @@ class NodeApi:
             raise Unauthorized(f"{method}: 401 unauthorized")
         if status == 404 and path != "/v1/nodes":
             raise NotFound(what)
+        if status in (403, 409) and path == "/v1/nodes":
+            raise Refused(f"HTTP {status}: {_detail(reply)}")
         if status == 429:
             raise Fault("control_plane", "throttled", what)
         if 300 <= status < 400:
@@ -106,15 +109,39 @@ class NodeApi:
         return reply.json_object("control_plane", what)
 
     def register(self, body: dict[str, Any]) -> replies.Registration:
-        return replies.registration(self._call("POST", "/v1/nodes", body))
+        """NODE_TOKEN (re-read: a rotated token needs no restart) and, when we have one,
+        our credential: a bound instance is refused without it."""
+        try:
+            token = self.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Fault("token_file", "unreadable", type(exc).__name__) from None
+        headers = {"X-Node-Credential": self.credential} if self.credential else {}
+        return replies.registration(self._call("POST", "/v1/nodes", token, body, headers=headers))
 
     def peers(self, node_id: str, since: int | None) -> replies.Peers:
         params = {} if since is None else {"since": since}
-        document = self._call("GET", f"/v1/nodes/{node_id}/peers", params=params)
+        document = self._call(
+            "GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params
+        )
         return replies.peers(document, self.max_peers)
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> replies.Beat:
-        return replies.beat(self._call("POST", f"/v1/nodes/{node_id}/heartbeat", body))
+        reply = self._call("POST", f"/v1/nodes/{node_id}/heartbeat", self._credential(), body)
+        return replies.beat(reply)
+
+    def _credential(self) -> str:
+        if not self.credential:
+            raise Unauthorized("no node credential: register first")
+        return self.credential
 
     def close(self) -> None:
         self._http.close()
+
+
+def _detail(reply: Reply) -> str:
+    """The control plane's one-line reason (bounded, sanitised; never a credential)."""
+    try:
+        detail = json.loads(reply.body).get("detail", "")
+    except (ValueError, AttributeError, RecursionError):
+        detail = ""
+    return sanitize(detail, 200) or f"HTTP {reply.status}"

@@ -31,8 +31,21 @@ class Imds:
         except UnicodeDecodeError:
             raise Fault("imds", "malformed", what) from None
 
+    def get(self, path: str) -> str | None:
+        """A metadata value, or None when the instance has no such item (404)."""
+        return self.read(f"/latest/meta-data/{path}")
+
+    def identity(self) -> dict[str, str]:
+        """The instance identity document (exact text) and its base64 RSA-SHA256
+        signature, as the control plane verifies them."""
+        base = "/latest/dynamic/instance-identity"
+        document, signature = self.read(f"{base}/document"), self.read(f"{base}/signature")
+        if not document or not signature:
+            raise Fault("imds", "malformed", "no instance identity document")
+        return {"document": document, "signature": signature}
+
     def read(self, path: str) -> str | None:
-        """A value under /latest/ (``meta-data/…``, ``dynamic/…``), or None on 404."""
+        """An IMDSv2 item by full path, or None when there is no such item (404)."""
         for _ in range(2):
             if self._token is None:
                 reply = self._http.request(
@@ -45,7 +58,7 @@ class Imds:
                     raise Fault("imds", _kind(reply.status), f"token: HTTP {reply.status}")
                 self._token = token
             reply = self._http.request(
-                "GET", f"/latest/{path}", headers={"X-aws-ec2-metadata-token": self._token}
+                "GET", path, headers={"X-aws-ec2-metadata-token": self._token}
             )
             if reply.status == 401:  # token expired
                 self._token = None
@@ -56,10 +69,6 @@ class Imds:
                 raise Fault("imds", _kind(reply.status), f"{path}: HTTP {reply.status}")
             return self._text(reply.body, path)
         raise Fault("imds", "refused", f"{path}: token refused")
-
-    def get(self, path: str) -> str | None:
-        """A meta-data value, or None when the instance has no such item (404)."""
-        return self.read(f"meta-data/{path}")
 
     def terminating(self) -> bool:
         """The auto-scaling group is terminating us, or a spot interruption is coming.

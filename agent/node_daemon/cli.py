@@ -44,9 +44,8 @@ def version() -> None:
 @option("--token-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("--interface", default="wg0", show_default=True)
 @option("--listen-port", type=click.IntRange(1, 65535), default=51820, show_default=True)
-@option("--region", default=None, help="Default: from instance metadata.")
+@option("--region", default=None, help="Expected region (must match the identity document).")
 @option("--public-ip", default=None, help="Default: from instance metadata.")
-@option("--instance-id", default=None, help="Default: from instance metadata.")
 @option("--metrics-addr", default="127.0.0.1:9586", show_default=True)
 @option(
     "--state-dir",
@@ -73,8 +72,12 @@ def version() -> None:
     default=Path("/etc/sysctl.d/90-idra.conf"),
     show_default=True,
 )
-@option("--imds-url", default="http://169.254.169.254", show_default=True)
-@option("--no-imds", is_flag=True, help="Never ask instance metadata (labs, tests).")
+@option(
+    "--imds-url",
+    default="http://169.254.169.254",
+    show_default=True,
+    help="IMDSv2: the signed identity document registration needs, region, instance id.",
+)
 @option(
     "--imds-deadline",
     type=click.FloatRange(min=0.1),
@@ -121,7 +124,6 @@ def run(
     listen_port,
     region,
     public_ip,
-    instance_id,
     metrics_addr,
     state_dir,
     driver,
@@ -132,7 +134,6 @@ def run(
     scan_interval,
     sysctl_file,
     imds_url,
-    no_imds,
     imds_deadline,
     asg_name,
     lifecycle_hook,
@@ -161,13 +162,12 @@ def run(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
-    if no_imds and not (region and public_ip and instance_id):
-        raise BadInput("--region, --public-ip and --instance-id are needed with --no-imds")
     if not token_file.is_file():
         raise BadInput(f"--token-file {token_file}: no such file")
-    imds = (
-        None if no_imds else Imds(imds_url, deadline=imds_deadline)
-    )  # asked (and retried) by the agent
+    # identity (region and instance id as the signed document says), asked and retried
+    # by the agent: an unreachable metadata service is a failing dependency, not fatal
+    imds = Imds(imds_url, deadline=imds_deadline)
+    instance_id = None
     opts = Options(
         interface,
         listen_port,

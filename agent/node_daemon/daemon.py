@@ -8,9 +8,12 @@ Logs carry counts only: never a peer key, client address or endpoint.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
 import random
 import subprocess
+import tempfile
 import threading
 import time
 import traceback
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import node_daemon
 from node_daemon import host
-from node_daemon.api import NodeApi, NotFound, Unauthorized
+from node_daemon.api import NodeApi, NotFound, Refused, Unauthorized
 from node_daemon.aws import Imds, complete_lifecycle_action
 from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
@@ -28,6 +31,7 @@ from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
 ACTIVE_WINDOW_S = 180
+CREDENTIAL_FILE = "node.credential"  # in the (tmpfs) state dir, 0600
 
 
 @dataclass
@@ -77,6 +81,26 @@ class Agent:
         self.stats = host.HostStats(opts.interface)
         self.public_key = ""
         self._bytes_seen = (0, 0)
+        self.refused = False
+        self.api.credential = self._load_credential()
+
+    # -- credential --------------------------------------------------------------------
+
+    def _load_credential(self) -> str | None:
+        """The credential of an earlier run (an agent restart keeps the node)."""
+        try:
+            return (self.opts.state_dir / CREDENTIAL_FILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _save_credential(self, credential: str) -> None:
+        """Write it 0600 from the start, atomically (never logged)."""
+        folder = self.opts.state_dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{CREDENTIAL_FILE}.", dir=folder)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(credential + "\n")
+        Path(tmp).replace(folder / CREDENTIAL_FILE)
 
     # -- start -------------------------------------------------------------------------
 
@@ -97,28 +121,52 @@ class Agent:
         self.owners = owners_of(self.live)
 
     def identify(self) -> None:
-        """Region, public IP and instance id from instance metadata, where not given."""
-        for field_name, path in (("region", "placement/region"), ("public_ip", "public-ipv4"),
-                                 ("instance_id", "instance-id")):  # fmt: skip
-            if getattr(self.opts, field_name) is None:
-                value = self.imds.get(path) if self.imds else None
-                if not value or not value.isprintable() or len(value) > 64:
-                    raise Fault("imds", "malformed", f"{path}: missing")
-                setattr(self.opts, field_name, value)
+        """Instance id and region as the signed identity document says (what the control
+        plane uses); the public IP from metadata where not given."""
+        if self.opts.instance_id is None:
+            if self.imds is None:
+                raise Fault("imds", "missing", "no instance metadata")
+            try:
+                claims = json.loads(self.imds.identity()["document"])
+                region, instance_id = claims["region"], claims["instanceId"]
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                raise Fault("imds", "malformed", "instance identity document") from None
+            if not all(isinstance(v, str) and v.isprintable() and 0 < len(v) <= 64
+                       for v in (region, instance_id)):  # fmt: skip
+                raise Fault("imds", "malformed", "instance identity document")
+            if self.opts.region and self.opts.region != region:
+                raise Fault("imds", "mismatch", "identity document region is not --region")
+            self.opts.region, self.opts.instance_id = region, instance_id
+        if self.opts.public_ip is None:
+            value = self.imds.get("public-ipv4") if self.imds else None
+            try:
+                self.opts.public_ip = str(ipaddress.ip_address(value or ""))
+            except ValueError:
+                raise Fault("imds", "malformed", "public-ipv4") from None
 
     def register(self) -> None:
-        """Register (again, after a 404: same key) and take the pool, bounded by the
-        interface's own prefixes; the next sync is a full one."""
+        """Prove which instance we are (signed identity document from IMDSv2) with
+        NODE_TOKEN, plus our credential when we have one; keep the credential we get.
+        Registers again after a 404 (same key); takes the pool bounded by the interface's
+        own prefixes; the next sync is a full one."""
         self.identify()
+        if self.imds is None:
+            raise Fault("imds", "missing", "no instance metadata: cannot prove our identity")
         try:
             own = host.interface_addresses(self.opts.interface, self.opts.interface_netns)
         except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
             raise Fault("wireguard", "interface", "addresses unreadable") from None
         reply = self.api.register({
-            "instance_id": self.opts.instance_id, "public_ip": self.opts.public_ip,
+            "identity": self.imds.identity(), "public_ip": self.opts.public_ip,
             "public_key": self.public_key, "listen_port": self.opts.listen_port,
-            "region": self.opts.region, "agent_version": node_daemon.__version__,
+            "agent_version": node_daemon.__version__,
         })  # fmt: skip
+        if reply.credential != self.api.credential:
+            try:
+                self._save_credential(reply.credential)
+            except OSError:
+                raise Fault("state_dir", "unwritable", "node credential not saved") from None
+            self.api.credential = reply.credential
         self.node_id, self.version = reply.node_id, None
         self.interval = self.opts.heartbeat_interval or reply.interval
         self.pools = client_pools(reply.pools, [a.network for a in own])
@@ -241,11 +289,24 @@ class Agent:
             if self.version is None or latest != self.version:
                 self.sync()
         except Unauthorized:
+            if self.node_id is not None:  # credential refused (record gone?): register again
+                log.warning("control plane refuses our node credential: registering again")
+                self.node_id = self.version = None
+                self.metrics.faults.labels("control_plane", "credential_refused").inc()
+                return self.interval
             if not self.unauthorized:
                 log.error("control plane refuses our token: sync stopped, peers kept")
             self.unauthorized = True
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("unauthorized").inc()
+            return self.opts.backoff_max
+        except Refused as exc:
+            if not self.refused:
+                log.error("registration refused (%s): this instance needs replacing; "
+                          "peers kept", exc)  # fmt: skip
+            self.refused = self.unauthorized = True
+            self.metrics.unauthorized.set(1)
+            self.metrics.syncs.labels("refused").inc()
             return self.opts.backoff_max
         except NotFound:  # record deleted, database restored: register again, resync
             self.node_id = self.version = None
@@ -260,7 +321,7 @@ class Agent:
             self._count_bytes()
         if self.unauthorized:
             log.info("token accepted again: sync resumed")
-        self.unauthorized = False
+        self.unauthorized = self.refused = False
         self.metrics.unauthorized.set(0)
         self.failures = 0
         return self.interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter

@@ -17,6 +17,7 @@ from node_daemon.bounded import Fault, sanitize
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,63}")
+CREDENTIAL = re.compile(r"[\x21-\x7e]{16,512}")  # printable, no space: a header value
 INTERVAL_MIN, INTERVAL_MAX = 1.0, 300.0
 
 
@@ -33,6 +34,7 @@ def _int(value: Any, what: str) -> int:
 @dataclass
 class Registration:
     node_id: str
+    credential: str  # this node's, for every later call (never logged)
     interval: float  # clamped to 1..300 s
     pools: list[Network]
     document: dict[str, Any]  # the whole reply (other fields, e.g. a node credential)
@@ -42,6 +44,9 @@ def registration(doc: dict[str, Any]) -> Registration:
     node_id = doc.get("node_id")
     if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
         raise _bad("register: node_id")
+    credential = doc.get("node_credential")
+    if not isinstance(credential, str) or not CREDENTIAL.fullmatch(credential):
+        raise _bad("register: node_credential")
     interval = doc.get("heartbeat_interval_s")
     if isinstance(interval, bool) or not isinstance(interval, int | float):
         raise _bad("register: heartbeat_interval_s")
@@ -60,7 +65,7 @@ def registration(doc: dict[str, Any]) -> Registration:
             raise _bad(f"register: client_pool.{family}")
         pools.append(net)
     clamped = min(max(float(interval), INTERVAL_MIN), INTERVAL_MAX)
-    return Registration(node_id, clamped, pools, doc)
+    return Registration(node_id, credential, clamped, pools, doc)
 
 
 @dataclass

@@ -24,7 +24,13 @@ NETS = [ipaddress.ip_network(POOL["ipv4"]), ipaddress.ip_network(POOL["ipv6"])]
 
 def _registration(**changes):
     return replies.registration(
-        {"node_id": "node-1", "heartbeat_interval_s": 10, "client_pool": POOL} | changes
+        {
+            "node_id": "node-1",
+            "node_credential": "c" * 43,
+            "heartbeat_interval_s": 10,
+            "client_pool": POOL,
+        }
+        | changes
     )
 
 
@@ -48,6 +54,9 @@ def test_interval_clamped(given, used) -> None:
         {"client_pool": {"ipv4": "fd49::/64", "ipv6": "fd49::/64"}},
         {"client_pool": {"ipv4": "10.96.0.1/12", "ipv6": "fd49::/64"}},
         {"client_pool": {"ipv4": None, "ipv6": "fd49::/64"}},
+        {"node_credential": None},
+        {"node_credential": "short"},
+        {"node_credential": "c" * 40 + "\r\nX: y"},
     ],
 )
 def test_bad_registration_is_malformed(changes) -> None:
