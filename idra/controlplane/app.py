@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from idra.controlplane.store import NoCapacity, NotFound, Store
 
@@ -60,7 +60,7 @@ class Integrity(Body):
     nftables_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     sysctl_ok: bool
     agent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    root_readonly: bool | None = None  # absent: an agent from before the read-only root
+    root_readonly: StrictBool | None = None  # absent: an agent from before it
 
 
 class Heartbeat(Body):
