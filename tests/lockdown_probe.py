@@ -4,7 +4,8 @@ Mounts DEVICE (a fresh ext4) on a stand-in root, lays out a small node tree, run
 rendered lockdown step against it and prints what happened as JSON: the step's exit code
 and stderr per run, the errno of a write under the root and in every declared path, the
 seeded content found afterwards and the mounts under the root. With ``--hold`` a file on
-the root stays open for writing while the step runs (as a stray writer would).
+the root stays open for writing while the step runs (as a stray writer would);
+with ``--oversize`` one directory holds more than its tmpfs may.
 """
 
 from __future__ import annotations
@@ -72,17 +73,21 @@ def main() -> None:
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--path-prefix", default="", help="PATH entries to put first")
     parser.add_argument("--hold", action="store_true")
+    parser.add_argument("--oversize", action="store_true", help="more in chrony's dir than fits")
     args = parser.parse_args()
     root: Path = args.root
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "ext4", args.device, str(root)], check=True)
     layout(root)
+    if args.oversize:
+        (root / "var/lib/chrony").mkdir(parents=True)
+        (root / "var/lib/chrony/big").write_bytes(bytes(2 << 20))
     env = dict(os.environ)
     if args.path_prefix:
         env["PATH"] = f"{args.path_prefix}:{env['PATH']}"
     held = (root / "etc/held").open("w") if args.hold else None
     report: dict = {"runs": [], "before": mounts_under(root)}
-    for _ in range(1 if args.hold else 2):
+    for _ in range(1 if args.hold or args.oversize else 2):
         step = subprocess.run(
             ["sh", str(args.script), str(root)],
             env=env, capture_output=True, text=True, timeout=60, check=False,

@@ -138,6 +138,16 @@ def test_step_refuses_while_a_file_is_open_for_writing(
     assert run["readonly"] is False, "the boot fails: the agent is never started"
 
 
+def test_step_refuses_a_directory_larger_than_its_tmpfs(
+    tmp_path: Path, device: str, files: dict, declared: dict
+) -> None:
+    (run,) = _probe(tmp_path, device, files, declared, "--oversize")["runs"]
+    assert run["rc"] == 1
+    assert run["stderr"].splitlines()[-1] == "idra-lockdown: cannot move /var/lib/chrony to tmpfs"
+    assert not [m for m in run["mounts"] if m.startswith("/var/lib/chrony ")], "unmounted"
+    assert run["readonly"] is False
+
+
 def test_boot_locks_down_after_the_agent_is_installed_and_before_it_starts(files) -> None:
     boot = files[BOOT]
     lock = boot.index(f"{LOCKDOWN} /")
