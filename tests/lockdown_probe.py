@@ -36,6 +36,16 @@ def write_errno(path: Path) -> str:
         return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
+def append_errno(path: Path) -> str:
+    """'ok' when the existing file at ``path`` can be appended to, else the errno's name."""
+    try:
+        with path.open("a") as file:
+            file.write("x")
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc))
+
+
 def mounts_under(root: Path) -> list[str]:
     """'point fstype options' for each mount at or under root (point relative to root)."""
     found = []
@@ -98,7 +108,7 @@ def main() -> None:
                 "stderr": step.stderr,
                 "mounts": mounts_under(root),
                 "root_write": write_errno(root / "etc/new"),
-                "root_append": write_errno(root / "usr/bin/new"),
+                "root_append": append_errno(root / "usr/bin/tool"),
                 "paths": {p: write_errno(root / p.lstrip("/") / "probe") for p in args.paths},
                 "readonly": bool(os.statvfs(root).f_flag & os.ST_RDONLY),
             }

@@ -105,7 +105,7 @@ def test_step_makes_root_read_only_and_keeps_declared_paths_writable(
               (entry.split() for entry in first["mounts"])}  # fmt: skip
     assert len(mounts) == len(first["mounts"]), "one mount per path"
     assert set(mounts) == {"/", *declared}, "nothing else mounted"
-    assert mounts["/"] == ("ext4", mounts["/"][1]) and "ro" in mounts["/"][1]
+    assert mounts["/"][0] == "ext4" and "ro" in mounts["/"][1]
     for path, extra in declared.items():
         fstype, options = mounts[path]
         assert fstype == "tmpfs", path
