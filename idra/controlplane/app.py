@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from idra.controlplane.store import NoCapacity, NotFound, Store
 
@@ -60,6 +60,7 @@ class Integrity(Body):
     nftables_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     sysctl_ok: bool
     agent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    root_readonly: StrictBool | None = None  # absent: an agent from before it
 
 
 class Heartbeat(Body):
@@ -146,7 +147,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             before = store.heartbeat(node_id, body.model_dump())
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        if _compromised(body.integrity, before["nftables_baseline"], settings):
+        unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
+        if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
             log.warning("node %s drained: integrity mismatch", node_id)
         elif body.state == "draining" and before["state"] == "active":
@@ -192,6 +194,11 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+def _root_unlocked(integrity: Integrity, was_readonly: int) -> bool:
+    """The root was reported read-only before and is not now (absent counts as not)."""
+    return bool(was_readonly) and integrity.root_readonly is not True
 
 
 def _compromised(integrity: Integrity, baseline: str, settings: Settings) -> bool:

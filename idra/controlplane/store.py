@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     reported_state TEXT,
     active_peers INTEGER NOT NULL DEFAULT 0,
     stats TEXT,
-    nftables_baseline TEXT
+    nftables_baseline TEXT,
+    root_readonly_baseline INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS peers (
     public_key TEXT PRIMARY KEY,
@@ -91,6 +92,11 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
+        if "root_readonly_baseline" not in columns:  # a database from before it
+            self._db.execute(
+                "ALTER TABLE nodes ADD COLUMN root_readonly_baseline INTEGER NOT NULL DEFAULT 0"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -180,21 +186,25 @@ class Store:
             return [dict(row) for row in db.execute(query + " ORDER BY registered_at", args)]
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat; return the node as stored (with its nftables baseline)."""
+        """Record a heartbeat; return the node as stored (with its nftables baseline).
+        ``root_readonly_baseline`` is returned as it was before: 1 once the node has
+        reported a read-only root."""
         with self._write() as db:
             row = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
             if row is None:
                 raise NotFound(node_id)
             baseline = row["nftables_baseline"] or body["integrity"]["nftables_sha256"]
+            locked = row["root_readonly_baseline"] or body["integrity"].get("root_readonly") is True
             db.execute(
                 "UPDATE nodes SET last_heartbeat_at=?, reported_state=?, active_peers=?, "
-                "stats=?, nftables_baseline=? WHERE id=?",
+                "stats=?, nftables_baseline=?, root_readonly_baseline=? WHERE id=?",
                 (
                     time.time(),
                     body["state"],
                     body["stats"]["active_peers"],
                     json.dumps(body["stats"]),
                     baseline,
+                    int(locked),
                     node_id,
                 ),
             )
