@@ -5,7 +5,6 @@ The same :func:`render_node_files` feeds ``idra render`` and the Pulumi launch t
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import shutil
 import tempfile
@@ -18,8 +17,9 @@ from idra.config import LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
 def _templates() -> Path:
     """The installed package data (``idra.templates``), else a checkout's ``templates/``."""
-    if importlib.util.find_spec("idra.templates") is not None:
-        return Path(str(importlib.resources.files("idra.templates")))
+    spec = importlib.util.find_spec("idra.templates")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
     return REPO_ROOT / "templates"
 
 

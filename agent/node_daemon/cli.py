@@ -6,7 +6,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ import click
 import httpx
 
 import node_daemon
+from node_daemon.logsetup import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 
 def option(*decls: str, **kw):
@@ -29,8 +32,22 @@ class BadInput(click.ClickException):
 
 
 @click.group()
-def main() -> None:
+@option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
+@option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+def main(log_format: str, log_level: str) -> None:
     """IDRA exit-node agent."""
+    setup_logging(log_format, log_level, stream=sys.stdout, name="node-daemon")
+
+
+def existing_interface(interface: str) -> str:
+    """``interface`` if this host has it; else bad input (exit 2)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface) or interface in (".", ".."):
+        raise BadInput(f"--interface {interface!r}: not an interface name")
+    try:
+        socket.if_nametoindex(interface)  # this network namespace's interfaces
+    except OSError:
+        raise BadInput(f"--interface {interface}: no such interface on this host") from None
+    return interface
 
 
 @main.command()
@@ -108,12 +125,7 @@ def run(
     from node_daemon.metrics import Metrics
     from node_daemon.wg import make_driver
 
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stdout,
-        format="%(asctime)s node-daemon %(levelname)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines
+    existing_interface(interface)
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
     imds = None if no_imds else Imds(imds_url)
@@ -195,10 +207,14 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
         raise BadInput(f"{peers_file}: {type(exc).__name__}: {exc}") from None
     except subprocess.CalledProcessError:
         raise BadInput(f"--interface {interface}: no such interface") from None
-    wg = make_driver(driver, interface)
-    live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
-    result = plan(incoming, removed, live, pools, full=document.get("full", True))
-    wg.apply(result.upserts, result.removes)
+    wg = make_driver(driver, existing_interface(interface))
+    try:
+        live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
+        result = plan(incoming, removed, live, pools, full=document.get("full", True))
+        wg.apply(result.upserts, result.removes)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        detail = " ".join(str(exc).split())
+        raise click.ClickException(f"--interface {interface} ({driver}): {detail}") from None
     rejected = sum(result.rejected.values())
     click.echo(
         f"added {result.added} updated {result.updated} removed {len(result.removes)} "

@@ -195,8 +195,9 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, regions, ma
             rows.append([d.node_id, d.reason, action, d.why, d.outcome])
         headers = ["node", "reason", "action", "why", "outcome"]
         print_table(f"reap: {len(decisions)} draining nodes", headers, rows)
-    if any(d.failed for d in decisions):
-        sys.exit(1)
+    failures = sum(d.failed for d in decisions)
+    if failures:
+        raise Failed(f"{failures} of {len(decisions)} draining nodes failed; their rows say why")
 
 
 def _fleet(kind: str) -> Fleet:
