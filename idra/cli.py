@@ -78,10 +78,10 @@ def render(stack: str, out: Path, region: str | None, cwd: Path) -> None:
     """Render a node's boot configuration for STACK into OUT (all files or none)."""
     try:
         cfg = load_stack(stack, cwd.resolve())
-        click.echo(f"stack file: {stack_file(stack, cwd.resolve())}", err=True)
         paths = write_node_files(cfg, out, region)
     except (ConfigError, OSError) as exc:
         raise BadInput(str(exc)) from None
+    click.echo(f"stack file: {stack_file(stack, cwd.resolve())}", err=True)
     for path in paths:
         click.echo(path)
 
