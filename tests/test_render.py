@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -143,3 +144,13 @@ def test_a_folder_named_like_an_output_file_changes_nothing(tmp_path: Path) -> N
         if name != "nftables.nft":
             assert (out / name).read_text() == "old", f"{name} was replaced"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node"], "no staging folder left"
+
+
+def test_every_flag_reads_an_idra_environment_variable(tmp_path: Path) -> None:
+    idra = str(Path(sys.executable).parent / "idra")
+    env = os.environ | {"IDRA_RENDER_STACK": "production", "IDRA_RENDER_OUT": str(tmp_path / "o"),
+                        "IDRA_RENDER_CWD": str(REPO_ROOT)}  # fmt: skip
+    result = subprocess.run([idra, "render"], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Pulumi.production.yaml" in result.stderr
+    assert "production" in (tmp_path / "o" / "sysctl.conf").read_text()
