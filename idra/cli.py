@@ -7,7 +7,6 @@ Every flag also reads an environment variable: ``IDRA_<COMMAND>_<FLAG>`` (for ex
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,28 +20,10 @@ from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
 from idra.nodes import nodes
 from idra.render import write_node_files
+from node_daemon.oneline import OneLineGroup
 
 
-class Group(click.Group):
-    """The top-level group: an unexpected error is one line on stderr, never a traceback
-    (``IDRA_DEBUG=1`` shows it)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            raise click.Abort() from None
-        except Exception as exc:
-            if os.environ.get("IDRA_DEBUG"):
-                raise
-            where = ctx.invoked_subcommand or ctx.info_name
-            message = " ".join(str(exc).split()) or "no detail"
-            raise click.ClickException(f"{where}: {type(exc).__name__}: {message}") from None
-
-
-@click.group(cls=Group, context_settings={"auto_envvar_prefix": "IDRA"})
+@click.group(cls=OneLineGroup, context_settings={"auto_envvar_prefix": "IDRA"})
 @click.version_option(__version__, prog_name="idra")
 @click.option(
     "--log-format", type=click.Choice(LOG_FORMATS), default="text", envvar="IDRA_LOG_FORMAT",

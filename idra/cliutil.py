@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from idra.lifecycle.api import OperatorApi
 from node_daemon.api import is_secure_url
@@ -44,7 +45,11 @@ def read_token(path: Path, flag: str = "--operator-token-file") -> str:
 
 def make_api(api_url: str, token_file: Path, ca_file: Path | None) -> OperatorApi:
     """The operator client, after checking the URL, the token file and the CA file."""
-    if not is_secure_url(api_url):
+    try:
+        secure = is_secure_url(api_url)
+    except httpx.InvalidURL as exc:
+        raise BadInput(f"--api-url {api_url}: {exc}") from None
+    if not secure:
         raise BadInput(f"--api-url {api_url}: must be https:// (plain http only on loopback)")
     token = read_token(token_file)
     try:

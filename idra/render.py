@@ -74,6 +74,13 @@ def write_node_files(cfg: StackConfig, out: Path, region: str | None = None) -> 
     """Render, then write all four files into ``out``: all of them or none."""
     files = render_node_files(cfg, region)
     out = Path(out)
+    try:
+        return _write_all(files, out)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write: {exc.strerror or exc}") from None
+
+
+def _write_all(files: dict[str, str], out: Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -19,6 +19,7 @@ import httpx
 
 import node_daemon
 from node_daemon.logsetup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from node_daemon.oneline import OneLineGroup
 
 
 def option(*decls: str, **kw):
@@ -31,7 +32,7 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 @option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
 @option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def main(log_format: str, log_level: str) -> None:
