@@ -129,3 +129,13 @@ def test_drain_needs_a_known_reason(cp: ControlPlane) -> None:
     assert listed(cp)[node]["state"] == "active"
     assert idra(cp, "drain", node).returncode == 0, "--reason defaults to manual"
     assert listed(cp)[node]["drain_reason"] == "manual"
+
+
+def test_shell_completion_as_documented() -> None:
+    source = subprocess.run([IDRA], env=os.environ | {"_IDRA_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert "complete -o nosort -F _idra_completion idra" in source.stdout
+    words = {"_IDRA_COMPLETE": "bash_complete", "COMP_WORDS": "idra nodes drain x --reason c",
+             "COMP_CWORD": "5"}  # fmt: skip
+    reply = subprocess.run([IDRA], env=os.environ | words, capture_output=True, text=True)
+    assert reply.stdout.split() == ["plain,compromised"]

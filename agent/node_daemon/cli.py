@@ -40,10 +40,18 @@ def main(log_format: str, log_level: str) -> None:
     setup_logging(log_format, log_level, stream=sys.stdout, name="node-daemon")
 
 
-def existing_interface(interface: str) -> str:
-    """``interface`` if this host has it; else bad input (exit 2)."""
+def existing_interface(interface: str, driver: str) -> str:
+    """``interface`` if ``driver`` can reach it here (its UAPI socket, or a kernel interface
+    in this network namespace); else bad input (exit 2)."""
+    from node_daemon.wg import UAPI_DIR
+
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface) or interface in (".", ".."):
         raise BadInput(f"--interface {interface!r}: not an interface name")
+    socket_path = UAPI_DIR / f"{interface}.sock"
+    if driver != "kernel" and socket_path.exists():
+        return interface
+    if driver == "uapi":
+        raise BadInput(f"--interface {interface}: no UAPI socket {socket_path}")
     try:
         socket.if_nametoindex(interface)  # this network namespace's interfaces
     except OSError:
@@ -126,7 +134,7 @@ def run(
     from node_daemon.metrics import Metrics
     from node_daemon.wg import make_driver
 
-    existing_interface(interface)
+    existing_interface(interface, driver)
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
     imds = None if no_imds else Imds(imds_url)
@@ -208,7 +216,7 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
         raise BadInput(f"{peers_file}: {type(exc).__name__}: {exc}") from None
     except subprocess.CalledProcessError:
         raise BadInput(f"--interface {interface}: no such interface") from None
-    wg = make_driver(driver, existing_interface(interface))
+    wg = make_driver(driver, existing_interface(interface, driver))
     try:
         live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
         result = plan(incoming, removed, live, pools, full=document.get("full", True))
