@@ -238,3 +238,36 @@ def test_log_format_json(cp: ControlPlane) -> None:
     for line in lines:
         entry = json.loads(line)
         assert entry["level"] == "error" and "canary pass failed" in entry["message"]
+
+
+def test_node_daemon_run_on_an_interface_that_is_not_wireguard(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("node-token")
+    result = run(
+        NODE_DAEMON, "run", "--api-url", f"http://127.0.0.1:{free_port()}", "--token-file",
+        str(tmp_path / "token"), "--interface", "lo", "--driver", "kernel", "--no-imds",
+        "--region", "eu-west-1", "--public-ip", "203.0.113.1", "--instance-id", "i-1",
+        "--state-dir", str(tmp_path / "s"), "--metrics-addr", "127.0.0.1:0", timeout=20,
+    )  # fmt: skip
+    one_line(result, 2, "--interface lo (kernel): not usable")
+
+
+@pytest.mark.parametrize("command", [[IDRA, "nodes", "list"], [NODE_DAEMON, "version"]])
+def test_log_flags_are_checked(command: list[str]) -> None:
+    result = run(command[0], "--log-format", "yaml", *command[1:])
+    one_line(result, 2, "--log-format", "'yaml' is not one of")
+
+
+def test_control_plane_logs_as_json(tmp_path: Path, monkeypatch) -> None:
+    """``IDRA_LOG_FORMAT=json`` (the variable of ``--log-format``): one JSON object a line."""
+    monkeypatch.setenv("IDRA_LOG_FORMAT", "json")
+    server = start(tmp_path)
+    try:
+        server.register("i-json")
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+    lines = server.log.read_text().splitlines()
+    assert lines[0].startswith("control plane on")  # stdout, merged here
+    entries = [json.loads(line) for line in lines[1:]]
+    assert any(e["message"].startswith("node registered") for e in entries)
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)

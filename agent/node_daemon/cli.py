@@ -164,14 +164,18 @@ def run(
         lifecycle_hook,
         lifecycle_timeout,
     )
+    wg = make_driver(driver, interface)
+    try:
+        wg.read()
+    except (RuntimeError, OSError) as exc:
+        detail = " ".join(str(exc).split())
+        raise BadInput(f"--interface {interface} ({driver}): not usable: {detail}") from None
     metrics = Metrics()
     try:
         metrics.serve(metrics_addr)
     except (ValueError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    agent = Agent(
-        opts, NodeApi(api_url, token_file, ca_file), make_driver(driver, interface), metrics, imds
-    )
+    agent = Agent(opts, NodeApi(api_url, token_file, ca_file), wg, metrics, imds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

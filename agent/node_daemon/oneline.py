@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -22,13 +23,14 @@ def _fail(message: str, code: int) -> NoReturn:
 class OneLineGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
         kwargs["standalone_mode"] = False
+        prog = kwargs.get("prog_name") or Path(sys.argv[0]).name or self.name
         try:
             super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx else self.name
+            where = exc.ctx.command_path if exc.ctx else prog
             _fail(f"{where}: {exc.format_message()}", exc.exit_code)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
@@ -39,5 +41,5 @@ class OneLineGroup(click.Group):
         except Exception as exc:
             if os.environ.get("IDRA_DEBUG"):
                 raise
-            _fail(f"{self.name}: {type(exc).__name__}: {exc or 'no detail'}", 1)
+            _fail(f"{prog}: {type(exc).__name__}: {exc or 'no detail'}", 1)
         sys.exit(0)
