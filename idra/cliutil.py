@@ -97,7 +97,9 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*headers, title=title)
+        table = Table(title=title)
+        for i, header in enumerate(headers):
+            table.add_column(header, no_wrap=i == 0)  # ids are never cut
         for row in cells:
             table.add_row(*row)
         Console().print(table)
