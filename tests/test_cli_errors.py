@@ -271,3 +271,15 @@ def test_control_plane_logs_as_json(tmp_path: Path, monkeypatch) -> None:
     entries = [json.loads(line) for line in lines[1:]]
     assert any(e["message"].startswith("node registered") for e in entries)
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+
+
+def test_node_daemon_ca_file_that_is_not_a_certificate(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("node-token")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    result = run(
+        NODE_DAEMON, "run", "--api-url", "https://127.0.0.1:1", "--token-file",
+        str(tmp_path / "token"), "--interface", "lo", "--driver", "kernel", "--no-imds",
+        "--ca-file", str(tmp_path / "ca.pem"), "--region", "eu-west-1", "--public-ip",
+        "203.0.113.1", "--instance-id", "i-1", "--state-dir", str(tmp_path / "s"), timeout=20,
+    )  # fmt: skip
+    one_line(result, 2, "--ca-file", "ca.pem", "not a PEM")

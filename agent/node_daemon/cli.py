@@ -9,6 +9,7 @@ import logging
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -135,6 +136,11 @@ def run(
     from node_daemon.wg import make_driver
 
     existing_interface(interface, driver)
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, OSError, ValueError):
+            raise BadInput(f"--ca-file {ca_file}: not a PEM CA certificate") from None
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
     imds = None if no_imds else Imds(imds_url)
