@@ -139,3 +139,23 @@ def test_shell_completion_as_documented() -> None:
              "COMP_CWORD": "5"}  # fmt: skip
     reply = subprocess.run([IDRA], env=os.environ | words, capture_output=True, text=True)
     assert reply.stdout.split() == ["plain,compromised"]
+
+
+def test_https_with_the_ca_file_from_the_environment(tmp_path) -> None:
+    server = start(tmp_path, tls=True)
+    try:
+        node = server.register("i-tls")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IDRA_")} | {
+            "IDRA_API_URL": server.url,
+            "IDRA_OPERATOR_TOKEN_FILE": str(tmp_path / "operator.token"),
+        }
+        command = [IDRA, "nodes", "list", "--json"]
+        untrusted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        env["IDRA_CA_FILE"] = str(tmp_path / "pki" / "ca.pem")
+        trusted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert trusted.returncode == 0, trusted.stderr
+        assert [n["id"] for n in json.loads(trusted.stdout)["nodes"]] == [node]
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
