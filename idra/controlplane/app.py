@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from idra.controlplane import observability
 from idra.controlplane.store import NoCapacity, NotFound, Store
 
 log = logging.getLogger("idra.controlplane")
@@ -72,7 +74,7 @@ class Heartbeat(Body):
 
 class Drain(Body):
     id: str = Field(min_length=1, max_length=64)
-    reason: Literal["blocked", "compromised", "manual"]
+    reason: Literal["blocked", "compromised", "manual", "outdated"]
 
 
 class PeerRequest(Body):
@@ -97,6 +99,7 @@ NODE_FIELDS = (
     "drain_reason",
     "drain_started_at",
     "last_heartbeat_at",
+    "agent_version",
 )
 
 
@@ -120,6 +123,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         return Depends(check)
 
     node_auth, operator_auth, client_auth = token("node"), token("operator"), token("client")
+    observability.install(app, store, operator_auth)
 
     def fresh_after() -> float:
         return time.time() - 3 * settings.heartbeat_interval_s
@@ -172,7 +176,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
     @app.get("/v1/nodes", dependencies=[operator_auth])
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
-        return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in store.nodes(state)]}
+        return {"nodes": [_listed(n) for n in store.nodes(state)]}
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, dependencies=[operator_auth])
     def delete_node(node_id: str) -> Response:
@@ -199,6 +203,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 def _root_unlocked(integrity: Integrity, was_readonly: int) -> bool:
     """The root was reported read-only before and is not now (absent counts as not)."""
     return bool(was_readonly) and integrity.root_readonly is not True
+
+
+def _listed(node: dict) -> dict:
+    """A node as the operator sees it; ``peers`` is its last reported count."""
+    return {k: node[k] for k in NODE_FIELDS} | {
+        "peers": json.loads(node["stats"] or "{}").get("peers")
+    }
 
 
 def _compromised(integrity: Integrity, baseline: str, settings: Settings) -> bool:

@@ -337,3 +337,25 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- observability -------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Read the database once (raises ``sqlite3.Error`` when it does not answer)."""
+        with self._read() as db:
+            db.execute("SELECT COUNT(*) FROM nodes").fetchone()
+
+    def counts(self) -> dict[str, Any]:
+        """Aggregates only: nodes by state, peers, reported active peers, change-log rows."""
+        with self._read() as db:
+            states = db.execute(
+                "SELECT state, COUNT(*), SUM(active_peers) FROM nodes GROUP BY state"
+            )
+            by_state = {row[0]: (row[1], row[2] or 0) for row in states}
+            return {
+                "nodes": {state: n for state, (n, _) in by_state.items()},
+                "active_peers": sum(active for _, active in by_state.values()),
+                "peers": db.execute("SELECT COUNT(*) FROM peers").fetchone()[0],
+                "changes": db.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
+                "version": self._version(db),
+            }
