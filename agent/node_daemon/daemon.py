@@ -204,8 +204,10 @@ class Agent:
             "nftables_sha256": host.nftables_sha256(),
             "sysctl_ok": host.sysctl_ok(self.opts.sysctl_file),
             "agent_sha256": host.agent_sha256(),
+            "root_readonly": host.root_readonly(),
         }
         self.metrics.integrity_ok.set(int(integrity["sysctl_ok"]))
+        self.metrics.root_readonly.set(int(integrity["root_readonly"]))
         reply = self.api.heartbeat(self.node_id, {
             "state": "draining" if self.draining else "active",
             "peers_version": self.version or 0, "stats": stats, "integrity": integrity,

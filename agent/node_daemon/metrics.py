@@ -46,6 +46,9 @@ class Metrics:
         self.integrity_ok = Gauge(
             "idra_agent_integrity_ok", "1 when ruleset and sysctl match", registry=registry
         )
+        self.root_readonly = Gauge(
+            "idra_agent_root_readonly", "1 when the root filesystem is read-only", registry=registry
+        )
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")

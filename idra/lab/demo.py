@@ -301,6 +301,8 @@ def run_demo(keep: bool, console: Console) -> int:
             step.name, "[green]held[/green]" if step.ok else "[red]FAILED[/red]", step.detail
         )
     Console().print(table)
+    if not all(step.ok for step in steps):
+        console.print(f"logs of this run kept in {world.keep_logs()}")
     if not keep:
         world.teardown(LabState.load())
     return 0 if all(step.ok for step in steps) else 1

@@ -20,6 +20,7 @@ WG_PREFIX = "ilab"
 # The lab's "internet": one bridged segment in the router namespace, documentation ranges.
 SEGMENT_V4, SEGMENT_V6 = "203.0.113.0/24", "2001:db8:1::/64"
 ROUTER_V4, ROUTER_V6 = "203.0.113.1", "2001:db8:1::1"
+ROUTER_MAC = "00:00:5e:00:53:01"  # fixed: see world.build_world
 CP_V4, SVC_V4, OPS_V4 = "203.0.113.2", "203.0.113.3", "203.0.113.4"
 PUBLIC_V4, PUBLIC_V6 = "198.51.100.80", "2001:db8:80::80"  # a web server "out there"
 METADATA_V4, PRIVATE_V4 = "169.254.169.254", "10.20.0.5"

@@ -14,6 +14,7 @@ outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
 from __future__ import annotations
 
 import secrets
+import shutil
 import ssl
 import sys
 import time
@@ -39,6 +40,7 @@ from idra.netns import (
 from idra.render import render_node_files
 
 PYTHON = sys.executable
+FAILURES = "failures"  # logs of failed demo runs, kept by teardown
 LAB_HEARTBEAT_S = 2  # faster than production's 10 s, so the story moves quickly
 
 
@@ -86,7 +88,10 @@ def _wait_for(condition, what: str, timeout: float = 30, proc=None) -> None:
 def build_world(state: LabState) -> None:
     """Internet, control plane, services, ops host and VPC (no nodes, no clients)."""
     internet = _new_ns(state, "internet")
-    internet.ip("link", "add", "br0", "type", "bridge")
+    # A fixed MAC: a bridge otherwise takes its lowest port's MAC, so a client joining or
+    # leaving could move the router's MAC and black-hole every node's uplink until ARP
+    # re-resolves (seconds of loss for everyone). 00:00:5e:00:53:xx is for documentation.
+    internet.ip("link", "add", "br0", "address", S.ROUTER_MAC, "type", "bridge")
     internet.ip("link", "set", "br0", "up")
     internet.addr("br0", f"{S.ROUTER_V4}/24", f"{S.ROUTER_V6}/64")
     internet.addr("lo", f"{S.PUBLIC_V4}/32", f"{S.PUBLIC_V6}/128")
@@ -303,9 +308,23 @@ def teardown(state: LabState | None) -> list[str]:
     for sock in WG_RUN_DIR.glob(f"{S.WG_PREFIX}*.sock") if WG_RUN_DIR.exists() else []:
         sock.unlink(missing_ok=True)
     if S.LAB_DIR.exists():
-        run(["rm", "-rf", "--one-file-system", str(S.LAB_DIR)])
-        removed.append(f"folder {S.LAB_DIR}")
+        kept = S.LAB_DIR / FAILURES
+        for path in S.LAB_DIR.iterdir():
+            if path != kept:
+                run(["rm", "-rf", "--one-file-system", str(path)])
+        if kept.exists():
+            removed.append(f"folder {S.LAB_DIR} (logs of failed runs kept in {kept})")
+        else:
+            S.LAB_DIR.rmdir()
+            removed.append(f"folder {S.LAB_DIR}")
     return removed
+
+
+def keep_logs() -> Path:
+    """Copy this run's logs to ``failures/<UTC time>/``, which teardown keeps."""
+    kept = S.LAB_DIR / FAILURES / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    shutil.copytree(S.LAB_DIR / "logs", kept, dirs_exist_ok=True)
+    return kept
 
 
 def add_client(state: LabState, api: httpx.Client) -> Client:

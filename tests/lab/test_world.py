@@ -53,3 +53,32 @@ def test_teardown_sweeps_a_half_made_lab(lab_dir) -> None:
     run(["ip", "netns", "add", S.NS_PREFIX + "orphan"])
     world.teardown(None)
     assert not _lab_namespaces()
+
+
+def test_router_mac_stays_as_hosts_join_and_leave(lab_dir) -> None:
+    """A bridge takes its lowest port's MAC unless given one: a client joining or leaving
+    would then move the router's MAC under every node (seconds of lost packets)."""
+    state = LabState()
+    state.save()
+    world.build_world(state)
+    internet = Netns(S.NS_PREFIX + "internet")
+
+    def router_mac() -> str:
+        return internet.ip("-br", "link", "show", "br0").stdout.split()[2]
+
+    assert router_mac() == S.ROUTER_MAC
+    world._plug(state, "client9", *S.client_addresses(9))
+    internet.ip("link", "set", "p-client9", "address", "00:00:00:00:00:01")  # lowest port
+    assert router_mac() == S.ROUTER_MAC
+    internet.ip("link", "del", "p-client9")
+    assert router_mac() == S.ROUTER_MAC
+
+
+def test_teardown_keeps_the_logs_of_a_failed_run(lab_dir) -> None:
+    (lab_dir / "logs").mkdir(parents=True)
+    (lab_dir / "logs" / "agent-node1.log").write_text("sync failed\n")
+    kept = world.keep_logs()
+    world.teardown(None)
+    assert [p.relative_to(lab_dir) for p in lab_dir.rglob("*.log")] == [
+        kept.relative_to(lab_dir) / "agent-node1.log"
+    ]
