@@ -32,6 +32,7 @@ COLUMNS = (
     ("active peers", "active_peers"),
     ("heartbeat age", "heartbeat_age_s"),
     ("agent", "agent_version"),
+    ("identity refused", "identity_refusals"),  # re-registrations without its credential
 )
 
 
@@ -75,7 +76,8 @@ def nodes() -> None:
 @click.option("--region", "regions", multiple=True, help="Only this region (repeatable).")
 @json_option
 def list_nodes(api_url, operator_token_file, ca_file, state, regions, as_json) -> None:
-    """List nodes: id, region, state, drain reason, peers, heartbeat age, agent version."""
+    """List nodes: id, region, state, drain reason, peers, heartbeat age, agent version,
+    refused re-registrations of its instance."""
     api = make_api(api_url, operator_token_file, ca_file)
     now = time.time()
     found = [
