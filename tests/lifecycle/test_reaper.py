@@ -197,6 +197,7 @@ def test_a_record_pointing_at_another_groups_instance_survives(cp, aws) -> None:
     assert decisions[nodes[healthy_victim]].outcome == "terminated", "its own node still goes"
     again = runner.invoke(reap_command, [*args, "--json"])
     assert again.exit_code == 1
-    assert [(d["node_id"], d["action"]) for d in json.loads(again.output)] == [(bogus, "refused")]
+    assert [(d["node_id"], d["action"]) for d in json.loads(again.stdout)] == [(bogus, "refused")]
+    assert "1 of 1 draining nodes failed or were refused" in again.stderr
     assert foreign in instances(aws, OTHER), "never terminated"
     assert bogus in _node_ids(cp), "kept for the operator to see"
