@@ -11,8 +11,8 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import StackConfig
-from infra.secrets import EnvironmentSecrets
 from infra.settings import tags
+from infra.stack_secrets import EnvironmentSecrets
 
 ASSUME_BY_EC2 = json.dumps(
     {

@@ -10,8 +10,8 @@ from infra import settings as stack_settings
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
 from infra.network import network
-from infra.secrets import environment_secrets
 from infra.security import security_group
+from infra.stack_secrets import environment_secrets
 
 
 def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
