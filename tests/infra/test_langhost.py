@@ -117,3 +117,29 @@ def test_no_module_of_the_program_shadows_the_standard_library() -> None:
         names |= {p.name for p in folder.iterdir() if (p / "__init__.py").exists()}
     assert "program" in names and "rules" in names
     assert names & sys.stdlib_module_names == set()
+
+
+@pytest.mark.venv
+def test_fresh_venv_from_requirements_alone_runs_the_program(tmp_path: Path) -> None:
+    """What ``pulumi install`` does for ``toolchain: pip``, ``virtualenv: venv`` (pulumi/pulumi
+    sdk/python/toolchain/pip.go): ``python -m venv <root>/<virtualenv>``, then
+    ``python -m pip install -r requirements.txt`` with the program folder as working
+    directory. Then the program runs from that venv only."""
+    program = REPO_ROOT / PROJECT["main"]
+    options = PROJECT["runtime"]["options"]
+    assert (options["toolchain"], options["virtualenv"]) == ("pip", "venv")
+    venv = tmp_path / "venv"  # <root>/venv in real use; here a fresh one under tmp
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_NO_CACHE"))}
+    install = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pip", "install", "-q", "-r", "requirements.txt"],
+        cwd=program, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    run = start_like_the_cli(
+        "production", *cli_config("production"), tmp_path, str(venv / "bin/python")
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(run.resources) > 25
+    # The policy pack (virtualenv ../venv) runs from the same venv.
+    subprocess.run([str(venv / "bin/python"), "-c", "import pulumi_policy"], check=True)
