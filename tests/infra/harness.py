@@ -15,9 +15,17 @@ import yaml
 
 from idra.config import stack_file
 from infra.program import main
-from tests.infra.mocks import Deployment, RecordingMocks, Resource
+from tests.infra.mocks import (
+    ACCOUNTS,
+    IMAGES,
+    Deployment,
+    Image,
+    RecordingMocks,
+    RecordingMonitor,
+    Resource,
+)
 
-__all__ = ["Deployment", "RecordingMocks", "Resource", "deploy", "stack_config"]
+__all__ = ["ACCOUNTS", "IMAGES", "Deployment", "Image", "Resource", "deploy", "stack_config"]
 
 SECRET_KEYS = ("idra:nodeToken", "idra:firebasePrivateKey", "idra:blindedSigningPrivateKey")
 REQUIRED_SECRETS = SECRET_KEYS[1:]
@@ -29,7 +37,9 @@ def stack_config(stack: str) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in document.items()}
 
 
-def deploy(stack: str, config: dict[str, str] | None = None) -> Deployment:
+def deploy(
+    stack: str, config: dict[str, str] | None = None, images: tuple[Image, ...] = IMAGES
+) -> Deployment:
     """Run ``infra.program.main`` for ``stack``; ``config`` defaults to the real stack file
     plus freshly generated values for the stack secrets."""
     deployment = Deployment(stack)
@@ -38,7 +48,9 @@ def deploy(stack: str, config: dict[str, str] | None = None) -> Deployment:
         for key in REQUIRED_SECRETS:
             config[key] = f"-----BEGIN PRIVATE KEY-----{secrets.token_hex(24)}"
             deployment.secret_values.append(config[key])
-    pulumi.runtime.set_mocks(RecordingMocks(deployment), project="idra", stack=stack, preview=False)
+    mocks = RecordingMocks(deployment, images)
+    monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="idra", stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, [key for key in config if key in SECRET_KEYS])
 
     @pulumi.runtime.test

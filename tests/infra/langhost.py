@@ -26,7 +26,7 @@ from pathlib import Path
 import pulumi
 import pulumi.runtime
 from google.protobuf import empty_pb2
-from pulumi.runtime.mocks import MockEngine, MockMonitor, MockSettings
+from pulumi.runtime.mocks import MockEngine, MockSettings
 
 
 def _load_mocks():  # by file path: no project folder goes on sys.path
@@ -54,7 +54,7 @@ def main() -> int:
     mocks = _load_mocks()
     deployment = mocks.Deployment(args.stack)
     # What pulumi.runtime.set_mocks does, minus its own root stack: run_in_stack makes it.
-    monitor = MockMonitor(mocks.RecordingMocks(deployment))
+    monitor = mocks.RecordingMonitor(mocks.RecordingMocks(deployment))
     features = monitor.GetDeploymentInfo(empty_pb2.Empty()).supportedFeatures
     pulumi.runtime.configure(
         MockSettings(
