@@ -11,6 +11,7 @@ from idra.config import ConfigError, load_stack
 from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
+from idra.lifecycle.rollout import rollout_command
 from idra.render import write_node_files
 
 
@@ -56,6 +57,7 @@ main.add_command(controlplane)
 main.add_command(lab)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
+main.add_command(rollout_command)
 
 if __name__ == "__main__":
     main()

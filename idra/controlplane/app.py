@@ -71,7 +71,7 @@ class Heartbeat(Body):
 
 class Drain(Body):
     id: str = Field(min_length=1, max_length=64)
-    reason: Literal["blocked", "compromised", "manual"]
+    reason: Literal["blocked", "compromised", "manual", "outdated"]
 
 
 class PeerRequest(Body):
@@ -96,6 +96,7 @@ NODE_FIELDS = (
     "drain_reason",
     "drain_started_at",
     "last_heartbeat_at",
+    "agent_version",
 )
 
 
