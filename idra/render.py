@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from idra.config import LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
+from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
 TEMPLATES = REPO_ROOT / "templates"
 NODE_FILES = ("sysctl.conf", "nftables.nft", "node-daemon.initd", "user-data.yaml")
@@ -47,6 +47,7 @@ def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, 
         "region": region,
         "tun": cfg.tunnel_interface,
         "lifecycle_hook": LIFECYCLE_HOOK,
+        "launch_hook": LAUNCH_HOOK,
         "bastions_v4": [str(c) for c in bastions if c.version == 4],
         "bastions_v6": [str(c) for c in bastions if c.version == 6],
         "blocked_v4": [*BLOCKED_V4, str(cfg.vpc_cidr)],
