@@ -353,3 +353,17 @@ def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> Non
         deploy("staging", staging_with(change))
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+USER_DATA_LIMIT = 16 * 1024  # EC2's limit on raw user-data (before base64)
+
+
+def test_user_data_fits_ec2s_limit(deployments: dict[str, Deployment]) -> None:
+    """Largest stack and region; docs/infrastructure.md quotes the measured size."""
+    sizes = {
+        (stack, t.region): len(base64.b64decode(t.inputs["userData"]))
+        for stack, deployment in deployments.items()
+        for t in deployment.of_type(LT)
+    }
+    assert len(sizes) == 3
+    assert max(sizes.values()) <= USER_DATA_LIMIT, sizes
