@@ -146,6 +146,17 @@ def auto_scaling_group(
         ],
         opts=pulumi.ResourceOptions(provider=provider, depends_on=depends_on),
     )
+    # The same hook as its own resource too: `initial_lifecycle_hooks` only acts when the
+    # group is created, this one applies later changes (and adds it to an older group).
+    aws.autoscaling.LifecycleHook(
+        f"{region}-ready",
+        name=LAUNCH_HOOK,
+        autoscaling_group_name=group.name,
+        lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+        heartbeat_timeout=cfg.launch_hook_timeout_seconds,
+        default_result="ABANDON",
+        opts=opts,
+    )
     aws.autoscaling.LifecycleHook(
         f"{region}-drain",
         name=LIFECYCLE_HOOK,

@@ -253,7 +253,11 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         tracking = policy.inputs["targetTrackingConfiguration"]
         assert policy.inputs["policyType"] == "TargetTrackingScaling"
         assert tracking["disableScaleIn"] is True
-    hooks = deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+    hooks = [
+        h
+        for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+        if h.inputs["name"] == LIFECYCLE_HOOK
+    ]
     assert sorted(h.inputs["autoscalingGroupName"] for h in hooks) == sorted(
         cfg.asg_name(region) for region in cfg.regions
     )
@@ -269,14 +273,22 @@ def test_new_nodes_count_only_once_serving(deployment: Deployment) -> None:
     """The launch hook is part of the group from its creation (even its first instances
     wait) and abandons an instance whose agent never reports ready."""
     cfg = load_stack(deployment.stack)
+    expected = {
+        "name": LAUNCH_HOOK,
+        "lifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+        "heartbeatTimeout": cfg.launch_hook_timeout_seconds,
+        "defaultResult": "ABANDON",
+    }
     for asg in deployment.of_type(ASG):
         (hook,) = asg.inputs["initialLifecycleHooks"]
-        assert hook == {
-            "name": LAUNCH_HOOK,
-            "lifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
-            "heartbeatTimeout": cfg.launch_hook_timeout_seconds,
-            "defaultResult": "ABANDON",
-        }
+        assert hook == expected
+        # and as its own resource, so a later change (or an older group) gets it too
+        (own,) = [
+            h
+            for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+            if h.inputs["name"] == LAUNCH_HOOK and h.region == asg.region
+        ]
+        assert own.inputs == expected | {"autoscalingGroupName": asg.inputs["name"]}
 
 
 def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment) -> None:
