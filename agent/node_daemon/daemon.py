@@ -217,8 +217,11 @@ class Agent:
         elif now - max(self.hook_heartbeat_at, self.terminating_since) > (
             self.opts.lifecycle_timeout / 2
         ):
-            record_lifecycle_heartbeat(*hook)  # users still here: keep the hook open
-            self.hook_heartbeat_at = now
+            try:
+                record_lifecycle_heartbeat(*hook)  # users still here: keep the hook open
+                self.hook_heartbeat_at = now
+            except Exception as exc:  # botocore's errors; retried next cycle
+                log.warning("lifecycle heartbeat failed (%s): retry", type(exc).__name__)
 
     def signal_ready(self) -> None:
         """Registered and first sync applied: let the group put us in service. Until

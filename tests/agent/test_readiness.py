@@ -94,6 +94,8 @@ def test_long_drain_keeps_the_termination_hook_open(env: Env, imds, autoscaling)
     assert agent.terminating and not agent.lifecycle_done
     agent.terminating_since = time.monotonic() - 70  # past half the hook's timeout
     heartbeat = {k: v for k, v in EXPECTED.items() if k != "LifecycleActionResult"}
+    autoscaling.add_client_error("record_lifecycle_action_heartbeat", "Throttling", "slow down")
+    agent.cycle()  # an AWS error never stops the agent; retried next cycle
     autoscaling.add_response("record_lifecycle_action_heartbeat", {}, heartbeat)
     agent.cycle()
     autoscaling.assert_no_pending_responses()

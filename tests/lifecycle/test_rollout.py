@@ -181,3 +181,15 @@ def test_rollout_cli_bad_input_is_one_line_exit_2(tmp_path, args, message) -> No
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reap_takes_max_drain_from_the_stack(tmp_path) -> None:
+    token = tmp_path / "operator.token"
+    token.write_text("x" * 32)
+    result = subprocess.run(
+        [sys.executable, "-m", "idra.cli", "reap", "--api-url", "http://127.0.0.1:9",
+         "--operator-token-file", str(token), "--stack", "nosuch"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Pulumi.nosuch.yaml: no such stack file" in result.stderr
