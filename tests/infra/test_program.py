@@ -358,6 +358,19 @@ def test_outputs_name_what_operators_need(deployment: Deployment) -> None:
             {"idra:minSize": "5", "idra:maxSize": "2"},
             "Pulumi.staging.yaml: idra:minSize: 5 is above maxSize 2",
         ),
+        (
+            {"idra:amiName": None},
+            "Pulumi.staging.yaml: idra:amiName: required: pin the image by exact name, "
+            "or amiIds for eu-central-1",
+        ),
+        (
+            {"idra:amiName": "alpine-3.*-x86_64-uefi-cloudinit-r*"},
+            "Pulumi.staging.yaml: idra:amiName: String should match pattern",
+        ),
+        (
+            {"idra:amiIds": json.dumps({"us-west-2": "ami-0fedcba9876543210"})},
+            "Pulumi.staging.yaml: idra:amiIds: us-west-2 is not in regions",
+        ),
     ],
 )
 def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> None:
