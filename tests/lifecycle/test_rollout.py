@@ -5,6 +5,7 @@ the real control plane."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 
@@ -193,3 +194,39 @@ def test_reap_takes_max_drain_from_the_stack(tmp_path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "Pulumi.nosuch.yaml: no such stack file" in result.stderr
+
+
+def test_rollout_command_on_the_stacks_group(cp, aws) -> None:
+    """`idra rollout --stack staging` as the lifecycle workflow runs it (click entry point,
+    its own boto3 clients, here answered by moto): only the stack's group is looked at."""
+    from click.testing import CliRunner
+
+    from idra.cli import main
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ours = "idra-staging-eu-central-1"  # Pulumi.staging.yaml's group in its one region
+    aws.create_auto_scaling_group(
+        AutoScalingGroupName=ours, LaunchTemplate={"LaunchTemplateName": "node"},
+        MinSize=2, MaxSize=4, DesiredCapacity=2, AvailabilityZones=[f"{REGION}a"],
+    )  # fmt: skip
+    group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=[ours])["AutoScalingGroups"]
+    members = [i["InstanceId"] for i in group[0]["Instances"]]
+    for instance in [*members, *instances(aws)]:  # the other group's nodes too
+        cp.heartbeat(cp.register(instance, region=REGION), active_peers=1)
+    _new_template(ec2)
+    aws.update_auto_scaling_group(
+        AutoScalingGroupName=ours, LaunchTemplate={"LaunchTemplateName": "node", "Version": "2"}
+    )
+    token = cp.log.parent / "operator.token"
+    args = ["rollout", "--api-url", cp.url, "--operator-token-file", str(token),
+            "--stack", "staging", "--max-draining", "5", "--json"]  # fmt: skip
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert [s["action"] for s in json.loads(dry.output)] == ["drain", "drain"]
+    api = OperatorApi(cp.url, cp.tokens["operator"])
+    assert api.nodes("draining") == [], "a dry run changes nothing"
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    drained = {n["instance_id"] for n in api.nodes("draining")}
+    assert drained == set(members), "the stack's group only, never the other group"
+    assert {n["drain_reason"] for n in api.nodes("draining")} == {"outdated"}
