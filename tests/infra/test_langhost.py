@@ -39,6 +39,7 @@ def start_like_the_cli(
     secret_keys: list[str],
     tmp_path: Path,
     python: str = sys.executable,
+    preview: bool = False,
 ) -> Run:
     """``python -u <exec> --project P --stack S --pwd <main> .`` with the CLI's environment."""
     host = tmp_path / "host"  # a neutral folder: the exec script's folder is sys.path[0]
@@ -53,7 +54,8 @@ def start_like_the_cli(
     }
     result = subprocess.run(
         [python, "-u", str(host / "langhost.py"), "--project", PROJECT["name"],
-         "--stack", stack, "--pwd", str(REPO_ROOT / PROJECT["main"]), "--out", str(out), "."],
+         "--stack", stack, "--pwd", str(REPO_ROOT / PROJECT["main"]), "--out", str(out),
+         "--dry_run", "true" if preview else "false", "."],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     resources = json.loads(out.read_text())["resources"] if out.exists() else []
@@ -68,11 +70,14 @@ def cli_config(stack: str) -> tuple[dict[str, str], list[str]]:
     return config, list(REQUIRED_SECRETS)
 
 
-@pytest.mark.parametrize("stack", ["staging", "production"])
+@pytest.mark.parametrize(
+    ("stack", "preview"), [("staging", True), ("production", True), ("production", False)]
+)
 def test_registers_the_full_resource_set(
-    stack: str, tmp_path: Path, deployments: dict[str, Deployment]
+    stack: str, preview: bool, tmp_path: Path, deployments: dict[str, Deployment]
 ) -> None:
-    run = start_like_the_cli(stack, *cli_config(stack), tmp_path)
+    """`pulumi preview` (dry run) for both stacks, and `pulumi up` for production."""
+    run = start_like_the_cli(stack, *cli_config(stack), tmp_path, preview=preview)
     assert run.returncode == 0, run.stderr
     expected = sorted((r.typ, r.name) for r in deployments[stack].resources)
     assert run.names() == expected
