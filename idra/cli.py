@@ -18,6 +18,7 @@ from idra.config import ConfigError, load_stack, stack_file
 from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
+from idra.lifecycle.rollout import rollout_command
 from idra.nodes import nodes
 from idra.render import write_node_files
 from node_daemon.oneline import OneLineGroup
@@ -72,6 +73,7 @@ main.add_command(lab)
 main.add_command(nodes)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
+main.add_command(rollout_command)
 
 
 if __name__ == "__main__":

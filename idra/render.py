@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from idra.config import LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
+from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
 
 def _templates() -> Path:
@@ -57,6 +57,7 @@ def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, 
         "region": region,
         "tun": cfg.tunnel_interface,
         "lifecycle_hook": LIFECYCLE_HOOK,
+        "launch_hook": LAUNCH_HOOK,
         "bastions_v4": [str(c) for c in bastions if c.version == 4],
         "bastions_v6": [str(c) for c in bastions if c.version == 6],
         "blocked_v4": [*BLOCKED_V4, str(cfg.vpc_cidr)],

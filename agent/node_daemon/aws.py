@@ -1,9 +1,13 @@
-"""AWS from the node: IMDSv2 metadata, the termination lifecycle hook, Secrets Manager."""
+"""AWS from the node: IMDSv2 metadata, the launch and termination lifecycle hooks, Secrets
+Manager."""
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +61,19 @@ class Imds:
         return state == "Terminated" or self.get("spot/instance-action") is not None
 
 
-def complete_lifecycle_action(
-    asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
-) -> None:
-    """Let the auto-scaling group go on with our termination (CONTINUE)."""
+def _autoscaling(region: str, client: Any) -> Any:
     if client is None:
         import boto3
 
         client = boto3.client("autoscaling", region_name=region)
-    client.complete_lifecycle_action(
+    return client
+
+
+def complete_lifecycle_action(
+    asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
+) -> None:
+    """Let the auto-scaling group go on with our launch or termination (CONTINUE)."""
+    _autoscaling(region, client).complete_lifecycle_action(
         LifecycleHookName=hook,
         AutoScalingGroupName=asg_name,
         InstanceId=instance_id,
@@ -73,8 +81,47 @@ def complete_lifecycle_action(
     )
 
 
+def record_lifecycle_heartbeat(
+    asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
+) -> None:
+    """Restart the hook's timeout: a drain may last longer than one heartbeat timeout."""
+    _autoscaling(region, client).record_lifecycle_action_heartbeat(
+        LifecycleHookName=hook, AutoScalingGroupName=asg_name, InstanceId=instance_id
+    )
+
+
+def no_active_action(exc: Exception) -> bool:
+    """AWS's answer when there is no pending action for us (done, timed out, or none)."""
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "ValidationError"
+
+
 class SecretError(RuntimeError):
     pass
+
+
+def fetch_secret_with_retries(
+    secret_id: str,
+    region: str,
+    out: Path,
+    attempts: int,
+    client: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    warn: Callable[[str], None] = lambda line: None,
+) -> None:
+    """:func:`fetch_secret`, retried with exponential backoff and jitter (1 s, 2 s, 4 s …
+    at most 30 s): at boot the network, IMDS credentials or a fresh IAM policy may not be
+    there yet. Raises the last :class:`SecretError` after ``attempts`` tries."""
+    for attempt in range(1, attempts + 1):
+        try:
+            fetch_secret(secret_id, region, out, client)
+            return
+        except SecretError as exc:
+            if attempt == attempts:
+                raise
+            delay = random.uniform(0.5, 1.0) * min(30.0, 2.0 ** (attempt - 1))  # noqa: S311
+            warn(f"{exc}; attempt {attempt}/{attempts}, retry in {delay:.0f} s")
+            sleep(delay)
 
 
 def fetch_secret(secret_id: str, region: str, out: Path, client: Any = None) -> None:

@@ -108,6 +108,13 @@ def version() -> None:
 @option("--asg-name", default=None, help="Auto-scaling group, to complete its lifecycle hook.")
 @option("--lifecycle-hook", default=None, help="Termination hook name.")
 @option("--lifecycle-timeout", type=click.FloatRange(min=60), default=3600.0, show_default=True)
+@option("--launch-hook", default=None, help="Launch hook name: completed once serving.")
+@option(
+    "--max-drain",
+    type=click.FloatRange(min=60),
+    default=None,
+    help="Longest self-drain on termination, seconds [default: --lifecycle-timeout].",
+)
 def run(
     api_url,
     token_file,
@@ -128,6 +135,8 @@ def run(
     asg_name,
     lifecycle_hook,
     lifecycle_timeout,
+    launch_hook,
+    max_drain,
 ) -> None:
     """Register this node and keep its peers in step with the control plane."""
     from node_daemon.api import NodeApi, is_secure_url
@@ -178,6 +187,8 @@ def run(
         asg_name,
         lifecycle_hook,
         lifecycle_timeout,
+        launch_hook,
+        max_drain,
     )
     metrics = Metrics()
     try:
@@ -252,12 +263,17 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
 @option("--secret-id", required=True)
 @option("--region", required=True)
 @option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def fetch_secret(secret_id: str, region: str, out: Path) -> None:
+@option("--attempts", type=click.IntRange(1, 100), default=10, show_default=True,
+        help="Tries, with exponential backoff (about 3 minutes for 10).")  # fmt: skip
+def fetch_secret(secret_id: str, region: str, out: Path, attempts: int) -> None:
     """Write a Secrets Manager value to OUT (mode 0600); never print it."""
-    from node_daemon.aws import SecretError, fetch_secret
+    from node_daemon.aws import SecretError, fetch_secret_with_retries
+
+    def warn(line: str) -> None:
+        click.echo(f"fetch-secret: {line}", err=True)
 
     try:
-        fetch_secret(secret_id, region, out)
+        fetch_secret_with_retries(secret_id, region, out, attempts, warn=warn)
     except SecretError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out}")

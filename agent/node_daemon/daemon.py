@@ -23,7 +23,12 @@ import httpx
 import node_daemon
 from node_daemon import host
 from node_daemon.api import ApiUnavailable, NodeApi, Refused, Unauthorized
-from node_daemon.aws import Imds, complete_lifecycle_action
+from node_daemon.aws import (
+    Imds,
+    complete_lifecycle_action,
+    no_active_action,
+    record_lifecycle_heartbeat,
+)
 from node_daemon.metrics import Metrics
 from node_daemon.peers import Plan, owners_of, plan
 from node_daemon.wg import Driver
@@ -47,7 +52,9 @@ class Options:
     sysctl_file: Path = Path("/etc/sysctl.d/90-idra.conf")
     asg_name: str | None = None
     lifecycle_hook: str | None = None
-    lifecycle_timeout: float = 3600.0
+    lifecycle_timeout: float = 3600.0  # the termination hook's heartbeat timeout
+    launch_hook: str | None = None  # completed once registered and first sync applied
+    max_drain: float | None = None  # longest self-drain on termination (None: the timeout)
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -70,6 +77,8 @@ class Agent:
         self.live: dict[str, str] = {}
         self.owners: dict[str, str] = {}
         self.draining = self.unauthorized = self.terminating = self.lifecycle_done = False
+        self.ready_done = False
+        self.hook_heartbeat_at = 0.0
         self.failures = 0
         self.active_peers = 0
         self.last_scan = 0.0
@@ -230,12 +239,42 @@ class Agent:
             log.warning("termination notice: draining")
         if not self.terminating or not (self.opts.asg_name and self.opts.lifecycle_hook):
             return
-        overdue = time.monotonic() - self.terminating_since > self.opts.lifecycle_timeout - 60
+        now = time.monotonic()
+        max_drain = self.opts.max_drain or self.opts.lifecycle_timeout
+        overdue = now - self.terminating_since > max_drain - 60
+        hook = (self.opts.asg_name, self.opts.lifecycle_hook, self.opts.instance_id,
+                self.opts.region)  # fmt: skip
         if self.active_peers == 0 or overdue:
-            complete_lifecycle_action(self.opts.asg_name, self.opts.lifecycle_hook,
-                                      self.opts.instance_id, self.opts.region)  # fmt: skip
+            complete_lifecycle_action(*hook)
             self.lifecycle_done = True
             log.info("lifecycle action completed (%s)", "empty" if not overdue else "deadline")
+        elif now - max(self.hook_heartbeat_at, self.terminating_since) > (
+            self.opts.lifecycle_timeout / 2
+        ):
+            try:
+                record_lifecycle_heartbeat(*hook)  # users still here: keep the hook open
+                self.hook_heartbeat_at = now
+            except Exception as exc:  # botocore's errors; retried next cycle
+                log.warning("lifecycle heartbeat failed (%s): retry", type(exc).__name__)
+
+    def signal_ready(self) -> None:
+        """Registered and first sync applied: let the group put us in service. Until
+        then the launch hook holds the instance, and abandons it at its timeout."""
+        if self.ready_done or self.version is None:
+            return
+        if not (self.opts.asg_name and self.opts.launch_hook):
+            self.ready_done = True
+            return
+        try:
+            complete_lifecycle_action(self.opts.asg_name, self.opts.launch_hook,
+                                      self.opts.instance_id, self.opts.region)  # fmt: skip
+            log.info("ready: launch hook completed")
+        except Exception as exc:  # botocore's errors; retried next cycle
+            if not no_active_action(exc):
+                log.warning("launch hook not completed (%s): retry", type(exc).__name__)
+                return
+            log.info("ready: no launch hook pending")
+        self.ready_done = True
 
     def cycle(self) -> float:
         """One round; returns how long to wait before the next."""
@@ -247,6 +286,7 @@ class Agent:
             latest = self.heartbeat()  # idle cycle: this call only
             if self.version is None or latest != self.version:
                 self.sync()
+            self.signal_ready()
             self.watch_termination()
         except Unauthorized:
             if self.node_id is not None:  # credential refused (record gone?): register again

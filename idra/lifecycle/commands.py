@@ -24,6 +24,7 @@ from idra.cliutil import (
     print_json,
     print_table,
 )
+from idra.config import ConfigError, load_stack
 from idra.lifecycle import canary as canary_mod
 from idra.lifecycle.api import ApiError
 from idra.lifecycle.dnsbl import DEFAULT_ZONES, Check, Verdict, check, make_resolver
@@ -174,10 +175,12 @@ def _print_canary(reports: list[canary_mod.NodeReport], as_json: bool) -> None:
     "--stack",
     envvar="IDRA_STACK",
     default=None,
-    help="Stack whose group idra-<stack>-<region> and tags a node must have (--fleet aws).",
+    help="The stack: a node must be in its group idra-<stack>-<region> with its tags "
+    "(required with --fleet aws); maxDrainSeconds from Pulumi.<stack>.yaml.",
 )
 @click.option("--region", "regions", multiple=True, help="Only nodes in these regions.")
-@click.option("--max-drain", default="6h", show_default=True, help="Longest wait for users.")
+@click.option("--max-drain", default=None, help="Longest wait for users [default: the stack's "
+              "maxDrainSeconds with --stack, else 6h].")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
 def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regions, max_drain,
          dry_run) -> None:  # fmt: skip
@@ -186,7 +189,13 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regi
 
     A node whose termination fails or is refused keeps its record and its row says why;
     the pass goes on and exits 1."""
-    limit = parse_duration(max_drain)
+    if max_drain is None and stack:
+        try:
+            limit = dt.timedelta(seconds=load_stack(stack).max_drain_seconds)
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+    else:
+        limit = parse_duration(max_drain or "6h")
     api = make_api(api_url, operator_token_file, ca_file)
     if fleet_kind == "aws" and not stack:
         raise BadInput("--fleet aws needs --stack (or IDRA_STACK)")

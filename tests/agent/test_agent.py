@@ -297,6 +297,8 @@ def test_fetch_secret_writes_0600_and_never_prints(tmp_path: Path, monkeypatch) 
                 "eu-central-1",
                 "--out",
                 str(tmp_path / "x"),
+                "--attempts",
+                "1",
             ],
         )
     assert ok.exit_code == 0, ok.output
