@@ -18,10 +18,9 @@ from idra.lifecycle.reaper import reap
 from idra.lifecycle.rollout import AwsTemplates, budget, plan, rollout
 from tests.controlplane.conftest import start
 
-from .conftest import REGION, instances
+from .conftest import GROUP, OTHER, REGION, STACK, instances
 
 MAX_DRAIN = dt.timedelta(hours=6)
-GROUP = "idra-staging"
 
 
 @pytest.fixture
@@ -45,7 +44,7 @@ class RecordingFleet(AwsFleet):
     """The real AWS fleet backend; remembers each node as it was when terminated."""
 
     def __init__(self, aws) -> None:
-        super().__init__(lambda region: aws)
+        super().__init__(lambda region: aws, STACK)
         self.now = dt.datetime.now(dt.UTC)
         self.terminated: list[tuple[dict, dt.datetime]] = []
 
@@ -204,14 +203,9 @@ def test_rollout_command_on_the_stacks_group(cp, aws) -> None:
     from idra.cli import main
 
     ec2 = boto3.client("ec2", region_name=REGION)
-    ours = "idra-staging-eu-central-1"  # Pulumi.staging.yaml's group in its one region
-    aws.create_auto_scaling_group(
-        AutoScalingGroupName=ours, LaunchTemplate={"LaunchTemplateName": "node"},
-        MinSize=2, MaxSize=4, DesiredCapacity=2, AvailabilityZones=[f"{REGION}a"],
-    )  # fmt: skip
-    group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=[ours])["AutoScalingGroups"]
-    members = [i["InstanceId"] for i in group[0]["Instances"]]
-    for instance in [*members, *instances(aws)]:  # the other group's nodes too
+    ours = GROUP  # Pulumi.staging.yaml's group in its one region
+    members = instances(aws)
+    for instance in [*members, *instances(aws, OTHER)]:  # the other group's nodes too
         cp.heartbeat(cp.register(instance, region=REGION), active_peers=1)
     _new_template(ec2)
     aws.update_auto_scaling_group(
