@@ -28,6 +28,8 @@ from pydantic.alias_generators import to_camel
 
 NAMESPACE = "idra"
 LIFECYCLE_HOOK = "idra-drain"  # the ASG's termination hook; the agent completes it
+LAUNCH_HOOK = "idra-ready"  # the ASG's launch hook; the agent completes it once serving
+HOOK_TIMEOUT_MAX = 7200  # AWS's limit on a lifecycle hook's heartbeat timeout
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEYS = ("nodeToken", "firebasePrivateKey", "blindedSigningPrivateKey")
 # Namespaces a stack file may hold besides ours (providers configured by Pulumi).
@@ -36,6 +38,7 @@ FOREIGN_NAMESPACES = ("aws", "pulumi", "random")
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 SubnetId = Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]
+AmiId = Annotated[str, Field(pattern=r"^ami-[0-9a-f]{8,17}$")]
 
 
 class ConfigError(ValueError):
@@ -92,11 +95,12 @@ class StackConfig(BaseModel):
     agent_url: HttpsUrl
     agent_sha256: Sha256
     ami_owner: str = Field(default="538276064493", pattern=r"^\d{12}$")
-    ami_name_pattern: str = Field(default="alpine-3.*-x86_64-uefi-cloudinit-r*", min_length=1)
-    ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    # The image is pinned: one exact image name (no wildcard), or an id per region.
+    ami_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9()\[\]./'@_-]{3,128}$")
+    ami_ids: dict[Region, AmiId] = Field(default_factory=dict)
     root_volume_gb: int = Field(default=4, ge=1, le=64)
     health_check_grace_seconds: int = Field(default=300, ge=0, le=7200)
-    termination_hook_timeout_seconds: int = Field(default=3600, ge=30, le=7200)
+    launch_hook_timeout_seconds: int = Field(default=900, ge=30, le=HOOK_TIMEOUT_MAX)
     max_drain_seconds: int = Field(default=21600, ge=60, le=172800)
     # Present only as ``{secure: ...}`` entries in the file; values are read by Pulumi.
     secrets_set: frozenset[str] = frozenset()
@@ -136,10 +140,23 @@ class StackConfig(BaseModel):
             )
         if self.uplink_interface == self.tunnel_interface:
             raise _KeyedError("tunnelInterface", "must differ from uplinkInterface")
-        for region in self.existing_subnet_ids:
-            if region not in self.regions:
-                raise _KeyedError("existingSubnetIds", f"{region} is not in regions")
+        for key, per_region in (("existingSubnetIds", self.existing_subnet_ids),
+                                ("amiIds", self.ami_ids)):  # fmt: skip
+            for region in per_region:
+                if region not in self.regions:
+                    raise _KeyedError(key, f"{region} is not in regions")
+        unpinned = [region for region in self.regions if region not in self.ami_ids]
+        if unpinned and not self.ami_name:
+            raise _KeyedError(
+                "amiName", f"required: pin the image by exact name, or amiIds for {unpinned[0]}"
+            )
         return self
+
+    @property
+    def termination_hook_timeout_seconds(self) -> int:
+        """The drain hook waits the whole drain (the agent sends lifecycle heartbeats
+        when the drain is longer than AWS's 2-hour limit on one heartbeat timeout)."""
+        return min(self.max_drain_seconds, HOOK_TIMEOUT_MAX)
 
     def asg_name(self, region: str) -> str:
         """The auto-scaling group's name (fixed, so user-data can name it before it exists)."""

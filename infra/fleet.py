@@ -1,7 +1,10 @@
 """Per region: the launch template and the auto-scaling group of exit nodes.
 
 Nodes leave only through drain: new instances are protected from scale-in, target
-tracking never scales in, and a termination lifecycle hook gives the agent time to drain.
+tracking never scales in, a termination lifecycle hook gives the agent the whole drain,
+and no instance refresh replaces serving nodes (``idra rollout`` does, through drain).
+Nodes count only once serving: a launch hook holds each new instance until its agent has
+registered and applied its first sync, and abandons it otherwise.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ import base64
 import pulumi
 import pulumi_aws as aws
 
-from idra.config import LIFECYCLE_HOOK, StackConfig
+from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, StackConfig
 from idra.render import render_node_files
 from infra.settings import tags
 
 ROOT_DEVICE = "/dev/xvda"  # Alpine's cloud images
 
 
-def ami_id(cfg: StackConfig, provider: aws.Provider) -> pulumi.Input[str]:
-    """The pinned image if the stack names one, else the newest matching Alpine image."""
-    if cfg.ami_id:
-        return cfg.ami_id
+def ami_id(cfg: StackConfig, region: str, provider: aws.Provider) -> pulumi.Input[str]:
+    """The region's pinned image: its id from ``amiIds``, else the one image of the
+    Alpine owner with exactly the pinned name. No ``most_recent``: a newer image never
+    matches, and two matches fail the preview instead of picking one."""
+    if region in cfg.ami_ids:
+        return cfg.ami_ids[region]
     return aws.ec2.get_ami_output(
         owners=[cfg.ami_owner],
-        most_recent=True,
+        most_recent=False,
         filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name_pattern]),
+            aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=[cfg.architecture]),
             aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
         ],
@@ -51,7 +56,7 @@ def launch_template(
     return aws.ec2.LaunchTemplate(
         f"{region}-node",
         description=f"IDRA {cfg.stack} exit node",
-        image_id=ami_id(cfg, provider),
+        image_id=ami_id(cfg, region, provider),
         instance_type=cfg.instance_types[0],
         user_data=user_data(cfg, region),
         update_default_version=True,
@@ -98,7 +103,10 @@ def auto_scaling_group(
     template: aws.ec2.LaunchTemplate,
     subnet_ids: list[pulumi.Input[str]],
     provider: aws.Provider,
+    depends_on: list[pulumi.Resource],
 ) -> aws.autoscaling.Group:
+    """``depends_on``: what a booting node needs (its token's secret version, its role's
+    policies), so no instance starts before it can fetch the token and complete hooks."""
     opts = pulumi.ResourceOptions(provider=provider)
     group = aws.autoscaling.Group(
         f"{region}-nodes",
@@ -123,17 +131,30 @@ def auto_scaling_group(
                 ],
             ),
         ),
-        instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
-            strategy="Rolling",
-            preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
-                min_healthy_percentage=90,
-                scale_in_protected_instances="Refresh",  # replaced through the drain hook
-            ),
-        ),
+        # Part of the group from its creation, so even the first instances wait for it.
+        initial_lifecycle_hooks=[
+            aws.autoscaling.GroupInitialLifecycleHookArgs(
+                name=LAUNCH_HOOK,
+                lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                heartbeat_timeout=cfg.launch_hook_timeout_seconds,
+                default_result="ABANDON",
+            )
+        ],
         tags=[
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
             for key, value in tags(cfg, Name=f"idra-{cfg.stack}-{region}").items()
         ],
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=depends_on),
+    )
+    # The same hook as its own resource too: `initial_lifecycle_hooks` only acts when the
+    # group is created, this one applies later changes (and adds it to an older group).
+    aws.autoscaling.LifecycleHook(
+        f"{region}-ready",
+        name=LAUNCH_HOOK,
+        autoscaling_group_name=group.name,
+        lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+        heartbeat_timeout=cfg.launch_hook_timeout_seconds,
+        default_result="ABANDON",
         opts=opts,
     )
     aws.autoscaling.LifecycleHook(

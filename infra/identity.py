@@ -1,6 +1,6 @@
 """Per region: the nodes' IAM role. It may read its environment's NODE_TOKEN in its own
-region (and decrypt it only through Secrets Manager) and complete lifecycle actions of its
-own auto-scaling group. Nothing else."""
+region (and decrypt it only through Secrets Manager) and complete (or extend) lifecycle
+actions of its own auto-scaling group. Nothing else."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import StackConfig
-from infra.secrets import EnvironmentSecrets
 from infra.settings import tags
+from infra.stack_secrets import EnvironmentSecrets
 
 ASSUME_BY_EC2 = json.dumps(
     {
@@ -56,19 +56,29 @@ def token_policy(region: str, secret_arn: str, key_arn: str) -> str:
     )
 
 
-def lifecycle_policy(asg_arn: str) -> str:
+def group_arn_pattern(region: str, account: str, asg_name: str) -> str:
+    """The group's ARN with its generated id as ``*``: known before the group exists."""
+    return (
+        f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{asg_name}"
+    )
+
+
+def lifecycle_policy(group_arn: str) -> str:
     return _document(
         {
-            "Sid": "CompleteOwnLifecycleAction",
+            "Sid": "OwnLifecycleActions",
             "Effect": "Allow",
-            "Action": "autoscaling:CompleteLifecycleAction",
-            "Resource": asg_arn,
+            "Action": [
+                "autoscaling:CompleteLifecycleAction",
+                "autoscaling:RecordLifecycleActionHeartbeat",
+            ],
+            "Resource": group_arn,
         }
     )
 
 
 class NodeIdentity:
-    """The role and instance profile of one region's nodes."""
+    """The role and instance profile of one region's nodes, and its two policies."""
 
     def __init__(
         self,
@@ -77,33 +87,35 @@ class NodeIdentity:
         secrets: EnvironmentSecrets,
         provider: aws.Provider,
     ) -> None:
-        self._region = region
-        self._opts = pulumi.ResourceOptions(provider=provider)
+        opts = pulumi.ResourceOptions(provider=provider)
         self.role = aws.iam.Role(
             f"{region}-node",
             description=f"IDRA {cfg.stack} exit nodes in {region}",
             assume_role_policy=ASSUME_BY_EC2,
             max_session_duration=3600,
             tags=tags(cfg),
-            opts=self._opts,
+            opts=opts,
         )
-        aws.iam.RolePolicy(
+        token = aws.iam.RolePolicy(
             f"{region}-node-token",
             role=self.role.id,
             policy=pulumi.Output.all(
                 secrets.arn_in("NODE_TOKEN", region), secrets.key_arns[region]
             ).apply(lambda arns: token_policy(region, *arns)),
-            opts=self._opts,
+            opts=opts,
         )
-        self.profile = aws.iam.InstanceProfile(
-            f"{region}-node", role=self.role.name, tags=tags(cfg), opts=self._opts
-        )
-
-    def allow_lifecycle_actions(self, asg_arn: pulumi.Output[str]) -> None:
-        """Attached once the group exists (its ARN carries a generated id)."""
-        aws.iam.RolePolicy(
-            f"{self._region}-node-lifecycle",
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOptions(provider=provider))
+        lifecycle = aws.iam.RolePolicy(
+            f"{region}-node-lifecycle",
             role=self.role.id,
-            policy=asg_arn.apply(lifecycle_policy),
-            opts=self._opts,
+            policy=account.account_id.apply(
+                lambda account_id: lifecycle_policy(
+                    group_arn_pattern(region, account_id, cfg.asg_name(region))
+                )
+            ),
+            opts=opts,
+        )
+        self.policies: list[pulumi.Resource] = [token, lifecycle]
+        self.profile = aws.iam.InstanceProfile(
+            f"{region}-node", role=self.role.name, tags=tags(cfg), opts=opts
         )

@@ -10,8 +10,8 @@ from infra import settings as stack_settings
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
 from infra.network import network
-from infra.secrets import environment_secrets
 from infra.security import security_group
+from infra.stack_secrets import environment_secrets
 
 
 def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
@@ -25,8 +25,8 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         group = security_group(cfg, region, net.vpc_id, provider)
         identity = NodeIdentity(cfg, region, secrets, provider)
         template = launch_template(cfg, region, group.id, identity.profile.arn, provider)
-        asg = auto_scaling_group(cfg, region, template, net.subnet_ids, provider)
-        identity.allow_lifecycle_actions(asg.arn)
+        needs = [secrets.versions["NODE_TOKEN"], *identity.policies]
+        asg = auto_scaling_group(cfg, region, template, net.subnet_ids, provider, needs)
         asg_names[region], asg_arns[region], group_ids[region] = asg.name, asg.arn, group.id
     return {
         "asgNames": asg_names,

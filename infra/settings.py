@@ -47,6 +47,11 @@ def load() -> Settings:
     for name, key in SECRETS.items():
         value = config.get_secret(key)
         if value is not None:
+            if not pulumi.runtime.is_config_secret(f"{NAMESPACE}:{key}"):
+                raise ConfigError(
+                    f"{source}: {NAMESPACE}:{key}: must be encrypted; "
+                    f"run 'pulumi config set --secret --stack {stack} {NAMESPACE}:{key} ...'"
+                )
             secrets[name] = value
             values[key] = {"secure": "(set)"}
         elif name not in GENERATED:

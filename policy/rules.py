@@ -1,7 +1,9 @@
 """The security rules of the policy pack, as plain functions.
 
 Each rule takes a resource's Pulumi type token and its properties (camelCase, as the
-engine passes them) and returns the violations found, one sentence each. No import of
+engine passes them) and returns the violations found, one sentence each. The policy
+runtime passes properties as read-only proxies (``collections.abc.Mapping`` and
+``Sequence``, not ``dict`` and ``list``): rules test for those ABCs only. No import of
 ``pulumi_policy`` here, so tests call the rules directly.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -103,20 +105,24 @@ def no_world_ssh(resource_type: str, props: Props) -> list[str]:
     return []
 
 
-def _documents(resource_type: str, props: Props) -> Iterator[Any]:
+def _as_list(value: Any) -> Sequence[Any]:
+    """A list (or the runtime's list proxy) as is; anything else as a list of one."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return value
+    return [] if value is None else [value]
+
+
+def _documents(resource_type: str, props: Props) -> Iterator[Mapping[str, Any]]:
+    """Every IAM policy document of the resource, parsed (JSON text or an object)."""
     for key in IAM_DOCUMENTS.get(resource_type, ()):
-        value = props.get(key)
-        entries = value if isinstance(value, list) else [value]
-        for entry in entries:
-            document = entry.get("policy") if isinstance(entry, dict) and key != "policy" else entry
+        for entry in _as_list(props.get(key)):
+            document = entry
+            if key == "inlinePolicies":
+                document = entry.get("policy") if isinstance(entry, Mapping) else None
             if isinstance(document, str):
-                document = json.loads(document)
-            if isinstance(document, dict):
+                document = json.loads(document) if document.strip() else None
+            if isinstance(document, Mapping):
                 yield document
-
-
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def no_wildcard_secret_access(resource_type: str, props: Props) -> list[str]:
@@ -124,7 +130,7 @@ def no_wildcard_secret_access(resource_type: str, props: Props) -> list[str]:
     problems = []
     for document in _documents(resource_type, props):
         for statement in _as_list(document.get("Statement", [])):
-            if statement.get("Effect") != "Allow":
+            if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
                 continue
             if "NotAction" in statement or "NotResource" in statement:
                 problems.append("Allow with NotAction/NotResource is too broad")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from idra.config import REPO_ROOT
 from idra.netns import run
+from tests.controlplane.conftest import start
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "lifecycle.yml"
@@ -69,9 +77,10 @@ def test_pulumi_action_installs_dependencies_then_runs_pulumi_with_oidc() -> Non
 def test_every_pull_request_previews_both_stacks() -> None:
     workflow = _load(WORKFLOWS / "infra-preview.yml")
     assert "pull_request" in workflow[True]
-    assert workflow["permissions"]["id-token"] == "write"
-    assert workflow["permissions"]["pull-requests"] == "write"
+    assert workflow["permissions"] == {"contents": "read"}
     job = workflow["jobs"]["preview"]
+    assert job["permissions"]["id-token"] == "write"
+    assert job["permissions"]["pull-requests"] == "write"
     stacks = {entry["stack"] for entry in job["strategy"]["matrix"]["include"]}
     assert stacks == {"staging", "production"}
     (step,) = _pulumi_steps(job)
@@ -81,19 +90,60 @@ def test_every_pull_request_previews_both_stacks() -> None:
     assert step["with"]["role-to-assume"].startswith("${{ vars[")
 
 
+def _jobs_with_secrets(workflow: dict) -> dict[str, dict]:
+    return {name: job for name, job in workflow["jobs"].items() if "secrets." in str(job)}
+
+
+def test_pull_request_code_never_holds_production_credentials() -> None:
+    """Every job that pull-request code runs in and that reads a secret runs in an
+    environment of its own stack: `preview-production` (required reviewers) holds the
+    production preview token; nothing is read from repository-level secrets."""
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = _load(path)
+        if "pull_request" not in workflow[True] and "pull_request_target" not in workflow[True]:
+            continue
+        assert "pull_request_target" not in workflow[True], path.name
+        assert "secrets." not in str(workflow.get("env", {})), path.name
+        for name, job in _jobs_with_secrets(workflow).items():
+            assert job.get("environment") == "preview-${{ matrix.stack }}", (path.name, name)
+            stacks = [e["stack"] for e in job["strategy"]["matrix"]["include"]]
+            assert stacks == ["staging", "production"]
+    assert not _jobs_with_secrets(_load(WORKFLOWS / "ci.yml"))
+
+
 def test_main_deploys_staging_then_production_behind_approval() -> None:
     workflow = _load(WORKFLOWS / "infra-deploy.yml")
     assert workflow[True]["push"]["branches"] == ["main"]
-    assert workflow["permissions"]["id-token"] == "write"
-    assert workflow["concurrency"]["cancel-in-progress"] is False
+    assert "concurrency" not in workflow, "per stack, not one group for both"
+    assert workflow["jobs"]["test"]["uses"] == "./.github/workflows/ci.yml"
     staging, production = workflow["jobs"]["staging"], workflow["jobs"]["production"]
-    assert production["needs"] == "staging"
-    assert production["environment"] == "production"
+    assert (staging["needs"], production["needs"]) == ("test", "staging")
     for job, stack in ((staging, "staging"), (production, "production")):
+        assert job["environment"] == stack
+        assert job["if"] == "github.ref == 'refs/heads/main'"  # workflow_dispatch too
+        assert job["concurrency"] == {"group": f"pulumi-{stack}", "cancel-in-progress": False}
+        assert job["permissions"]["id-token"] == "write"
         (step,) = _pulumi_steps(job)
         assert (step["with"]["command"], step["with"]["stack"]) == ("up", stack)
         assert step["with"]["role-to-assume"] == f"${{{{ vars.{stack.upper()}_DEPLOY_ROLE_ARN }}}}"
         assert step["with"]["pulumi-access-token"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+
+
+def test_test_job_lints_and_runs_the_suite() -> None:
+    ci = _load(WORKFLOWS / "ci.yml")
+    assert "workflow_call" in ci[True]
+    run_steps = " ".join(step.get("run", "") for step in ci["jobs"]["test"]["steps"])
+    assert "scripts/test" in run_steps
+    script = (REPO_ROOT / "scripts" / "test").read_text()
+    assert "ruff check" in script and "ruff format --check" in script and "pytest" in script
+
+
+def test_pulumi_cli_version_is_pinned() -> None:
+    steps = _load(PULUMI_ACTION)["runs"]["steps"]
+    (pulumi,) = [step for step in steps if step.get("uses", "").startswith("pulumi/actions@")]
+    version = str(pulumi["with"]["pulumi-version"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    assert version == importlib.metadata.version("pulumi"), "the CLI release of the tested SDK"
 
 
 def test_release_builds_and_attaches_the_agent() -> None:
@@ -106,11 +156,53 @@ def test_release_builds_and_attaches_the_agent() -> None:
 def test_scheduled_with_oidc_for_both_stacks() -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert workflow[True]["schedule"]  # YAML 1.1 reads the key "on" as True
-    assert workflow["permissions"]["id-token"] == "write"
     job = workflow["jobs"]["canary-and-reaper"]
+    assert job["permissions"]["id-token"] == "write"
     stacks = {entry["stack"] for entry in job["strategy"]["matrix"]["include"]}
     assert stacks == {"staging", "production"}
     commands = " ".join(step.get("run", "") for step in job["steps"])
     assert "idra canary" in commands and "--state-file" in commands
     assert "idra reap" in commands and "--fleet aws" in commands
+    assert "idra rollout" in commands
     assert not any("aws-access-key-id" in str(step.get("with", {})) for step in job["steps"])
+
+
+def test_operator_token_only_in_the_steps_that_call_the_control_plane() -> None:
+    job = _load(WORKFLOW)["jobs"]["canary-and-reaper"]
+    assert job["environment"] == "${{ matrix.stack }}-lifecycle"
+    assert job["if"] == "github.ref == 'refs/heads/main'"
+    assert "secrets." not in str(job.get("env", {}))
+    for step in job["steps"]:
+        holds = "secrets." in str(step)
+        assert holds == step.get("run", "").startswith("idra "), step.get("name")
+        if holds:
+            assert step["env"] == {"OPERATOR_TOKEN": "${{ secrets.OPERATOR_TOKEN }}"}
+            assert "<(printf '%s' \"$OPERATOR_TOKEN\")" in step["run"], "never on disk"
+
+
+def test_reaper_reads_the_stacks_max_drain() -> None:
+    commands = " ".join(
+        step.get("run", "") for step in _load(WORKFLOW)["jobs"]["canary-and-reaper"]["steps"]
+    )
+    assert "--max-drain" not in commands
+    assert "idra reap" in commands and "--stack ${{ matrix.stack }}" in commands
+
+
+@pytest.mark.parametrize("name", ["Rollout", "Reaper"])
+def test_lifecycle_steps_run_as_written(name: str, tmp_path: Path) -> None:
+    """The step's own command, through bash as Actions runs it, against a control plane."""
+    server = start(tmp_path)
+    try:
+        (step,) = [s for s in _load(WORKFLOW)["jobs"]["canary-and-reaper"]["steps"]
+                   if s.get("name") == name]  # fmt: skip
+        command = step["run"].replace("${{ matrix.stack }}", "staging")
+        env = dict(os.environ, IDRA_API_URL=server.url, OPERATOR_TOKEN=server.tokens["operator"],
+                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # fmt: skip
+        result = subprocess.run(["bash", "-e", "-c", command], env=env, capture_output=True,
+                                text=True, timeout=60, check=False)  # fmt: skip
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert server.tokens["operator"] not in result.stdout + result.stderr

@@ -1,11 +1,15 @@
-"""AWS from the node: IMDSv2 metadata, the termination lifecycle hook, Secrets Manager."""
+"""AWS from the node: IMDSv2 metadata, the launch and termination lifecycle hooks, Secrets
+Manager."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,35 +109,67 @@ def aws_config() -> Any:
     return Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3})
 
 
+def _autoscaling(region: str, client: Any) -> Any:
+    if client is None:
+        import boto3
+
+        client = boto3.client("autoscaling", region_name=region, config=aws_config())
+    return client
+
+
 def complete_lifecycle_action(
     asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
 ) -> None:
-    """Let the auto-scaling group go on with our termination (CONTINUE)."""
-    import botocore.exceptions
+    """Let the auto-scaling group go on with our launch or termination (CONTINUE)."""
+    _autoscaling(region, client).complete_lifecycle_action(
+        LifecycleHookName=hook,
+        AutoScalingGroupName=asg_name,
+        InstanceId=instance_id,
+        LifecycleActionResult="CONTINUE",
+    )
 
-    try:
-        if client is None:
-            import boto3
 
-            client = boto3.client("autoscaling", region_name=region, config=aws_config())
-        client.complete_lifecycle_action(
-            LifecycleHookName=hook,
-            AutoScalingGroupName=asg_name,
-            InstanceId=instance_id,
-            LifecycleActionResult="CONTINUE",
-        )
-    except botocore.exceptions.ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", "?"))
-        kind = "throttled" if "Throttl" in code else "refused"
-        raise Fault("aws", kind, f"complete_lifecycle_action: {code}") from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise Fault(
-            "aws", "transport", f"complete_lifecycle_action: {type(exc).__name__}"
-        ) from None
+def record_lifecycle_heartbeat(
+    asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
+) -> None:
+    """Restart the hook's timeout: a drain may last longer than one heartbeat timeout."""
+    _autoscaling(region, client).record_lifecycle_action_heartbeat(
+        LifecycleHookName=hook, AutoScalingGroupName=asg_name, InstanceId=instance_id
+    )
+
+
+def no_active_action(exc: Exception) -> bool:
+    """AWS's answer when there is no pending action for us (done, timed out, or none)."""
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "ValidationError"
 
 
 class SecretError(RuntimeError):
     pass
+
+
+def fetch_secret_with_retries(
+    secret_id: str,
+    region: str,
+    out: Path,
+    attempts: int,
+    client: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+    warn: Callable[[str], None] = lambda line: None,
+) -> None:
+    """:func:`fetch_secret`, retried with exponential backoff and jitter (1 s, 2 s, 4 s …
+    at most 30 s): at boot the network, IMDS credentials or a fresh IAM policy may not be
+    there yet. Raises the last :class:`SecretError` after ``attempts`` tries."""
+    for attempt in range(1, attempts + 1):
+        try:
+            fetch_secret(secret_id, region, out, client)
+            return
+        except SecretError as exc:
+            if attempt == attempts:
+                raise
+            delay = random.uniform(0.5, 1.0) * min(30.0, 2.0 ** (attempt - 1))  # noqa: S311
+            warn(f"{exc}; attempt {attempt}/{attempts}, retry in {delay:.0f} s")
+            sleep(delay)
 
 
 def fetch_secret(secret_id: str, region: str, out: Path, client: Any = None) -> None:
@@ -156,3 +192,11 @@ def fetch_secret(secret_id: str, region: str, out: Path, client: Any = None) -> 
     with os.fdopen(fd, "w") as handle:
         handle.write(value)
     Path(tmp).replace(out)
+
+
+def aws_fault(exc: Exception, call: str) -> Fault:
+    """A botocore error as a counted fault (the error code only, never a value)."""
+    code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+    if code:
+        return Fault("aws", "throttled" if "Throttl" in code else "refused", f"{call}: {code}")
+    return Fault("aws", "transport", f"{call}: {type(exc).__name__}")

@@ -23,7 +23,13 @@ from pathlib import Path
 import node_daemon
 from node_daemon import host
 from node_daemon.api import NodeApi, NotFound, Refused, Unauthorized
-from node_daemon.aws import Imds, complete_lifecycle_action
+from node_daemon.aws import (
+    Imds,
+    aws_fault,
+    complete_lifecycle_action,
+    no_active_action,
+    record_lifecycle_heartbeat,
+)
 from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
 from node_daemon.peers import Plan, client_pools, owners_of, plan, reserved_hosts
@@ -48,8 +54,10 @@ class Options:
     sysctl_file: Path = Path("/etc/sysctl.d/90-idra.conf")
     asg_name: str | None = None
     lifecycle_hook: str | None = None
-    lifecycle_timeout: float = 3600.0
+    lifecycle_timeout: float = 3600.0  # the termination hook's heartbeat timeout
     interface_netns: str | None = None  # labs and tests: the interface's namespace
+    launch_hook: str | None = None  # completed once registered and first sync applied
+    max_drain: float | None = None  # longest self-drain on termination (None: the timeout)
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -74,6 +82,8 @@ class Agent:
         self.live: dict[str, str] = {}
         self.owners: dict[str, str] = {}
         self.draining = self.unauthorized = self.terminating = self.lifecycle_done = False
+        self.ready_done = False
+        self.hook_heartbeat_at = 0.0
         self.failures = 0
         self.active_peers = 0
         self.last_scan = 0.0
@@ -239,8 +249,10 @@ class Agent:
         """Report load and integrity; returns the control plane's peers version."""
         stats = self.stats.sample() | {"peers": len(self.live), "active_peers": self.active_peers}
         integrity, ok = self.integrity.check()
+        integrity["root_readonly"] = host.root_readonly()
         self.metrics.integrity_ok.set(int(ok is True))
         self.metrics.integrity_unknown.set(int(ok is None))
+        self.metrics.root_readonly.set(int(integrity["root_readonly"]))
         reply = self.api.heartbeat(self.node_id, {
             "state": "draining" if self.draining else "active",
             "peers_version": self.version or 0, "stats": stats, "integrity": integrity,
@@ -263,12 +275,44 @@ class Agent:
             log.warning("termination notice: draining")
         if not self.terminating or not (self.opts.asg_name and self.opts.lifecycle_hook):
             return
-        overdue = time.monotonic() - self.terminating_since > self.opts.lifecycle_timeout - 60
+        now = time.monotonic()
+        max_drain = self.opts.max_drain or self.opts.lifecycle_timeout
+        overdue = now - self.terminating_since > max_drain - 60
+        hook = (self.opts.asg_name, self.opts.lifecycle_hook, self.opts.instance_id,
+                self.opts.region)  # fmt: skip
         if self.active_peers == 0 or overdue:
-            complete_lifecycle_action(self.opts.asg_name, self.opts.lifecycle_hook,
-                                      self.opts.instance_id, self.opts.region)  # fmt: skip
+            complete_lifecycle_action(*hook)
             self.lifecycle_done = True
             log.info("lifecycle action completed (%s)", "empty" if not overdue else "deadline")
+        elif now - max(self.hook_heartbeat_at, self.terminating_since) > (
+            self.opts.lifecycle_timeout / 2
+        ):
+            try:
+                record_lifecycle_heartbeat(*hook)  # users still here: keep the hook open
+                self.hook_heartbeat_at = now
+            except Exception as exc:  # botocore's errors; retried next cycle
+                log.warning("lifecycle heartbeat failed (%s): retry", type(exc).__name__)
+
+    def signal_ready(self) -> None:
+        """Registered and first sync applied: let the group put us in service. Until
+        then the launch hook holds the instance, and abandons it at its timeout."""
+        if self.ready_done or self.version is None:
+            return
+        if not (self.opts.asg_name and self.opts.launch_hook):
+            self.ready_done = True
+            return
+        try:
+            complete_lifecycle_action(self.opts.asg_name, self.opts.launch_hook,
+                                      self.opts.instance_id, self.opts.region)  # fmt: skip
+            log.info("ready: launch hook completed")
+        except Exception as exc:  # botocore's errors; retried next cycle
+            if not no_active_action(exc):
+                fault = aws_fault(exc, "complete_lifecycle_action (launch)")
+                self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+                log.warning("%s: retry next cycle", sanitize(fault))
+                return
+            log.info("ready: no launch hook pending")
+        self.ready_done = True
 
     def cycle(self) -> float:
         """One round; returns how long to wait before the next. Never raises: every
@@ -288,6 +332,7 @@ class Agent:
             latest = self.heartbeat()  # idle cycle: this call only
             if self.version is None or latest != self.version:
                 self.sync()
+            self.signal_ready()
         except Unauthorized:
             if self.node_id is not None:  # credential refused (record gone?): register again
                 log.warning("control plane refuses our node credential: registering again")
@@ -344,8 +389,12 @@ class Agent:
             self.metrics.faults.labels(fault.dependency, fault.kind).inc()
             log.warning("%s: retry next cycle", sanitize(fault))
         except Exception as exc:
-            self.metrics.faults.labels("agent", "internal").inc()
-            log.warning("termination check failed (%s): retry next cycle", _where(exc))
+            if type(exc).__module__.startswith("botocore"):
+                fault = aws_fault(exc, "complete_lifecycle_action")
+            else:
+                fault = Fault("agent", "internal", f"termination check: {_where(exc)}")
+            self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+            log.warning("%s: retry next cycle", sanitize(fault))
 
     def _count_bytes(self) -> None:
         sent, received = self.api.bytes_sent, self.api.bytes_received

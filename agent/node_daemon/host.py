@@ -162,6 +162,11 @@ class Integrity:
         return report, ruleset == self.baseline and sysctl
 
 
+def root_readonly(path: str = "/") -> bool:
+    """The filesystem at ``path`` is mounted read-only (the node locks its root at boot)."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 def agent_sha256() -> str:
     """sha256 of the running node-daemon.pyz (or of this package's sources)."""
     archive = Path(sys.argv[0])

@@ -62,6 +62,9 @@ class Metrics:
         self.registrations = Counter(
             "idra_agent_registrations", "Registrations with the control plane", registry=registry
         )
+        self.root_readonly = Gauge(
+            "idra_agent_root_readonly", "1 when the root filesystem is read-only", registry=registry
+        )
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")

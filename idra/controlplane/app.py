@@ -12,6 +12,7 @@ only: never a peer key, a client address or a credential.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane import auth
+from idra.controlplane import auth, observability
 from idra.controlplane.auth import requires
 from idra.controlplane.identity import Identity, IdentityRefused, Verifier
 from idra.controlplane.store import NoCapacity, NotFound, Refused, Store
@@ -74,6 +75,7 @@ class Integrity(Body):
     nftables_sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")  # None: unknown
     sysctl_ok: StrictBool | None  # None: unknown
     agent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    root_readonly: StrictBool | None = None  # absent: an agent from before it
 
 
 class Heartbeat(Body):
@@ -85,7 +87,7 @@ class Heartbeat(Body):
 
 class Drain(Body):
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    reason: Literal["blocked", "compromised", "manual"]
+    reason: Literal["blocked", "compromised", "manual", "outdated"]
 
 
 class PeerRequest(Body):
@@ -164,6 +166,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=400)
 
+    observability.install(app, store)
+
     def fresh_after() -> float:
         return time.time() - 3 * settings.heartbeat_interval_s
 
@@ -218,7 +222,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             before = store.heartbeat(node_id, body.model_dump())
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        if _compromised(body.integrity, before["nftables_baseline"], settings):
+        unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
+        if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
             log.warning("node %s drained: integrity mismatch", node_id)
         elif body.state == "draining" and before["state"] == "active":
@@ -242,7 +247,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
     @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
-        return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in store.nodes(state)]}
+        return {"nodes": [_listed(n) for n in store.nodes(state)]}
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:
@@ -264,6 +269,18 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+def _root_unlocked(integrity: Integrity, was_readonly: int) -> bool:
+    """The root was reported read-only before and is not now (absent counts as not)."""
+    return bool(was_readonly) and integrity.root_readonly is not True
+
+
+def _listed(node: dict) -> dict:
+    """A node as the operator sees it; ``peers`` is its last reported count."""
+    return {k: node[k] for k in NODE_FIELDS} | {
+        "peers": json.loads(node["stats"] or "{}").get("peers")
+    }
 
 
 def _compromised(integrity: Integrity, baseline: str, settings: Settings) -> bool:

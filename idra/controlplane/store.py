@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     active_peers INTEGER NOT NULL DEFAULT 0,
     stats TEXT,
     nftables_baseline TEXT,
+    root_readonly_baseline INTEGER NOT NULL DEFAULT 0,
     account_id TEXT,
     credential_sha256 TEXT,
     identity_refusals INTEGER NOT NULL DEFAULT 0,
@@ -74,7 +75,8 @@ CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);
 # nodes have no credential yet; each gets one when it next registers with a signed
 # identity document).
 ADDED_COLUMNS = {
-    "nodes": ("account_id TEXT", "credential_sha256 TEXT",
+    "nodes": ("root_readonly_baseline INTEGER NOT NULL DEFAULT 0",
+              "account_id TEXT", "credential_sha256 TEXT",
               "identity_refusals INTEGER NOT NULL DEFAULT 0", "identity_refused_at REAL"),
     "changes": ("created_at REAL NOT NULL DEFAULT 0",),
 }  # fmt: skip
@@ -284,21 +286,25 @@ class Store:
             return [dict(row) for row in db.execute(query + " ORDER BY registered_at", args)]
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat; return the node as stored (with its nftables baseline)."""
+        """Record a heartbeat; return the node as stored (with its nftables baseline).
+        ``root_readonly_baseline`` is returned as it was before: 1 once the node has
+        reported a read-only root."""
         with self._write() as db:
             row = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
             if row is None:
                 raise NotFound(node_id)
             baseline = row["nftables_baseline"] or body["integrity"]["nftables_sha256"]
+            locked = row["root_readonly_baseline"] or body["integrity"].get("root_readonly") is True
             db.execute(
                 "UPDATE nodes SET last_heartbeat_at=?, reported_state=?, active_peers=?, "
-                "stats=?, nftables_baseline=? WHERE id=?",
+                "stats=?, nftables_baseline=?, root_readonly_baseline=? WHERE id=?",
                 (
                     time.time(),
                     body["state"],
                     body["stats"]["active_peers"],
                     json.dumps(body["stats"]),
                     baseline,
+                    int(locked),
                     node_id,
                 ),
             )
@@ -440,3 +446,25 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- observability -------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Read the database once (raises ``sqlite3.Error`` when it does not answer)."""
+        with self._read() as db:
+            db.execute("SELECT COUNT(*) FROM nodes").fetchone()
+
+    def counts(self) -> dict[str, Any]:
+        """Aggregates only: nodes by state, peers, reported active peers, change-log rows."""
+        with self._read() as db:
+            states = db.execute(
+                "SELECT state, COUNT(*), SUM(active_peers) FROM nodes GROUP BY state"
+            )
+            by_state = {row[0]: (row[1], row[2] or 0) for row in states}
+            return {
+                "nodes": {state: n for state, (n, _) in by_state.items()},
+                "active_peers": sum(active for _, active in by_state.values()),
+                "peers": db.execute("SELECT COUNT(*) FROM peers").fetchone()[0],
+                "changes": db.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
+                "version": self._version(db),
+            }

@@ -60,9 +60,15 @@ class Env:
     clients: list[Client] = field(default_factory=list)
 
     def start_agent(
-        self, pyz: Path | None = None, *extra: str, wait: bool = True
+        self,
+        pyz: Path | None = None,
+        *extra: str,
+        prefix: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> subprocess.Popen:
+        """Start the agent (``prefix``: a command that execs it, e.g. in a namespace)."""
         command = [sys.executable, str(pyz)] if pyz else [sys.executable, "-m", "node_daemon"]
+        command = [*prefix, *command]
         self.log = self.tmp / "agent.log"
         self.agent = subprocess.Popen(
             [

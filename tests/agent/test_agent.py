@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.controlplane.conftest import start, wg_key
+from tests.controlplane.conftest import free_port, start, wg_key
 
 from .conftest import INSTANCE_ID, Env, eventually
 
@@ -198,6 +198,16 @@ def test_database_restored_and_token_rotated(env: Env) -> None:
     eventually(lambda: env.metric("idra_agent_unauthorized") == 0, what="sync resumed")
 
 
+def test_no_instance_metadata_no_start(env: Env) -> None:
+    """Without a signed identity document there is nothing to register with: one line,
+    exit 2 (the metadata URL here is a closed loopback port)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    agent = env.start_agent(None, "--imds-url", url, wait=False)
+    assert agent.wait(30) == 2
+    lines = env.log.read_text().strip().splitlines()
+    assert len(lines) == 1 and f"--imds-url {url}: no instance identity" in lines[0]
+
+
 def test_lost_credential_is_refused_shown_and_replaced(env: Env) -> None:
     """A node that lost its credential (a reboot wipes the tmpfs) cannot take its
     instance's registration back: refused, visible in the fleet list, drained as
@@ -287,6 +297,8 @@ def test_fetch_secret_writes_0600_and_never_prints(tmp_path: Path, monkeypatch) 
                 "eu-central-1",
                 "--out",
                 str(tmp_path / "x"),
+                "--attempts",
+                "1",
             ],
         )
     assert ok.exit_code == 0, ok.output

@@ -126,5 +126,10 @@ def test_waits_for_the_last_user(env: Env, imds, autoscaling) -> None:
 
 
 def _internal_faults(agent: Agent) -> float:
-    labels = {"dependency": "agent", "kind": "internal"}
-    return agent.metrics.registry.get_sample_value("idra_agent_faults_total", labels) or 0
+    """Failed calls the agent survived: its own errors and AWS's (the Stubber's refusals
+    of an early or unexpected call land here)."""
+    registry = agent.metrics.registry
+    return sum(
+        registry.get_sample_value("idra_agent_faults_total", {"dependency": d, "kind": k}) or 0
+        for d, k in [("agent", "internal"), ("aws", "refused"), ("aws", "transport")]
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import sqlite3
 import threading
 
 import pytest
+
+from idra.controlplane.store import SCHEMA
 
 from .conftest import ControlPlane, start, wg_key
 
@@ -226,6 +229,65 @@ def test_unknown_integrity_is_no_verdict(cp: ControlPlane) -> None:
     assert cp.heartbeat(node_id)["drain"] is False, "first known ruleset is the baseline"
     assert cp.heartbeat(node_id, nftables_sha256=None)["drain"] is False
     assert cp.heartbeat(node_id, nftables_sha256="c" * 64)["drain"] is True
+
+
+@pytest.mark.parametrize(
+    "unlocked", [{"root_readonly": False}, {}], ids=["root writable", "field dropped"]
+)
+def test_root_made_writable_after_read_only_drains_as_compromised(
+    cp: ControlPlane, unlocked: dict
+) -> None:
+    node_id = cp.register()
+    for _ in range(2):  # booting: the root is still writable, nothing to compare yet
+        assert cp.heartbeat(node_id, root_readonly=False)["drain"] is False
+    for _ in range(2):  # locked down: this is now the node's baseline
+        assert cp.heartbeat(node_id, root_readonly=True)["drain"] is False
+    reply = cp.heartbeat(node_id, **unlocked)
+    assert reply["drain"] is True and reply["drain_reason"] == "compromised"
+    assert cp.heartbeat(node_id, root_readonly=True)["drain_reason"] == "compromised", (
+        "locking again does not undo it"
+    )
+    with cp.client("operator") as ops:
+        (node,) = ops.get("/v1/nodes", params={"state": "draining"}).json()["nodes"]
+    assert (node["id"], node["drain_reason"]) == (node_id, "compromised")
+
+
+def test_root_never_read_only_is_no_compromise(cp: ControlPlane) -> None:
+    """A lab node, or an agent from before the read-only root, never locks its root."""
+    writable, old_agent = cp.register(), cp.register()
+    for _ in range(3):
+        assert cp.heartbeat(writable, root_readonly=False)["drain"] is False
+        assert cp.heartbeat(old_agent)["drain"] is False
+
+
+def test_root_readonly_must_be_a_boolean(cp: ControlPlane) -> None:
+    node_id = cp.register()
+    cp.heartbeat(node_id, root_readonly=True)
+    stats = dict.fromkeys(("load1", "cpu_pct", "mem_pct", "rx_bps", "tx_bps"), 0.0)
+    stats |= dict.fromkeys(("rx_bytes", "tx_bytes", "peers", "active_peers"), 0)
+    integrity = {"nftables_sha256": "a" * 64, "sysctl_ok": True, "agent_sha256": "b" * 64}
+    body = {"state": "active", "peers_version": 0, "stats": stats, "integrity": integrity}
+    with cp.client(node_id) as node:
+        for value in ("maybe", "true", 1, [True], {"ro": 1}):
+            body["integrity"]["root_readonly"] = value
+            reply = node.post(f"/v1/nodes/{node_id}/heartbeat", json=body)
+            assert reply.status_code == 400, value
+            assert reply.json()["detail"].startswith("integrity.root_readonly:")
+    assert cp.heartbeat(node_id, root_readonly=True)["drain"] is False, "nothing changed"
+
+
+def test_database_from_before_root_readonly_is_upgraded(tmp_path) -> None:
+    old_schema = SCHEMA.replace(",\n    root_readonly_baseline INTEGER NOT NULL DEFAULT 0", "")
+    assert old_schema != SCHEMA
+    sqlite3.connect(tmp_path / "cp.db").executescript(old_schema)
+    server = start(tmp_path)
+    try:
+        node_id = server.register()
+        assert server.heartbeat(node_id, root_readonly=True)["drain"] is False
+        assert server.heartbeat(node_id, root_readonly=False)["drain_reason"] == "compromised"
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
 
 
 def test_concurrent_writes_keep_versions_consistent(cp: ControlPlane) -> None:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+from pulumi_policy.proxy import unknown_checking_proxy
 
 from idra.config import REPO_ROOT
 from policy import rules
@@ -71,6 +72,13 @@ CASES = [
     (rules.no_wildcard_secret_access, "aws:iam/role:Role", {"inlinePolicies": [
         {"name": "p", "policy": _document({"Effect": "Allow", "Action": "kms:Decrypt",
                                            "Resource": "*"})}]}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/role:Role", {"inlinePolicies": [
+        {"name": "ok", "policy": _document({"Effect": "Allow", "Action": "kms:Decrypt",
+                                            "Resource": "arn:aws:kms:eu-west-1:1:key/k"})},
+        {"name": "bad", "policy": _document({"Effect": "Allow", "Action": [
+            "secretsmanager:Get*"], "Resource": ["arn:aws:secretsmanager:*"]})}]}, 1),
+    (rules.no_wildcard_secret_access, "aws:iam/role:Role", {"inlinePolicies": [
+        {"name": "empty", "policy": ""}]}, 0),
     (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
         {"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"})}, 0),
     (rules.no_wildcard_secret_access, "aws:iam/policy:Policy", {"policy": _document(
@@ -80,7 +88,10 @@ CASES = [
 
 @pytest.mark.parametrize(("rule", "typ", "props", "expected"), CASES)
 def test_rule(rule: rules.Rule, typ: str, props: dict, expected: int) -> None:
-    assert len(rule(typ, props)) == expected
+    """With the objects the policy runtime passes: Mapping/Sequence proxies, not dicts."""
+    proxied = unknown_checking_proxy(json.loads(json.dumps(props)))
+    assert not isinstance(proxied, dict)
+    assert len(rule(typ, proxied)) == expected
 
 
 def test_every_rule_has_a_violating_case() -> None:
@@ -91,8 +102,9 @@ def test_every_rule_has_a_violating_case() -> None:
 def test_the_program_passes_every_policy(deployment: Deployment) -> None:
     checked = 0
     for resource in deployment.resources:
+        props = unknown_checking_proxy(json.loads(json.dumps(resource.inputs)))
         for name, (_, rule) in rules.RULES.items():
-            assert rule(resource.typ, resource.inputs) == [], (name, resource.name)
+            assert rule(resource.typ, props) == [], (name, resource.name)
         checked += 1
     assert checked > 20
 
@@ -142,3 +154,13 @@ def test_pack_rejects_world_ssh_and_accepts_ours(
     optional = template | {"metadataOptions": GOOD_METADATA | {"httpTokens": "optional"}}
     assert _analyze(analyzer, LT, json.loads(json.dumps(template))) == []
     assert _analyze(analyzer, LT, json.loads(json.dumps(optional))) == ["imdsv2-required"]
+
+
+def test_pack_checks_role_inline_policies(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    """Through the real runtime (proxy objects): a role's inline policy is not skipped."""
+    wildcard = _document({"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                          "Resource": "*"})  # fmt: skip
+    role = {"assumeRolePolicy": "{}", "inlinePolicies": [{"name": "p", "policy": wildcard}]}
+    assert _analyze(analyzer, "aws:iam/role:Role", role) == ["no-wildcard-secret-access"]
+    named = {"inlinePolicies": [{"name": "p", "policy": wildcard.replace('"*"', '"arn:x"')}]}
+    assert _analyze(analyzer, "aws:iam/role:Role", named) == []

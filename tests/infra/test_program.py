@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 from pathlib import Path
 
 import pulumi
 import pytest
 
-from idra.config import LIFECYCLE_HOOK, load_stack
+from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, load_stack
 from idra.netns import run
 from idra.render import render_node_files
-from tests.infra.harness import Deployment, Resource, deploy, stack_config
+from tests.infra.harness import ACCOUNTS, IMAGES, Deployment, Image, Resource, deploy, stack_config
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -101,18 +102,43 @@ def test_launch_template_imdsv2_and_encrypted_root(deployment: Deployment) -> No
         assert template.inputs["iamInstanceProfile"]["arn"].startswith("arn:aws:iam::")
 
 
-def test_alpine_image_looked_up_by_owner_and_pattern(deployment: Deployment) -> None:
+def test_alpine_image_pinned_by_exact_name(deployment: Deployment) -> None:
     cfg = load_stack(deployment.stack)
     lookups = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
     assert len(lookups) == len(cfg.regions)
     for args in lookups:
-        assert args["owners"] == ["538276064493"] and args["mostRecent"] is True
-        assert {"name": "name", "values": [cfg.ami_name_pattern]} in args["filters"]
-    assert {t.inputs["imageId"] for t in deployment.of_type(LT)} == {"ami-0123456789abcdef0"}
+        assert args["owners"] == ["538276064493"] and not args.get("mostRecent")
+        assert {"name": "name", "values": [cfg.ami_name]} in args["filters"]
+        assert not any(c in cfg.ami_name for c in "*?")
+    for template in deployment.of_type(LT):
+        pinned = next(i for i in IMAGES if i.name == cfg.ami_name)
+        assert template.inputs["imageId"] == pinned.id_in(template.region)
 
 
-def test_ami_override_skips_the_lookup() -> None:
-    config = staging_with({"idra:amiId": "ami-0fedcba9876543210"})
+def test_an_image_published_after_the_pin_changes_nothing() -> None:
+    """A newer Alpine image (even of the same release, rebuilt) appears in the catalogue:
+    the next preview registers exactly the same inputs."""
+    config = staging_with()
+    before = deploy("staging", config)
+    newer = Image("alpine-3.22.3-x86_64-uefi-cloudinit-r0", "2026-11-20T10:00:00.000Z")
+    rebuilt = Image("alpine-3.22.2-x86_64-uefi-cloudinit-r1", "2026-11-21T10:00:00.000Z")
+    after = deploy("staging", config, images=(*IMAGES, newer, rebuilt))
+    assert before.one(LT, "eu-central-1").inputs["imageId"] == IMAGES[1].id_in("eu-central-1")
+
+    def inputs(deployment: Deployment) -> dict:
+        return {(r.typ, r.name): r.inputs for r in deployment.resources if r.typ != VERSION}
+
+    assert inputs(after) == inputs(before)
+
+
+def test_two_images_with_the_pinned_name_stop_the_preview() -> None:
+    twin = Image("alpine-3.22.2-x86_64-uefi-cloudinit-r0", "2026-11-01T10:00:00.000Z")
+    with pytest.raises(Exception, match="more than one result"):
+        deploy("staging", staging_with(), images=(*IMAGES, twin))
+
+
+def test_ami_ids_per_region_skip_the_lookup() -> None:
+    config = staging_with({"idra:amiIds": json.dumps({"eu-central-1": "ami-0fedcba9876543210"})})
     deployment = deploy("staging", config)
     assert not [token for token, _ in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
     assert deployment.one(LT, "eu-central-1").inputs["imageId"] == "ami-0fedcba9876543210"
@@ -143,23 +169,36 @@ def test_no_secret_value_outside_its_secret_version(deployment: Deployment) -> N
         assert holders == [VERSION]
 
 
+def _as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
 def test_node_role_reads_only_its_node_token(deployment: Deployment) -> None:
     token_arn = deployment.outputs["secretArns"]["NODE_TOKEN"]
     for region in load_stack(deployment.stack).regions:
         regional_arn = token_arn.replace(":eu-central-1:", f":{region}:")
         statements = policy_statements(deployment, region)
-        actions = {s["Action"]: s["Resource"] for s in statements}
+        actions = {" ".join(_as_list(s["Action"])): s["Resource"] for s in statements}
+        account = ACCOUNTS[deployment.stack]
+        own_group = (
+            f"arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:"
+            f"autoScalingGroupName/idra-{deployment.stack}-{region}"
+        )
+        lifecycle = "autoscaling:CompleteLifecycleAction autoscaling:RecordLifecycleActionHeartbeat"
         assert actions == {
             "secretsmanager:GetSecretValue": regional_arn,
             "kms:Decrypt": deployment.outputs["kmsKeyArns"][region],
-            "autoscaling:CompleteLifecycleAction": deployment.outputs["asgArns"][region],
+            lifecycle: own_group,
         }
+        group_arn = deployment.outputs["asgArns"][region]
+        assert fnmatch.fnmatchcase(group_arn, own_group)  # the wildcard is only the group id
         decrypt = next(s for s in statements if s["Action"] == "kms:Decrypt")
         assert decrypt["Condition"]["StringEquals"] == {
             "kms:ViaService": f"secretsmanager.{region}.amazonaws.com",
             "kms:EncryptionContext:SecretARN": regional_arn,
         }
-        assert all(s["Effect"] == "Allow" and "*" not in s["Resource"] for s in statements)
+        secret_statements = [s for s in statements if s["Resource"] != own_group]
+        assert all(s["Effect"] == "Allow" and "*" not in s["Resource"] for s in secret_statements)
 
 
 def test_stacks_never_reference_each_other(deployments: dict[str, Deployment]) -> None:
@@ -204,7 +243,7 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         assert (asg.inputs["minSize"], asg.inputs["maxSize"]) == (cfg.min_size, cfg.max_size)
         assert "desiredCapacity" not in asg.inputs  # left to the scaling policies
         assert asg.inputs["healthCheckGracePeriod"] == cfg.health_check_grace_seconds
-        assert asg.inputs["instanceRefresh"]["strategy"] == "Rolling"
+        assert "instanceRefresh" not in asg.inputs  # serving nodes are rolled through drain
         overrides = asg.inputs["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
         assert [o["instanceType"] for o in overrides] == cfg.instance_types
     policies = deployment.of_type("aws:autoscaling/policy:Policy")
@@ -214,13 +253,50 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         tracking = policy.inputs["targetTrackingConfiguration"]
         assert policy.inputs["policyType"] == "TargetTrackingScaling"
         assert tracking["disableScaleIn"] is True
-    hooks = deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+    hooks = [
+        h
+        for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+        if h.inputs["name"] == LIFECYCLE_HOOK
+    ]
     assert sorted(h.inputs["autoscalingGroupName"] for h in hooks) == sorted(
         cfg.asg_name(region) for region in cfg.regions
     )
     for hook in hooks:
         assert hook.inputs["name"] == LIFECYCLE_HOOK
         assert hook.inputs["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+        # AWS's limit is 2 h; the agent sends lifecycle heartbeats for longer drains.
+        assert hook.inputs["heartbeatTimeout"] == min(cfg.max_drain_seconds, 7200)
+        assert hook.inputs["defaultResult"] == "CONTINUE"
+
+
+def test_new_nodes_count_only_once_serving(deployment: Deployment) -> None:
+    """The launch hook is part of the group from its creation (even its first instances
+    wait) and abandons an instance whose agent never reports ready."""
+    cfg = load_stack(deployment.stack)
+    expected = {
+        "name": LAUNCH_HOOK,
+        "lifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING",
+        "heartbeatTimeout": cfg.launch_hook_timeout_seconds,
+        "defaultResult": "ABANDON",
+    }
+    for asg in deployment.of_type(ASG):
+        (hook,) = asg.inputs["initialLifecycleHooks"]
+        assert hook == expected
+        # and as its own resource, so a later change (or an older group) gets it too
+        (own,) = [
+            h
+            for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+            if h.inputs["name"] == LAUNCH_HOOK and h.region == asg.region
+        ]
+        assert own.inputs == expected | {"autoscalingGroupName": asg.inputs["name"]}
+
+
+def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment) -> None:
+    for asg in deployment.of_type(ASG):
+        needs = deployment.depends_on[asg.name]
+        assert f"{VERSION}::node-token" in needs
+        assert f"{ROLE_POLICY}::{asg.region}-node-token" in needs
+        assert f"{ROLE_POLICY}::{asg.region}-node-lifecycle" in needs
 
 
 def test_everything_tagged_with_environment_and_role(deployment: Deployment) -> None:
@@ -282,6 +358,19 @@ def test_outputs_name_what_operators_need(deployment: Deployment) -> None:
             {"idra:minSize": "5", "idra:maxSize": "2"},
             "Pulumi.staging.yaml: idra:minSize: 5 is above maxSize 2",
         ),
+        (
+            {"idra:amiName": None},
+            "Pulumi.staging.yaml: idra:amiName: required: pin the image by exact name, "
+            "or amiIds for eu-central-1",
+        ),
+        (
+            {"idra:amiName": "alpine-3.*-x86_64-uefi-cloudinit-r*"},
+            "Pulumi.staging.yaml: idra:amiName: String should match pattern",
+        ),
+        (
+            {"idra:amiIds": json.dumps({"us-west-2": "ami-0fedcba9876543210"})},
+            "Pulumi.staging.yaml: idra:amiIds: us-west-2 is not in regions",
+        ),
     ],
 )
 def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> None:
@@ -289,3 +378,17 @@ def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> Non
         deploy("staging", staging_with(change))
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+USER_DATA_LIMIT = 16 * 1024  # EC2's limit on raw user-data (before base64)
+
+
+def test_user_data_fits_ec2s_limit(deployments: dict[str, Deployment]) -> None:
+    """Largest stack and region; docs/infrastructure.md quotes the measured size."""
+    sizes = {
+        (stack, t.region): len(base64.b64decode(t.inputs["userData"]))
+        for stack, deployment in deployments.items()
+        for t in deployment.of_type(LT)
+    }
+    assert len(sizes) == 3
+    assert max(sizes.values()) <= USER_DATA_LIMIT, sizes

@@ -106,6 +106,25 @@ def test_compromised_goes_at_once_and_max_drain_ends_the_wait(cp, aws) -> None:
     assert not set(nodes) & set(instances(aws))
 
 
+def test_root_made_writable_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
+    """A heartbeat whose root is writable again after it was read-only: the control
+    plane drains the node as compromised and the reaper does not wait for its users."""
+    nodes = _fleet_nodes(cp, aws)
+    unlocked, healthy = list(nodes)
+    for instance in nodes:
+        cp.heartbeat(nodes[instance], active_peers=3, root_readonly=True)
+    assert cp.heartbeat(nodes[unlocked], active_peers=3, root_readonly=False)["drain"] is True
+    _expect_completion(aws, unlocked)
+    with aws.stubber:
+        decisions = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS)
+    assert [(d.node_id, d.action, d.outcome) for d in decisions] == [
+        (nodes[unlocked], "terminate", "terminated")
+    ]
+    after = instances(aws)
+    assert unlocked not in after and healthy in after, "users or not, it goes"
+    assert _node_ids(cp) == {nodes[healthy]}
+
+
 def test_dry_run_and_region_filter_change_nothing(cp, aws) -> None:
     nodes = _fleet_nodes(cp, aws)
     victim = next(iter(nodes))
@@ -178,6 +197,7 @@ def test_a_record_pointing_at_another_groups_instance_survives(cp, aws) -> None:
     assert decisions[nodes[healthy_victim]].outcome == "terminated", "its own node still goes"
     again = runner.invoke(reap_command, [*args, "--json"])
     assert again.exit_code == 1
-    assert [(d["node_id"], d["action"]) for d in json.loads(again.output)] == [(bogus, "refused")]
+    assert [(d["node_id"], d["action"]) for d in json.loads(again.stdout)] == [(bogus, "refused")]
+    assert "1 of 1 draining nodes failed or were refused" in again.stderr
     assert foreign in instances(aws, OTHER), "never terminated"
     assert bogus in _node_ids(cp), "kept for the operator to see"

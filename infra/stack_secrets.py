@@ -19,6 +19,7 @@ TOKEN_LENGTH = 48
 class EnvironmentSecrets:
     key_arns: dict[str, pulumi.Output[str]]  # region -> the KMS key (primary or replica)
     secret_arns: dict[str, pulumi.Output[str]]  # secret name -> ARN in the primary region
+    versions: dict[str, aws.secretsmanager.SecretVersion]  # secret name -> its value
 
     def arn_in(self, name: str, region: str) -> pulumi.Output[str]:
         """The ARN of a secret's copy in ``region`` (replicas keep the primary's suffix)."""
@@ -71,7 +72,7 @@ def environment_secrets(
         values["NODE_TOKEN"] = random.RandomPassword(
             "node-token", length=TOKEN_LENGTH, special=False
         ).result
-    secret_arns = {}
+    secret_arns, versions = {}, {}
     for name in SECRETS:
         label = name.lower().replace("_", "-")
         secret = aws.secretsmanager.Secret(
@@ -87,11 +88,11 @@ def environment_secrets(
             tags=tags(cfg),
             opts=pulumi.ResourceOptions(provider=providers[primary]),
         )
-        aws.secretsmanager.SecretVersion(
+        versions[name] = aws.secretsmanager.SecretVersion(
             label,
             secret_id=secret.id,
             secret_string=pulumi.Output.secret(values[name]),
             opts=pulumi.ResourceOptions(provider=providers[primary]),
         )
         secret_arns[name] = secret.arn
-    return EnvironmentSecrets(key_arns=key_arns, secret_arns=secret_arns)
+    return EnvironmentSecrets(key_arns=key_arns, secret_arns=secret_arns, versions=versions)
