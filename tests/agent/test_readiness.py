@@ -16,8 +16,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from node_daemon.api import ApiUnavailable
 from node_daemon.aws import SecretError, fetch_secret_with_retries
+from node_daemon.bounded import Fault
 
 from . import test_lifecycle_hook as hook
 from .conftest import Env
@@ -51,7 +51,7 @@ def test_launch_hook_completed_only_after_register_and_first_sync(
     real_sync = agent.sync
 
     def down() -> None:
-        raise ApiUnavailable("peers: HTTP 503")
+        raise Fault("control_plane", "http_5xx", "peers: HTTP 503")
 
     monkeypatch.setattr(agent, "sync", down)
     agent.cycle()  # registered, but no peers applied yet
