@@ -21,6 +21,19 @@ class Imds:
 
     def get(self, path: str) -> str | None:
         """A metadata value, or None when the instance has no such item (404)."""
+        return self.read(f"/latest/meta-data/{path}")
+
+    def identity(self) -> dict[str, str]:
+        """The instance identity document (exact text) and its base64 RSA-SHA256
+        signature, as the control plane verifies them."""
+        base = "/latest/dynamic/instance-identity"
+        document, signature = self.read(f"{base}/document"), self.read(f"{base}/signature")
+        if not document or not signature:
+            raise RuntimeError("IMDS: no instance identity document")
+        return {"document": document, "signature": signature}
+
+    def read(self, path: str) -> str | None:
+        """An IMDSv2 item by full path, or None when there is no such item (404)."""
         for _ in range(2):
             if self._token is None:
                 reply = self._http.put(
@@ -28,9 +41,7 @@ class Imds:
                 )
                 reply.raise_for_status()
                 self._token = reply.text
-            reply = self._http.get(
-                f"/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": self._token}
-            )
+            reply = self._http.get(path, headers={"X-aws-ec2-metadata-token": self._token})
             if reply.status_code == 401:  # token expired
                 self._token = None
                 continue

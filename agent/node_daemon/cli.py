@@ -44,9 +44,8 @@ def version() -> None:
 @option("--token-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("--interface", default="wg0", show_default=True)
 @option("--listen-port", type=click.IntRange(1, 65535), default=51820, show_default=True)
-@option("--region", default=None, help="Default: from instance metadata.")
+@option("--region", default=None, help="Expected region (must match the identity document).")
 @option("--public-ip", default=None, help="Default: from instance metadata.")
-@option("--instance-id", default=None, help="Default: from instance metadata.")
 @option("--metrics-addr", default="127.0.0.1:9586", show_default=True)
 @option(
     "--state-dir",
@@ -73,8 +72,12 @@ def version() -> None:
     default=Path("/etc/sysctl.d/90-idra.conf"),
     show_default=True,
 )
-@option("--imds-url", default="http://169.254.169.254", show_default=True)
-@option("--no-imds", is_flag=True, help="Never ask instance metadata (labs, tests).")
+@option(
+    "--imds-url",
+    default="http://169.254.169.254",
+    show_default=True,
+    help="IMDSv2: the signed identity document registration needs, region, instance id.",
+)
 @option("--asg-name", default=None, help="Auto-scaling group, to complete its lifecycle hook.")
 @option("--lifecycle-hook", default=None, help="Termination hook name.")
 @option("--lifecycle-timeout", type=click.FloatRange(min=60), default=3600.0, show_default=True)
@@ -85,7 +88,6 @@ def run(
     listen_port,
     region,
     public_ip,
-    instance_id,
     metrics_addr,
     state_dir,
     driver,
@@ -96,7 +98,6 @@ def run(
     scan_interval,
     sysctl_file,
     imds_url,
-    no_imds,
     asg_name,
     lifecycle_hook,
     lifecycle_timeout,
@@ -116,18 +117,20 @@ def run(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
-    imds = None if no_imds else Imds(imds_url)
-    try:
-        region = region or (imds and imds.get("placement/region"))
-        public_ip = public_ip or (imds and imds.get("public-ipv4"))
-        instance_id = instance_id or (imds and imds.get("instance-id"))
-    except httpx.HTTPError as exc:
+    imds = Imds(imds_url)
+    try:  # region and instance id only as the signed document says (what the CP uses)
+        claims = json.loads(imds.identity()["document"])
+        signed_region, instance_id = claims["region"], claims["instanceId"]
+        public_ip = public_ip or imds.get("public-ipv4")
+    except (httpx.HTTPError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise BadInput(
-            f"instance metadata unavailable ({type(exc).__name__}): "
-            "give --region, --public-ip and --instance-id"
+            f"--imds-url {imds_url}: no instance identity ({type(exc).__name__})"
         ) from None
-    if not (region and public_ip and instance_id):
-        raise BadInput("--region, --public-ip and --instance-id are needed (no metadata)")
+    if region and region != signed_region:
+        raise BadInput(f"--region {region}: the instance identity says {signed_region}")
+    region = signed_region
+    if not public_ip:
+        raise BadInput("--public-ip is needed (instance metadata has no public-ipv4)")
     opts = Options(
         interface,
         listen_port,

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 import node_daemon
 from node_daemon import host
-from node_daemon.api import ApiUnavailable, NodeApi, Unauthorized
+from node_daemon.api import ApiUnavailable, NodeApi, Refused, Unauthorized
 from node_daemon.aws import Imds, complete_lifecycle_action
 from node_daemon.metrics import Metrics
 from node_daemon.peers import Plan, owners_of, plan
@@ -26,6 +30,7 @@ from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
 ACTIVE_WINDOW_S = 180
+CREDENTIAL_FILE = "node.credential"  # in the (tmpfs) state dir, 0600
 
 
 @dataclass
@@ -72,6 +77,26 @@ class Agent:
         self.stats = host.HostStats(opts.interface)
         self.public_key = ""
         self._bytes_seen = (0, 0)
+        self.refused = False
+        self.api.credential = self._load_credential()
+
+    # -- credential --------------------------------------------------------------------
+
+    def _load_credential(self) -> str | None:
+        """The credential of an earlier run (an agent restart keeps the node)."""
+        try:
+            return (self.opts.state_dir / CREDENTIAL_FILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _save_credential(self, credential: str) -> None:
+        """Write it 0600 from the start, atomically (never logged)."""
+        folder = self.opts.state_dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{CREDENTIAL_FILE}.", dir=folder)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(credential + "\n")
+        Path(tmp).replace(folder / CREDENTIAL_FILE)
 
     # -- start -------------------------------------------------------------------------
 
@@ -96,11 +121,18 @@ class Agent:
         self.owners = owners_of(self.live)
 
     def register(self) -> None:
+        """Prove which instance we are (signed identity document from IMDSv2) with
+        NODE_TOKEN, plus our credential when we have one; keep the credential we get."""
+        if self.imds is None:
+            raise RuntimeError("no instance metadata: cannot prove our identity")
         reply = self.api.register({
-            "instance_id": self.opts.instance_id, "public_ip": self.opts.public_ip,
+            "identity": self.imds.identity(), "public_ip": self.opts.public_ip,
             "public_key": self.public_key, "listen_port": self.opts.listen_port,
-            "region": self.opts.region, "agent_version": node_daemon.__version__,
+            "agent_version": node_daemon.__version__,
         })  # fmt: skip
+        if reply["node_credential"] != self.api.credential:
+            self._save_credential(reply["node_credential"])
+            self.api.credential = reply["node_credential"]
         self.node_id = reply["node_id"]
         self.interval = self.opts.heartbeat_interval or float(reply["heartbeat_interval_s"])
         pool = reply["client_pool"]
@@ -217,13 +249,25 @@ class Agent:
                 self.sync()
             self.watch_termination()
         except Unauthorized:
+            if self.node_id is not None:  # credential refused (record gone?): register again
+                log.warning("control plane refuses our node credential: registering again")
+                self.node_id = None
+                return self.interval
             if not self.unauthorized:
                 log.error("control plane refuses our token: sync stopped, peers kept")
             self.unauthorized = True
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("unauthorized").inc()
             return self.opts.backoff_max
-        except (ApiUnavailable, OSError, RuntimeError) as exc:
+        except Refused as exc:
+            if not self.refused:
+                log.error("registration refused (%s): this instance needs replacing; "
+                          "peers kept", exc)  # fmt: skip
+            self.refused = self.unauthorized = True
+            self.metrics.unauthorized.set(1)
+            self.metrics.syncs.labels("refused").inc()
+            return self.opts.backoff_max
+        except (ApiUnavailable, OSError, RuntimeError, httpx.HTTPError) as exc:
             self.failures += 1
             self.metrics.syncs.labels("error").inc()
             cap = min(self.opts.backoff_max, self.interval * 2**self.failures)
@@ -234,7 +278,7 @@ class Agent:
             self._count_bytes()
         if self.unauthorized:
             log.info("token accepted again: sync resumed")
-        self.unauthorized = False
+        self.unauthorized = self.refused = False
         self.metrics.unauthorized.set(0)
         self.failures = 0
         return self.interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter

@@ -1,42 +1,56 @@
-"""Node API v1 (ARCHITECTURE §3) plus the client calls the lab needs, on FastAPI.
+"""Node API v1 (ARCHITECTURE §3, §3a) plus the client calls the lab needs, on FastAPI.
 
-Three bearer tokens: node (agents), operator (drain, node list, delete), client
-(``/v1/peers``). A missing or wrong token, or one of another kind, is 401 and changes
-nothing; tokens are compared in constant time. A bad body is 400 with a message.
-Logs hold counts only: never a peer key or a client address.
+Who may call what is in :mod:`idra.controlplane.auth` (checked before the body is read,
+bodies capped at 64 KiB): NODE_TOKEN registers and nothing else; a registration proves
+its EC2 instance with a signed identity document and gets a per-node credential that
+works only on its own ``/v1/nodes/{id}/…``; operator and client tokens for the rest.
+A missing or wrong credential is 401 and changes nothing. A bad body is 400 with a
+message; integers are bounded and NaN/Infinity refused. Logs hold counts and node ids
+only: never a peer key, a client address or a credential.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane.store import NoCapacity, NotFound, Store
+from idra.controlplane import auth
+from idra.controlplane.auth import requires
+from idra.controlplane.identity import Identity, IdentityRefused, Verifier
+from idra.controlplane.store import NoCapacity, NotFound, Refused, Store
 
 log = logging.getLogger("idra.controlplane")
 WgKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+MAX_INT = 2**53  # every integer fits SQLite (2^63) and a JSON double exactly
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+Rate = Annotated[float, Field(ge=0, le=1e15)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SignedIdentity(Body):
+    document: str = Field(min_length=2, max_length=4096)
+    signature: str = Field(min_length=8, max_length=2048)
 
 
 class Register(Body):
-    instance_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    public_ip: str
+    identity: SignedIdentity
+    public_ip: str = Field(max_length=45)
     public_key: WgKey
     listen_port: int = Field(ge=1, le=65535)
-    region: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
-    agent_version: str = Field(max_length=64)
+    agent_version: str = Field(pattern=r"^[\x21-\x7e]{1,64}$")
 
     @field_validator("public_ip")
     @classmethod
@@ -45,33 +59,33 @@ class Register(Body):
 
 
 class Stats(Body):
-    load1: float = Field(ge=0)
+    load1: float = Field(ge=0, le=1e6)
     cpu_pct: float = Field(ge=0, le=100)
     mem_pct: float = Field(ge=0, le=100)
-    rx_bytes: int = Field(ge=0)
-    tx_bytes: int = Field(ge=0)
-    rx_bps: float = Field(ge=0)
-    tx_bps: float = Field(ge=0)
-    peers: int = Field(ge=0)
-    active_peers: int = Field(ge=0)
+    rx_bytes: Count
+    tx_bytes: Count
+    rx_bps: Rate
+    tx_bps: Rate
+    peers: Count
+    active_peers: Count
 
 
 class Integrity(Body):
     nftables_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    sysctl_ok: bool
+    sysctl_ok: StrictBool
     agent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     root_readonly: StrictBool | None = None  # absent: an agent from before it
 
 
 class Heartbeat(Body):
     state: Literal["active", "draining"]
-    peers_version: int = Field(ge=0)
+    peers_version: Count
     stats: Stats
     integrity: Integrity
 
 
 class Drain(Body):
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     reason: Literal["blocked", "compromised", "manual"]
 
 
@@ -80,11 +94,30 @@ class PeerRequest(Body):
     region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass
 class Settings:
     tokens: dict[str, str]  # kind → token
     heartbeat_interval_s: int = 10
     agent_sha256: set[str] = field(default_factory=set)  # released builds; empty = any
+    verifier: Verifier | None = None  # None: no trusted certificate, every registration 403
+    # --verify-with-aws: (identity, public_ip) → why it may not join, or None
+    confirm: Callable[[Identity, str], str | None] | None = None
+    # besides global unicast, public_ip may lie in these (labs and tests only)
+    extra_public_ranges: list[Network] = field(default_factory=list)
+
+
+class AwsUnavailable(RuntimeError):
+    """The AWS check could not be made (API error): the node retries later."""
+
+
+def public_ip_ok(value: str, settings: Settings) -> bool:
+    address = ipaddress.ip_address(value)
+    if any(address in net for net in settings.extra_public_ranges):
+        return True
+    return address.is_global and not address.is_multicast
 
 
 NODE_FIELDS = (
@@ -97,11 +130,29 @@ NODE_FIELDS = (
     "drain_reason",
     "drain_started_at",
     "last_heartbeat_at",
+    "agent_version",
+    "identity_refusals",
+    "identity_refused_at",
 )
 
 
 def create_app(store: Store, settings: Settings) -> FastAPI:
     app = FastAPI(title="IDRA control plane", docs_url=None, redoc_url=None)
+    app.add_middleware(
+        auth.Guard,
+        routes=app.router.routes,
+        tokens=settings.tokens,
+        node_credential_ok=store.credential_ok,
+    )
+
+    def schema() -> dict:
+        if not app.openapi_schema:
+            app.openapi_schema = get_openapi(title=app.title, version="1", routes=app.routes)
+            components = app.openapi_schema.setdefault("components", {})
+            components["securitySchemes"] = auth.security_schemes()
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -109,39 +160,55 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=400)
 
-    def token(kind: str):
-        expected = settings.tokens[kind].encode()
-
-        def check(request: Request) -> None:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
-                raise HTTPException(401, "unauthorized", {"WWW-Authenticate": "Bearer"})
-
-        return Depends(check)
-
-    node_auth, operator_auth, client_auth = token("node"), token("operator"), token("client")
-
     def fresh_after() -> float:
         return time.time() - 3 * settings.heartbeat_interval_s
 
-    @app.post("/v1/nodes", status_code=201, dependencies=[node_auth])
-    def register(body: Register) -> dict:
-        node_id = store.register(body.model_dump())
+    @app.post("/v1/nodes", status_code=201, **requires("node-token", 400, 403, 409, 503))
+    def register(
+        body: Register, x_node_credential: Annotated[str | None, Header(max_length=64)] = None
+    ) -> dict:
+        if settings.verifier is None:
+            raise HTTPException(403, "identity refused: no trusted certificate configured")
+        try:
+            identity = settings.verifier.verify(body.identity.document, body.identity.signature)
+        except IdentityRefused as exc:
+            log.warning("registration refused: %s", exc)
+            raise HTTPException(403, f"identity refused: {exc}") from None
+        if not public_ip_ok(body.public_ip, settings):
+            raise HTTPException(400, "public_ip: not a global unicast address")
+        if settings.confirm and not store.bound(identity.instance_id):
+            try:
+                problem = settings.confirm(identity, body.public_ip)
+            except AwsUnavailable as exc:
+                raise HTTPException(503, f"AWS check unavailable: {exc}") from None
+            if problem:
+                log.warning("registration of %s refused by AWS: %s", identity.instance_id, problem)
+                raise HTTPException(403, f"identity refused: {problem}")
+        fields = body.model_dump(exclude={"identity"})
+        try:
+            node_id, credential = store.register(
+                identity.instance_id, identity.region, identity.account_id, fields,
+                x_node_credential,
+            )  # fmt: skip
+        except Refused as exc:
+            log.warning("registration of %s refused: %s", identity.instance_id, exc)
+            raise HTTPException(409, str(exc)) from None
         log.info("node registered (%d nodes)", len(store.nodes()))
         return {
             "node_id": node_id,
+            "node_credential": credential,
             "heartbeat_interval_s": settings.heartbeat_interval_s,
             "client_pool": {"ipv4": str(store.pool.ipv4), "ipv6": str(store.pool.ipv6)},
         }
 
-    @app.get("/v1/nodes/{node_id}/peers", dependencies=[node_auth])
-    def peers(node_id: str, since: Annotated[int | None, Query(ge=0)] = None) -> dict:
+    @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400))
+    def peers(node_id: str, since: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None) -> dict:
         try:
             return store.peers_since(node_id, since)
         except NotFound:
             raise HTTPException(404, "no such node") from None
 
-    @app.post("/v1/nodes/{node_id}/heartbeat", dependencies=[node_auth])
+    @app.post("/v1/nodes/{node_id}/heartbeat", **requires("node", 400))
     def heartbeat(node_id: str, body: Heartbeat) -> dict:
         try:
             before = store.heartbeat(node_id, body.model_dump())
@@ -161,7 +228,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             "peers_version": store.version(),
         }
 
-    @app.post("/node/drain", status_code=202, dependencies=[operator_auth])
+    @app.post("/node/drain", status_code=202, **requires("operator", 400, 404))
     def drain(body: Drain) -> dict:
         try:
             store.drain(body.id, body.reason)
@@ -170,24 +237,24 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         log.info("node %s draining: %s", body.id, body.reason)
         return {"id": body.id, "state": "draining"}
 
-    @app.get("/v1/nodes", dependencies=[operator_auth])
+    @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
         return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in store.nodes(state)]}
 
-    @app.delete("/v1/nodes/{node_id}", status_code=204, dependencies=[operator_auth])
+    @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:
         if not store.delete_node(node_id):
             raise HTTPException(404, "no such node")
         return Response(status_code=204)
 
-    @app.post("/v1/peers", dependencies=[client_auth])
+    @app.post("/v1/peers", **requires("client", 400, 503))
     def add_peer(body: PeerRequest) -> dict:
         try:
             return store.assign(body.public_key, body.region, fresh_after())
         except NoCapacity as exc:
             raise HTTPException(503, str(exc)) from None
 
-    @app.delete("/v1/peers/{public_key:path}", status_code=204, dependencies=[client_auth])
+    @app.delete("/v1/peers/{public_key:path}", status_code=204, **requires("client", 404))
     def remove_peer(public_key: str) -> Response:
         if not store.remove_peer(public_key):
             raise HTTPException(404, "no such peer")

@@ -10,6 +10,7 @@ import click
 import uvicorn
 
 from idra.controlplane.app import Settings, create_app
+from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
 from idra.controlplane.store import Pool, Store
 
 
@@ -25,6 +26,26 @@ def _read_token(path: Path, kind: str) -> str:
     if len(token) < 16:
         raise BadInput(f"--{kind}-token-file {path}: token shorter than 16 characters")
     return token
+
+
+def _verifier(certs: tuple[str, ...], accounts: tuple[str, ...], regions: tuple[str, ...]):
+    for account in accounts:
+        if not ACCOUNT.match(account):
+            raise BadInput(f"--aws-account {account!r}: expected 12 digits")
+    for region in regions:
+        if not REGION.match(region):
+            raise BadInput(f"--aws-region {region!r}: not a region name")
+    if not certs:
+        return None
+    if not accounts:
+        raise BadInput("--iid-cert-file needs at least one --aws-account")
+    try:
+        trusted = [cert for spec in certs for cert in load_certs(spec)]
+    except ValueError as exc:
+        raise BadInput(f"--iid-cert-file {exc}") from None
+    if not trusted:
+        raise BadInput("--iid-cert-file: no certificate found")
+    return Verifier(trusted, frozenset(accounts), frozenset(regions))
 
 
 @click.group()
@@ -51,6 +72,36 @@ def controlplane() -> None:
     show_default=True,
     help="Change-log rows kept; an older 'since' gets the full peer list.",
 )
+@click.option(
+    "--change-retention",
+    type=click.IntRange(min=60),
+    default=3600,
+    show_default=True,
+    help="Seconds a change (a removed client's key) stays in the log.",
+)
+@click.option(
+    "--iid-cert-file",
+    "iid_certs",
+    multiple=True,
+    metavar="[REGION=]FILE",
+    help="AWS certificate(s) for instance identity signatures (repeatable; PEM, may hold "
+    "several). Without one, every registration is refused.",
+)
+@click.option("--aws-account", "accounts", multiple=True, help="Allowed account id (repeatable).")
+@click.option("--aws-region", "regions", multiple=True, help="Allowed region (default: any).")
+@click.option(
+    "--verify-with-aws",
+    is_flag=True,
+    help="Before a new instance joins, confirm with the AWS API that it runs in "
+    "idra-<stack>-<region> with the stack's tags (needs --stack).",
+)
+@click.option("--stack", default=None, help="Stack name, for --verify-with-aws.")
+@click.option(
+    "--allow-public-ip-range",
+    "extra_ranges",
+    multiple=True,
+    help="Also accept public_ip in this prefix (labs and tests; default: global unicast only).",
+)
 def serve(
     db,
     listen,
@@ -64,6 +115,13 @@ def serve(
     heartbeat_interval,
     agent_sha256,
     keep_changes,
+    change_retention,
+    iid_certs,
+    accounts,
+    regions,
+    verify_with_aws,
+    stack,
+    extra_ranges,
 ) -> None:
     """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
     if bool(tls_cert) != bool(tls_key):
@@ -85,8 +143,23 @@ def serve(
     if len(set(tokens.values())) != 3:
         raise BadInput("the node, operator and client tokens must all differ")
     settings = Settings(tokens, heartbeat_interval, set(agent_sha256))
+    settings.verifier = _verifier(iid_certs, accounts, regions)
+    try:
+        settings.extra_public_ranges = [ipaddress.ip_network(r) for r in extra_ranges]
+    except ValueError as exc:
+        raise BadInput(f"--allow-public-ip-range: {exc}") from None
+    if verify_with_aws:
+        if not stack:
+            raise BadInput("--verify-with-aws needs --stack")
+        from idra.controlplane.aws import AwsConfirm
+
+        settings.confirm = AwsConfirm(stack)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(Store(db, pool, keep_changes), settings)
+    if settings.verifier is None:
+        logging.getLogger("idra.controlplane").warning(
+            "no --iid-cert-file: every node registration will be refused"
+        )
+    app = create_app(Store(db, pool, keep_changes, change_retention), settings)
     print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
     uvicorn.run(
         app,

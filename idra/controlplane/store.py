@@ -3,13 +3,22 @@ log so a node fetches only what changed since the version it already has.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction. Versions grow monotonically across
 the whole database; each change row names the node it concerns. The log is pruned to
-the last ``keep_changes`` rows: a ``since`` older than that gets the full list.
+the last ``keep_changes`` rows and to ``change_retention_s`` seconds: a ``since`` older
+than that gets the full list, so a removed client's key is kept no longer than a node
+needs to learn of its removal. The database file is created 0600.
+
+Node credentials are stored only as sha256 (they are 256-bit random, so a plain hash
+suffices) and compared in constant time. A deleted node's instance id is kept as
+retired: its identity document can never register again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -39,8 +48,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     active_peers INTEGER NOT NULL DEFAULT 0,
     stats TEXT,
     nftables_baseline TEXT,
-    root_readonly_baseline INTEGER NOT NULL DEFAULT 0
+    root_readonly_baseline INTEGER NOT NULL DEFAULT 0,
+    account_id TEXT,
+    credential_sha256 TEXT,
+    identity_refusals INTEGER NOT NULL DEFAULT 0,
+    identity_refused_at REAL
 );
+CREATE TABLE IF NOT EXISTS retired (instance_id TEXT PRIMARY KEY, retired_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS peers (
     public_key TEXT PRIMARY KEY,
     node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
@@ -51,10 +65,21 @@ CREATE INDEX IF NOT EXISTS peers_node ON peers(node_id);
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
     node_id TEXT NOT NULL,
-    public_key TEXT NOT NULL
+    public_key TEXT NOT NULL,
+    created_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS changes_node ON changes(node_id, version);
+CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);
 """
+# Columns added since the first schema: an older database gains them at start (its
+# nodes have no credential yet; each gets one when it next registers with a signed
+# identity document).
+ADDED_COLUMNS = {
+    "nodes": ("account_id TEXT", "credential_sha256 TEXT",
+              "identity_refusals INTEGER NOT NULL DEFAULT 0", "identity_refused_at REAL",
+              "root_readonly_baseline INTEGER NOT NULL DEFAULT 0"),
+    "changes": ("created_at REAL NOT NULL DEFAULT 0",),
+}  # fmt: skip
 
 
 class NotFound(LookupError):
@@ -63,6 +88,19 @@ class NotFound(LookupError):
 
 class NoCapacity(RuntimeError):
     pass
+
+
+class Refused(RuntimeError):
+    """A registration that must not bind: the message says why (no secrets in it)."""
+
+
+def credential_hash(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+def new_credential() -> str:
+    """256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
 
 
 @dataclass(frozen=True)
@@ -83,20 +121,33 @@ class Pool:
 class Store:
     """Thread-safe access to the database (one connection, one writer at a time)."""
 
-    def __init__(self, path: Path, pool: Pool, keep_changes: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        pool: Pool,
+        keep_changes: int = 100_000,
+        change_retention_s: float = 3600,
+    ) -> None:
         self.pool, self.keep_changes = pool, keep_changes
+        self.change_retention_s = change_retention_s
         self._lock = threading.Lock()
+        self._pruned_at = 0.0
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        Path(path).chmod(0o600)  # WAL and shared-memory files inherit this mode
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}
-        if "root_readonly_baseline" not in columns:  # a database from before it
-            self._db.execute(
-                "ALTER TABLE nodes ADD COLUMN root_readonly_baseline INTEGER NOT NULL DEFAULT 0"
-            )
+
+    def _migrate(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if have and column.split()[0] not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -126,50 +177,99 @@ class Store:
             return self._version(db)
 
     def _log(self, db: sqlite3.Connection, node_id: str, public_key: str) -> None:
-        db.execute("INSERT INTO changes (node_id, public_key) VALUES (?, ?)", (node_id, public_key))
+        db.execute(
+            "INSERT INTO changes (node_id, public_key, created_at) VALUES (?, ?, ?)",
+            (node_id, public_key, time.time()),
+        )
         db.execute(
             "DELETE FROM changes WHERE version <= (SELECT MAX(version) FROM changes) - ?",
             (self.keep_changes,),
         )
+        self._prune(db)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Forget changes older than the retention (at most every few seconds)."""
+        now = time.time()
+        if now - self._pruned_at >= min(10.0, self.change_retention_s):
+            db.execute("DELETE FROM changes WHERE created_at < ?", (now - self.change_retention_s,))
+            self._pruned_at = now
 
     # -- nodes ------------------------------------------------------------------------
 
-    def register(self, body: dict[str, Any]) -> str:
-        """Create or update the node of ``instance_id``; return its id (idempotent)."""
-        with self._write() as db:
-            row = db.execute(
-                "SELECT id FROM nodes WHERE instance_id = ?", (body["instance_id"],)
-            ).fetchone()
-            if row:
-                db.execute(
-                    "UPDATE nodes SET public_ip=?, public_key=?, listen_port=?, region=?, "
-                    "agent_version=? WHERE id=?",
-                    (
-                        body["public_ip"],
-                        body["public_key"],
-                        body["listen_port"],
-                        body["region"],
-                        body["agent_version"],
-                        row["id"],
-                    ),
-                )
-                return row["id"]
-            node_id = "node-" + secrets.token_hex(6)
-            db.execute(
-                "INSERT INTO nodes (id, instance_id, public_ip, public_key, listen_port, region, "
-                "agent_version, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    node_id,
-                    body["instance_id"],
-                    body["public_ip"],
-                    body["public_key"],
-                    body["listen_port"],
-                    body["region"],
-                    body["agent_version"],
-                    time.time(),
-                ),
+    def bound(self, instance_id: str) -> bool:
+        """The instance has a node record (it registered before) or was retired."""
+        with self._read() as db:
+            return bool(
+                db.execute("SELECT 1 FROM nodes WHERE instance_id = ?", (instance_id,)).fetchone()
+                or db.execute(
+                    "SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)
+                ).fetchone()
             )
-            return node_id
+
+    def register(
+        self, instance_id: str, region: str, account_id: str, body: dict[str, Any],
+        credential: str | None,
+    ) -> tuple[str, str]:  # fmt: skip
+        """Bind a first-seen instance (trust on first use) or update a bound one that
+        presents its credential; return ``(node_id, credential)``.
+
+        A bound instance without its credential is refused (:class:`Refused`): the
+        refusal is counted on its record and the node drains as ``compromised``, so the
+        reaper replaces it instead of leaving it stuck. A retired instance or a WireGuard
+        key another node already uses is refused too.
+        """
+        refusal = None
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)).fetchone():
+                raise Refused("instance retired")
+            clash = db.execute(
+                "SELECT 1 FROM nodes WHERE public_key = ? AND instance_id != ?",
+                (body["public_key"], instance_id),
+            ).fetchone()
+            if clash:
+                raise Refused("public key in use by another node")
+            row = db.execute("SELECT * FROM nodes WHERE instance_id = ?", (instance_id,)).fetchone()
+            fields = (body["public_ip"], body["public_key"], body["listen_port"],
+                      body["agent_version"])  # fmt: skip
+            if row is None:
+                node_id, credential = "node-" + secrets.token_hex(6), new_credential()
+                db.execute(
+                    "INSERT INTO nodes (id, instance_id, public_ip, public_key, listen_port, "
+                    "agent_version, region, account_id, credential_sha256, registered_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (node_id, instance_id, *fields, region, account_id,
+                     credential_hash(credential), time.time()),
+                )  # fmt: skip
+                return node_id, credential
+            stored = row["credential_sha256"]
+            if stored is None:  # a record from before attestation: bind it now
+                credential = new_credential()
+            elif credential is None or not hmac.compare_digest(credential_hash(credential), stored):
+                refusal = row["id"]
+                db.execute(
+                    "UPDATE nodes SET identity_refusals = identity_refusals + 1, "
+                    "identity_refused_at = ?, state = 'draining', drain_reason = 'compromised', "
+                    "drain_started_at = COALESCE(drain_started_at, ?) WHERE id = ?",
+                    (time.time(), time.time(), row["id"]),
+                )
+            if refusal is None:
+                db.execute(
+                    "UPDATE nodes SET public_ip=?, public_key=?, listen_port=?, agent_version=?, "
+                    "credential_sha256=? WHERE id=?",
+                    (*fields, credential_hash(credential), row["id"]),
+                )
+                return row["id"], credential
+        raise Refused(f"instance bound to node {refusal}; its node credential is required")
+
+    def credential_ok(self, node_id: str, credential: str) -> bool:
+        """``credential`` is this node's (constant-time compare; unknown node: False)."""
+        given = credential_hash(credential)
+        with self._read() as db:
+            row = db.execute(
+                "SELECT credential_sha256 FROM nodes WHERE id = ?", (node_id,)
+            ).fetchone()
+        stored = (row and row["credential_sha256"]) or ""
+        return hmac.compare_digest(given, stored)
 
     def node(self, node_id: str) -> dict[str, Any]:
         with self._read() as db:
@@ -208,6 +308,7 @@ class Store:
                     node_id,
                 ),
             )
+            self._prune(db)
             return dict(row) | {"nftables_baseline": baseline}
 
     def drain(self, node_id: str, reason: str) -> None:
@@ -226,9 +327,18 @@ class Store:
             )
 
     def delete_node(self, node_id: str) -> bool:
-        """Forget a node and its peers' assignments (clients ask again)."""
+        """Forget a node and its peers' assignments (clients ask again); its instance is
+        retired for good."""
         with self._write() as db:
-            return db.execute("DELETE FROM nodes WHERE id = ?", (node_id,)).rowcount > 0
+            row = db.execute("SELECT instance_id FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO retired (instance_id, retired_at) VALUES (?, ?)",
+                (row["instance_id"], time.time()),
+            )
+            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            return True
 
     # -- peers --------------------------------------------------------------------------
 
@@ -317,7 +427,6 @@ class Store:
         )
         return {
             "node_id": node["id"],
-            "instance_id": node["instance_id"],
             "region": node["region"],
             "endpoint": endpoint,
             "node_public_key": node["public_key"],

@@ -12,6 +12,10 @@ from idra.lab.state import LabState
 
 
 class LabFleet:
+    def check(self, node: dict[str, Any]) -> str | None:
+        """Every lab node is the lab's own (no foreign instances in the lab)."""
+        return None
+
     def terminate(self, node: dict[str, Any]) -> str:
         state = LabState.load()
         if state is None:

@@ -1,14 +1,18 @@
-"""A throw-away certificate authority for the lab's TLS (cryptography)."""
+"""Throw-away keys for the lab (cryptography): a certificate authority for its TLS, and
+the signer of its EC2 instance identity documents."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
+import json
+import secrets
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -16,7 +20,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+def _write_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, path: Path) -> None:
     path.touch(mode=0o600)
     path.write_bytes(
         key.private_bytes(
@@ -65,3 +69,70 @@ def make_ca_and_server(
     cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, key_path)
     return ca_path, cert_path, key_path
+
+
+LAB_ACCOUNT = "000000000000"  # the lab's pretend AWS account
+
+
+class IdentitySigner:
+    """Plays AWS's side of instance identity: an RSA key whose self-signed certificate
+    the control plane is told to trust, and documents signed the way EC2 signs them
+    (base64 RSA-SHA256 of the document's exact bytes, the ``/signature`` item)."""
+
+    def __init__(self, key: rsa.RSAPrivateKey | None = None, days: int = 7) -> None:
+        self.key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.cert = _sign(
+            "IDRA lab instance identity", "IDRA lab instance identity", self.key, self.key,
+            [(x509.BasicConstraints(ca=False, path_length=None), True)], days,
+        )  # fmt: skip
+
+    def write_cert(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def write_key(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_key(self.key, path)
+        return path
+
+    @classmethod
+    def load(cls, key_file: Path) -> IdentitySigner:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{key_file}: not an RSA key")
+        return cls(key)
+
+    def sign(self, document: str) -> str:
+        signature = self.key.sign(document.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return base64.b64encode(signature).decode()
+
+    @staticmethod
+    def document(
+        instance_id: str | None = None,
+        region: str = "eu-central-1",
+        account: str = LAB_ACCOUNT,
+        private_ip: str = "10.20.0.10",
+    ) -> str:
+        """An instance identity document as IMDS serves it (pretty-printed JSON)."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return json.dumps(
+            {
+                "accountId": account,
+                "architecture": "x86_64",
+                "availabilityZone": f"{region}a",
+                "imageId": "ami-0123456789abcdef0",
+                "instanceId": instance_id or new_instance_id(),
+                "instanceType": "c7gn.large",
+                "pendingTime": now,
+                "privateIp": private_ip,
+                "region": region,
+                "version": "2017-09-30",
+            },
+            indent=2,
+        )
+
+
+def new_instance_id() -> str:
+    """A fresh id in EC2's format (``i-`` and 17 hex digits)."""
+    return "i-0" + secrets.token_hex(8)

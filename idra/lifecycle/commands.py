@@ -150,34 +150,45 @@ def _print_canary(reports: list[canary_mod.NodeReport], as_json: bool) -> None:
 @click.command()
 @with_api_options
 @click.option("--fleet", "fleet_kind", type=click.Choice(["aws", "lab"]), default="aws")
+@click.option(
+    "--stack",
+    envvar="IDRA_STACK",
+    default=None,
+    help="Stack whose group idra-<stack>-<region> and tags a node must have (--fleet aws).",
+)
 @click.option("--region", "regions", multiple=True, help="Only nodes in these regions.")
 @click.option("--max-drain", default="6h", show_default=True, help="Longest wait for users.")
 @click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
-def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, regions, max_drain,
+def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regions, max_drain,
          dry_run) -> None:  # fmt: skip
-    """Terminate draining nodes whose users have left (compromised ones at once)."""
+    """Terminate draining nodes whose users have left (compromised ones at once); never
+    an instance outside the stack's own group (refused, exit 1)."""
     limit = parse_duration(max_drain)
+    if fleet_kind == "aws" and not stack:
+        raise BadInput("--fleet aws needs --stack (or IDRA_STACK)")
     api = _api(api_url, operator_token_file, ca_file)
-    fleet = _fleet(fleet_kind)
+    fleet = _fleet(fleet_kind, stack)
     try:
         decisions = reap_once(api, fleet, limit, regions=regions, dry_run=dry_run)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps([d.as_dict() for d in decisions]))
-        return
-    table = Table("node", "reason", "action", "why", "outcome")
-    for d in decisions:
-        action = f"{d.action} (dry run)" if dry_run and d.action == "terminate" else d.action
-        table.add_row(d.node_id, d.reason, action, d.why, d.outcome)
-    Console().print(table)
+    else:
+        table = Table("node", "reason", "action", "why", "outcome")
+        for d in decisions:
+            action = f"{d.action} (dry run)" if dry_run and d.action == "terminate" else d.action
+            table.add_row(d.node_id, d.reason, action, d.why, d.outcome)
+        Console().print(table)
+    if any(d.action == "refused" for d in decisions):
+        raise SystemExit(1)
 
 
-def _fleet(kind: str) -> Fleet:
+def _fleet(kind: str, stack: str | None) -> Fleet:
     if kind == "aws":
         import boto3
 
-        return AwsFleet(lambda region: boto3.client("autoscaling", region_name=region))
+        return AwsFleet(lambda region: boto3.client("autoscaling", region_name=region), stack)
     from idra.lab.fleet import LabFleet  # the local lab (idra lab up)
 
     return LabFleet()

@@ -2,8 +2,10 @@
 
 ``blocked`` and ``manual`` wait until the last heartbeat reports no active peers, or the
 maximum drain time has passed; ``compromised`` goes at once. Only nodes the control
-plane lists as draining are ever touched. Safe to run every minute: a node whose
-instance is gone is just forgotten.
+plane lists as draining are ever touched, and before any termination the fleet confirms
+the instance is the stack's own (its auto-scaling group and tags): anything else is
+``refused``, reported, and its record kept for the operator. Safe to run every minute:
+a node whose instance is gone is just forgotten.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from idra.lifecycle.fleet import Fleet
 class Decision:
     node_id: str
     reason: str
-    action: str  # "terminate" or "wait"
+    action: str  # "terminate", "wait" or "refused" (not the stack's own instance)
     why: str
     outcome: str = ""
 
@@ -69,8 +71,12 @@ def reap(
         if regions and node.get("region") not in regions:
             continue
         decision = decide(node, now, max_drain)
-        if decision.action == "terminate" and not dry_run:
-            decision.outcome = fleet.terminate(node)
-            api.delete(node["id"])
+        if decision.action == "terminate":
+            problem = fleet.check(node)
+            if problem:
+                decision.action, decision.why = "refused", f"not terminated: {problem}"
+            elif not dry_run:
+                decision.outcome = fleet.terminate(node)
+                api.delete(node["id"])
         decisions.append(decision)
     return decisions

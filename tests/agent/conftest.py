@@ -1,6 +1,8 @@
 """The agent against the real control plane and real wireguard-go interfaces.
 
-host: control plane on 127.0.0.1, node-daemon (talks to the node's UAPI socket)
+host: control plane on 127.0.0.1, node-daemon (talks to the node's UAPI socket), and
+      an IMDSv2 stand-in serving the node's identity document, signed by the test key
+      the control plane trusts
 node namespace: tunnel interface (wireguard-go) ── veth ── client namespace(s)
 """
 
@@ -17,11 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from idra.lab import imds
+from idra.lab.pki import IdentitySigner
 from idra.netns import Netns, Topology, unique_name, wg_keypair
 from tests.controlplane.conftest import ControlPlane, free_port, start
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IP = "192.0.2.1"
+INSTANCE_ID = "i-0agenttest"
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
@@ -47,13 +52,19 @@ class Env:
     node: Netns
     wg: str
     tmp: Path
+    imds: imds.Instance
+    imds_url: str
     metrics_port: int = field(default_factory=free_port)
     agent: subprocess.Popen | None = None
     log: Path | None = None
     clients: list[Client] = field(default_factory=list)
 
     def start_agent(
-        self, pyz: Path | None = None, *extra: str, prefix: tuple[str, ...] = ()
+        self,
+        pyz: Path | None = None,
+        *extra: str,
+        prefix: tuple[str, ...] = (),
+        wait: bool = True,
     ) -> subprocess.Popen:
         """Start the agent (``prefix``: a command that execs it, e.g. in a namespace)."""
         command = [sys.executable, str(pyz)] if pyz else [sys.executable, "-m", "node_daemon"]
@@ -71,15 +82,10 @@ class Env:
                 self.wg,
                 "--driver",
                 "uapi",
-                "--region",
-                "eu-central-1",
-                "--public-ip",
-                NODE_IP,
-                "--instance-id",
-                "i-0agenttest",
+                "--imds-url",
+                self.imds_url,
                 "--state-dir",
                 str(self.tmp / "state"),
-                "--no-imds",
                 "--heartbeat-interval",
                 "0.5",
                 "--scan-interval",
@@ -96,10 +102,11 @@ class Env:
             stderr=subprocess.STDOUT,
             env={"SHIV_ROOT": str(self.tmp / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
-        eventually(
-            lambda: self.metric("idra_agent_syncs_total", 'result="ok"') > 0,
-            what="the agent's first sync",
-        )
+        if wait:
+            eventually(
+                lambda: self.metric("idra_agent_syncs_total", 'result="ok"') > 0,
+                what="the agent's first sync",
+            )
         return self.agent
 
     def stop_agent(self, kill: bool = False) -> None:
@@ -186,14 +193,24 @@ def env(tmp_path):
         topo.wireguard(node, wg)
         node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
         node.ip("link", "set", wg, "up")
-        environment = Env(cp, topo, node, wg, tmp_path)
+        instance = signed_instance(cp.signer, INSTANCE_ID)
+        metadata = imds.serve(instance)
+        url = f"http://127.0.0.1:{metadata.server_address[1]}"
+        environment = Env(cp, topo, node, wg, tmp_path, instance, url)
         yield environment
         environment.stop_agent()
+        metadata.shutdown()
         cp = environment.cp  # a test may have restarted it
     finally:
         topo.close()
         cp.process.terminate()
         cp.process.wait(10)
+
+
+def signed_instance(signer: IdentitySigner, instance_id: str) -> imds.Instance:
+    """Metadata of one instance whose identity document the control plane trusts."""
+    document = IdentitySigner.document(instance_id)
+    return imds.Instance(document, signer.sign(document), public_ipv4=NODE_IP)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from tests.controlplane.conftest import start, wg_key
 
-from .conftest import Env, eventually
+from .conftest import INSTANCE_ID, Env, eventually
 
 
 def _nodes(env: Env, state: str | None = None) -> list[dict]:
@@ -41,7 +42,8 @@ def test_restart_keeps_key_registration_and_sessions(env: Env, pyz: Path) -> Non
     assert " 150 received" in out, out
     assert env.node.run("wg", "show", env.wg, "public-key").stdout == public_key
     nodes = _nodes(env)
-    assert [n["id"] for n in nodes] == [node_id], "same instance id, same node"
+    assert [n["id"] for n in nodes] == [node_id], "same instance, same credential, same node"
+    assert nodes[0]["instance_id"] == INSTANCE_ID, "from the signed document"
     assert "reusing the interface key" in env.log.read_text()
 
 
@@ -173,22 +175,49 @@ def test_outage_keeps_peers_then_recovers(env: Env) -> None:
     assert "control plane unavailable" in env.log.read_text()
 
 
-def test_wrong_token_stops_sync_but_keeps_serving(env: Env) -> None:
+def test_database_restored_and_token_rotated(env: Env) -> None:
+    """The control plane comes back with an empty database and a rotated NODE_TOKEN:
+    our credential is unknown (401), registering with the old token is refused too, so
+    sync stops while the tunnel keeps serving; the new token lets it register afresh."""
     env.start_agent()
     client = env.add_client()
-    token_file = env.tmp / "node.token"
-    token_file.write_text("a-wrong-token-of-some-length")
+    env.cp.process.terminate()
+    env.cp.process.wait(10)
+    restored = env.tmp / "restored"  # empty database, same trusted identity key
+    restored.mkdir()
+    shutil.copy(env.tmp / "iid.key", restored / "iid.key")
+    tokens = env.cp.tokens | {"node": "a-rotated-node-token-of-some-length"}
+    env.cp = start(restored, port=int(env.cp.url.rsplit(":", 1)[1]), tokens=tokens)
     eventually(lambda: env.metric("idra_agent_unauthorized") == 1, what="the 401")
-    newcomer = wg_key()
-    with env.cp.client("client") as api:
-        api.post("/v1/peers", json={"public_key": newcomer})
-    time.sleep(2)
-    assert newcomer not in env.dump(), "no sync without a valid token"
-    assert client.public_key in env.dump() and env.ping(client) == 3
+    assert client.public_key in env.dump() and env.ping(client) == 3, "still serving"
+    assert "refuses our node credential: registering again" in env.log.read_text()
     assert "refuses our token" in env.log.read_text()
-    token_file.write_text(env.cp.tokens["node"])
-    eventually(lambda: newcomer in env.dump(), timeout=10, what="sync with the fixed token")
-    assert env.metric("idra_agent_unauthorized") == 0
+    (env.tmp / "node.token").write_text(tokens["node"])
+    eventually(lambda: len(_nodes(env)) == 1, timeout=15, what="a fresh registration")
+    assert _nodes(env)[0]["instance_id"] == INSTANCE_ID
+    eventually(lambda: env.metric("idra_agent_unauthorized") == 0, what="sync resumed")
+
+
+def test_lost_credential_is_refused_shown_and_replaced(env: Env) -> None:
+    """A node that lost its credential (a reboot wipes the tmpfs) cannot take its
+    instance's registration back: refused, visible in the fleet list, drained as
+    compromised so the reaper replaces it; the agent keeps serving and says why."""
+    env.start_agent()
+    state = env.tmp / "state"
+    credential = (state / "node.credential").read_text().strip()
+    assert (state / "node.credential").stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o700
+    env.stop_agent()
+    (state / "node.credential").unlink()
+    env.start_agent(wait=False)
+    eventually(lambda: env.metric("idra_agent_syncs_total", 'result="refused"') > 0,
+               what="the refusal")  # fmt: skip
+    node = _nodes(env)[0]
+    assert node["identity_refusals"] >= 1
+    assert (node["state"], node["drain_reason"]) == ("draining", "compromised")
+    assert "registration refused (HTTP 409" in env.log.read_text()
+    for text in (env.log.read_text(), env.cp.log.read_text(), env.metrics()):
+        assert credential not in text, "a credential is never logged"
 
 
 def test_drain_reaches_the_agent_and_empties_the_pool(env: Env) -> None:

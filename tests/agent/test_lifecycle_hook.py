@@ -1,72 +1,35 @@
 """ASG termination: the agent sees the notice in IMDSv2, drains itself, and completes the
 lifecycle action (CONTINUE) once its last user has left.
 
-A local IMDSv2-compatible server answers metadata (token required). moto 5 lacks
+A local IMDSv2 stand-in answers metadata (token required) and the signed identity
+document the agent registers with. moto 5 lacks
 ``complete_lifecycle_action``: botocore's Stubber checks that call against the real API
 model, and fails the test if the agent calls it too early.
 """
 
 from __future__ import annotations
 
-import http.server
-import secrets
 import threading
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
+from idra.lab import imds as metadata
 from node_daemon.api import NodeApi
 from node_daemon.aws import Imds
 from node_daemon.daemon import Agent, Options
 from node_daemon.metrics import Metrics
 from node_daemon.wg.uapi import UapiDriver
 
-from .conftest import Env, eventually
-
-
-class FakeInstance:
-    """Metadata of one instance, served the IMDSv2 way."""
-
-    def __init__(self) -> None:
-        self.lifecycle_state = "InService"
-        self.token = secrets.token_urlsafe(16)
-
-    def handler(self):
-        instance = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                if self.path != "/latest/api/token" or not self.headers.get(
-                    "X-aws-ec2-metadata-token-ttl-seconds"
-                ):
-                    return self._send(400, "")
-                self._send(200, instance.token)
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-aws-ec2-metadata-token") != instance.token:
-                    return self._send(401, "")
-                values = {"autoscaling/target-lifecycle-state": instance.lifecycle_state}
-                value = values.get(self.path.removeprefix("/latest/meta-data/"))
-                self._send(404, "") if value is None else self._send(200, value)
-
-            def _send(self, status: int, body: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
-
-            def log_message(self, *args) -> None:
-                pass
-
-        return Handler
+from .conftest import Env, eventually, signed_instance
 
 
 @pytest.fixture
-def imds():
-    instance = FakeInstance()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), instance.handler())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def imds(env: Env):
+    """The instance's IMDSv2 (signed identity document, lifecycle state), on loopback."""
+    instance = signed_instance(env.cp.signer, "i-0hooked")
+    server = metadata.serve(instance)
     yield instance, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 

@@ -1,4 +1,10 @@
-"""The real control plane, started through ``idra controlplane serve`` on loopback."""
+"""The real control plane, started through ``idra controlplane serve`` on loopback.
+
+It trusts one test certificate for instance identity documents (an
+:class:`IdentitySigner` kept in the test folder, so a restart trusts the same key);
+``ControlPlane.register`` signs a document for the instance and keeps the node
+credential it gets, which ``heartbeat`` and ``client(node_id)`` then use.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,16 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from idra.lab.pki import make_ca_and_server
+from idra.lab.pki import LAB_ACCOUNT, IdentitySigner, make_ca_and_server, new_instance_id
+
+# Documentation ranges the tests use as node addresses (not global unicast).
+TEST_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
 
 
 def wg_key() -> str:
@@ -37,29 +46,65 @@ class ControlPlane:
     process: subprocess.Popen
     log: Path
     verify: ssl.SSLContext | bool = True
+    signer: IdentitySigner | None = None
+    db: Path | None = None
+    credentials: dict[str, str] = field(default_factory=dict)  # node id → credential
+    instances: dict[str, str] = field(default_factory=dict)  # node id → instance id
 
     def client(self, kind: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.tokens[kind]}"} if kind else {}
+        """A token kind (node = NODE_TOKEN, operator, client), a node id (that node's
+        credential), or None (no credential at all)."""
+        secret = self.tokens.get(kind) or self.credentials.get(kind) if kind else None
+        headers = {"Authorization": f"Bearer {secret}"} if kind else {}
         return httpx.Client(base_url=self.url, headers=headers, verify=self.verify, timeout=10)
+
+    def identity(self, instance_id: str | None = None, region: str = "eu-central-1",
+                 account: str = LAB_ACCOUNT) -> dict[str, str]:  # fmt: skip
+        """A document for the instance, signed by the key this control plane trusts."""
+        document = IdentitySigner.document(instance_id or new_instance_id(), region, account)
+        return {"document": document, "signature": self.signer.sign(document)}
+
+    def register_reply(
+        self,
+        instance_id: str | None = None,
+        region: str = "eu-central-1",
+        public_ip: str = "203.0.113.10",
+        *,
+        public_key: str | None = None,
+        credential: str | None = None,
+        identity: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> httpx.Response:
+        body = {
+            "identity": identity or self.identity(instance_id, region),
+            "public_ip": public_ip,
+            "public_key": public_key or wg_key(),
+            "listen_port": 51820,
+            "agent_version": "test",
+        }
+        headers = {"Authorization": f"Bearer {token or self.tokens['node']}"}
+        if credential:
+            headers["X-Node-Credential"] = credential
+        with httpx.Client(base_url=self.url, verify=self.verify, timeout=10) as http:
+            return http.post("/v1/nodes", json=body, headers=headers)
 
     def register(
         self,
         instance_id: str | None = None,
         region: str = "eu-central-1",
         public_ip: str = "203.0.113.10",
+        **kw,
     ) -> str:
-        body = {
-            "instance_id": instance_id or f"i-{secrets.token_hex(8)}",
-            "public_ip": public_ip,
-            "public_key": wg_key(),
-            "listen_port": 51820,
-            "region": region,
-            "agent_version": "test",
-        }
-        with self.client("node") as node:
-            reply = node.post("/v1/nodes", json=body)
+        """Register (a bound instance again: with its credential); return the node id."""
+        instance_id = instance_id or new_instance_id()
+        known = next((n for n, i in self.instances.items() if i == instance_id), None)
+        kw.setdefault("credential", self.credentials.get(known) if known else None)
+        reply = self.register_reply(instance_id, region, public_ip, **kw)
         assert reply.status_code == 201, reply.text
-        return reply.json()["node_id"]
+        node_id = reply.json()["node_id"]
+        self.credentials[node_id] = reply.json()["node_credential"]
+        self.instances[node_id] = instance_id
+        return node_id
 
     def heartbeat(self, node_id: str, active_peers: int = 0, **integrity) -> dict:
         body = {
@@ -79,7 +124,7 @@ class ControlPlane:
             "integrity": {"nftables_sha256": "a" * 64, "sysctl_ok": True, "agent_sha256": "b" * 64}
             | integrity,
         }
-        with self.client("node") as node:
+        with self.client(node_id) as node:
             reply = node.post(f"/v1/nodes/{node_id}/heartbeat", json=body)
         assert reply.status_code == 200, reply.text
         return reply.json()
@@ -94,7 +139,13 @@ def start(
 ) -> ControlPlane:
     """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server."""
     tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
-    args = []
+    key_file = tmp / "iid.key"
+    signer = IdentitySigner.load(key_file) if key_file.exists() else IdentitySigner()
+    signer.write_key(key_file)
+    args = ["--iid-cert-file", str(signer.write_cert(tmp / "iid.pem"))]
+    args += ["--aws-account", LAB_ACCOUNT]
+    for prefix in TEST_RANGES:
+        args += ["--allow-public-ip-range", prefix]
     for kind, token in tokens.items():
         (tmp / f"{kind}.token").write_text(token)
         args += [f"--{kind}-token-file", str(tmp / f"{kind}.token")]
@@ -132,7 +183,9 @@ def start(
                 raise RuntimeError(f"control plane did not start: {log.read_text()}") from None
             time.sleep(0.1)
     scheme = "https" if tls else "http"
-    return ControlPlane(f"{scheme}://127.0.0.1:{port}", tokens, process, log, verify)
+    return ControlPlane(
+        f"{scheme}://127.0.0.1:{port}", tokens, process, log, verify, signer, tmp / "cp.db"
+    )
 
 
 @pytest.fixture

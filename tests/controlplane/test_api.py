@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import sqlite3
 import threading
@@ -15,41 +16,23 @@ from .conftest import ControlPlane, start, wg_key
 
 def test_register_is_idempotent_per_instance(cp: ControlPlane) -> None:
     first = cp.register("i-0abc")
-    assert cp.register("i-0abc") == first
+    credential = cp.credentials[first]
+    assert cp.register("i-0abc") == first, "same instance, with its credential: same node"
+    assert cp.credentials[first] == credential, "the credential stays (lost replies are safe)"
     assert cp.register("i-0def") != first
-    with cp.client("node") as node:
-        reply = node.post(
-            "/v1/nodes",
-            json={
-                "instance_id": "i-0abc",
-                "public_ip": "2001:db8::10",
-                "public_key": wg_key(),
-                "listen_port": 51820,
-                "region": "eu-central-1",
-                "agent_version": "1",
-            },
-        )
+    reply = cp.register_reply("i-0abc", public_ip="2001:db8::10", credential=credential)
     body = reply.json()
     assert reply.status_code == 201 and body["node_id"] == first
     assert body["heartbeat_interval_s"] == 10
     assert body["client_pool"] == {"ipv4": "10.96.0.0/12", "ipv6": "fd49:4452:4100::/64"}
+    assert len(base64.urlsafe_b64decode(body["node_credential"] + "=")) >= 32, "≥ 256 bits"
 
 
 @pytest.mark.parametrize("kind", [None, "wrong", "client", "operator"])
-def test_node_calls_need_the_node_token(cp: ControlPlane, kind: str | None) -> None:
+def test_registration_needs_the_node_token(cp: ControlPlane, kind: str | None) -> None:
     cp.tokens["wrong"] = "not-the-token-at-all"
     with cp.client(kind) as client:
-        reply = client.post(
-            "/v1/nodes",
-            json={
-                "instance_id": "i-x",
-                "public_ip": "203.0.113.9",
-                "public_key": wg_key(),
-                "listen_port": 51820,
-                "region": "eu-central-1",
-                "agent_version": "1",
-            },
-        )
+        reply = client.post("/v1/nodes", json={"identity": cp.identity(), "public_key": wg_key()})
     assert reply.status_code == 401
     with cp.client("operator") as ops:
         assert ops.get("/v1/nodes").json()["nodes"] == [], "nothing changed"
@@ -57,10 +40,12 @@ def test_node_calls_need_the_node_token(cp: ControlPlane, kind: str | None) -> N
 
 def test_operator_and_client_calls_refuse_other_tokens(cp: ControlPlane) -> None:
     node_id = cp.register()
-    with cp.client("node") as node:
-        assert node.post("/node/drain", json={"id": node_id, "reason": "manual"}).status_code == 401
-        assert node.get("/v1/nodes").status_code == 401
-        assert node.post("/v1/peers", json={"public_key": wg_key()}).status_code == 401
+    for kind in ("node", node_id):
+        with cp.client(kind) as node:
+            drain = node.post("/node/drain", json={"id": node_id, "reason": "manual"})
+            assert drain.status_code == 401
+            assert node.get("/v1/nodes").status_code == 401
+            assert node.post("/v1/peers", json={"public_key": wg_key()}).status_code == 401
     with cp.client("operator") as ops:
         assert ops.get("/v1/nodes", params={"state": "active"}).json()["nodes"][0]["id"] == node_id
 
@@ -72,16 +57,17 @@ def test_operator_and_client_calls_refuse_other_tokens(cp: ControlPlane) -> None
         {"listen_port": 70000},
         {"public_ip": "not-an-ip"},
         {"unexpected": 1},
-        {"instance_id": ""},
+        {"instance_id": "i-0abc"},
+        {"identity": {"document": "{}"}},
+        {"agent_version": "two words"},
     ],
 )
 def test_bad_bodies_are_400_with_a_message(cp: ControlPlane, change: dict) -> None:
     body = {
-        "instance_id": "i-1",
+        "identity": cp.identity(),
         "public_ip": "203.0.113.10",
         "public_key": wg_key(),
         "listen_port": 51820,
-        "region": "eu-central-1",
         "agent_version": "1",
     } | change
     with cp.client("node") as node:
@@ -91,7 +77,7 @@ def test_bad_bodies_are_400_with_a_message(cp: ControlPlane, change: dict) -> No
 
 
 def _peers(cp: ControlPlane, node_id: str, since: int | None = None):
-    with cp.client("node") as node:
+    with cp.client(node_id) as node:
         params = {} if since is None else {"since": since}
         return node.get(f"/v1/nodes/{node_id}/peers", params=params)
 
@@ -208,7 +194,9 @@ def test_delete_node(cp: ControlPlane) -> None:
     with cp.client("operator") as ops:
         assert ops.delete(f"/v1/nodes/{node_id}").status_code == 204
         assert ops.delete(f"/v1/nodes/{node_id}").status_code == 404
-    assert _peers(cp, node_id).status_code == 404
+    assert _peers(cp, node_id).status_code == 401, "its credential died with it"
+    again = cp.register_reply(cp.instances[node_id], credential=cp.credentials[node_id])
+    assert again.status_code == 409 and "retired" in again.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@ from moto import mock_aws
 from idra.lifecycle.fleet import TERMINATING
 
 REGION = "eu-central-1"
+STACK = "staging"
+GROUP = f"idra-{STACK}-{REGION}"  # the stack's own group (infra names it so)
+OTHER = "billing-workers"  # another team's group in the same account
 
 
 class LifecycleStub:
@@ -38,20 +41,26 @@ def aws(monkeypatch):
         asg = boto3.client("autoscaling", region_name=REGION)
         image = ec2.describe_images()["Images"][0]["ImageId"]
         ec2.create_launch_template(LaunchTemplateName="node", LaunchTemplateData={"ImageId": image})
+        tags = {"environment": STACK, "role": "exit-node", "project": "idra", "Name": GROUP}
         asg.create_auto_scaling_group(
-            AutoScalingGroupName="idra-staging",
+            AutoScalingGroupName=GROUP,
             LaunchTemplate={"LaunchTemplateName": "node"},
             MinSize=1, MaxSize=4, DesiredCapacity=2,
             AvailabilityZones=[f"{REGION}a"],
             NewInstancesProtectedFromScaleIn=True,
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True} for k, v in tags.items()],
         )  # fmt: skip
         asg.put_lifecycle_hook(
-            LifecycleHookName="drain", AutoScalingGroupName="idra-staging",
+            LifecycleHookName="drain", AutoScalingGroupName=GROUP,
             LifecycleTransition=TERMINATING, HeartbeatTimeout=3600, DefaultResult="CONTINUE",
+        )  # fmt: skip
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=OTHER, LaunchTemplate={"LaunchTemplateName": "node"},
+            MinSize=1, MaxSize=1, DesiredCapacity=1, AvailabilityZones=[f"{REGION}a"],
         )  # fmt: skip
         yield LifecycleStub(asg)
 
 
-def instances(client) -> list[str]:
-    group = client.describe_auto_scaling_groups(AutoScalingGroupNames=["idra-staging"])
-    return [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
+def instances(client, group: str = GROUP) -> list[str]:
+    found = client.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    return [i["InstanceId"] for i in found["AutoScalingGroups"][0]["Instances"]]

@@ -14,7 +14,7 @@ from idra.lifecycle.fleet import AwsFleet
 from idra.lifecycle.reaper import reap
 from tests.controlplane.conftest import start
 
-from .conftest import REGION, instances
+from .conftest import GROUP, OTHER, REGION, STACK, instances
 
 HOURS = dt.timedelta(hours=6)
 
@@ -56,7 +56,7 @@ def _expect_completion(aws, instance: str) -> None:
         {},
         {
             "LifecycleHookName": "drain",
-            "AutoScalingGroupName": "idra-staging",
+            "AutoScalingGroupName": GROUP,
             "InstanceId": instance,
             "LifecycleActionResult": "CONTINUE",
         },
@@ -67,7 +67,7 @@ def test_blocked_waits_for_users_then_goes(cp, aws) -> None:
     nodes = _fleet_nodes(cp, aws)
     blocked, healthy = list(nodes)
     _drain(cp, nodes[blocked], "blocked")
-    fleet = AwsFleet(lambda region: aws)
+    fleet = AwsFleet(lambda region: aws, STACK)
     with aws.stubber:
         first = reap(_api(cp), fleet, HOURS)
         assert [(d.node_id, d.action) for d in first] == [(nodes[blocked], "wait")]
@@ -82,7 +82,7 @@ def test_blocked_waits_for_users_then_goes(cp, aws) -> None:
     aws.stubber.assert_no_pending_responses()
     after = instances(aws)
     assert blocked not in after and healthy in after and len(after) == 2
-    group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=["idra-staging"])
+    group = aws.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])
     assert group["AutoScalingGroups"][0]["DesiredCapacity"] == 2
     assert _node_ids(cp) == {nodes[healthy]}, "record deleted, the healthy one untouched"
 
@@ -94,11 +94,13 @@ def test_compromised_goes_at_once_and_max_drain_ends_the_wait(cp, aws) -> None:
     _drain(cp, nodes[stuck], "manual")
     _expect_completion(aws, compromised)
     with aws.stubber:
-        decisions = {d.node_id: d.action for d in reap(_api(cp), AwsFleet(lambda r: aws), HOURS)}
+        decisions = {
+            d.node_id: d.action for d in reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS)
+        }
         assert decisions == {nodes[compromised]: "terminate", nodes[stuck]: "wait"}
         _expect_completion(aws, stuck)
         later = dt.datetime.now(dt.UTC) + HOURS + dt.timedelta(minutes=1)
-        decisions = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, now=later)
+        decisions = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS, now=later)
     assert [(d.node_id, d.action) for d in decisions] == [(nodes[stuck], "terminate")]
     assert "drain time" in decisions[0].why
     assert not set(nodes) & set(instances(aws))
@@ -128,8 +130,8 @@ def test_dry_run_and_region_filter_change_nothing(cp, aws) -> None:
     victim = next(iter(nodes))
     _drain(cp, nodes[victim], "compromised")
     with aws.stubber:
-        elsewhere = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, regions=["us-east-1"])
-        dry = reap(_api(cp), AwsFleet(lambda r: aws), HOURS, dry_run=True)
+        elsewhere = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS, regions=["us-east-1"])
+        dry = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS, dry_run=True)
     assert elsewhere == []
     assert [(d.action, d.outcome) for d in dry] == [("terminate", "")]
     assert victim in instances(aws) and nodes[victim] in _node_ids(cp)
@@ -141,6 +143,8 @@ def test_dry_run_and_region_filter_change_nothing(cp, aws) -> None:
             "reap",
             "--api-url",
             cp.url,
+            "--fleet",
+            "lab",  # a dry run still asks the fleet; the lab one never leaves this machine
             "--dry-run",
             "--json",
             "--operator-token-file",
@@ -153,3 +157,46 @@ def test_dry_run_and_region_filter_change_nothing(cp, aws) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["action"] == "terminate"
     assert nodes[victim] in _node_ids(cp)
+    no_stack = subprocess.run(
+        [sys.executable, "-m", "idra.cli", "reap", "--api-url", cp.url, "--fleet", "aws",
+         "--operator-token-file", str(cp.log.parent / "operator.token")],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert no_stack.returncode == 2 and "--stack" in no_stack.stderr
+    assert len(no_stack.stderr.strip().splitlines()) == 1
+
+
+def _other_groups_instance(aws) -> str:
+    return instances(aws, OTHER)[0]
+
+
+def test_a_record_pointing_at_another_groups_instance_survives(cp, aws) -> None:
+    """(e) of issue 13: a node record names an instance of another group (say the
+    control plane's database was tampered with). The reaper refuses, reports it in the
+    table and in --json, exits 1, and never terminates it."""
+    from click.testing import CliRunner
+
+    from idra.lifecycle.commands import reap as reap_command
+
+    nodes = _fleet_nodes(cp, aws)
+    foreign = _other_groups_instance(aws)
+    bogus = cp.register(foreign, region=REGION)
+    for node_id in (bogus, nodes[next(iter(nodes))]):
+        _drain(cp, node_id, "compromised")
+    healthy_victim = next(iter(nodes))
+    _expect_completion(aws, healthy_victim)
+    args = ["--api-url", cp.url, "--operator-token-file", str(cp.log.parent / "operator.token"),
+            "--fleet", "aws", "--stack", STACK]  # fmt: skip
+    runner = CliRunner()
+    dry = runner.invoke(reap_command, [*args, "--dry-run"])
+    assert dry.exit_code == 1 and "refused" in dry.output and "billing-workers" in dry.output
+    with aws.stubber:
+        decisions = {d.node_id: d for d in reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS)}
+    assert decisions[bogus].action == "refused"
+    assert f"in group {OTHER}, not {GROUP}" in decisions[bogus].why
+    assert decisions[nodes[healthy_victim]].outcome == "terminated", "its own node still goes"
+    again = runner.invoke(reap_command, [*args, "--json"])
+    assert again.exit_code == 1
+    assert [(d["node_id"], d["action"]) for d in json.loads(again.output)] == [(bogus, "refused")]
+    assert foreign in instances(aws, OTHER), "never terminated"
+    assert bogus in _node_ids(cp), "kept for the operator to see"
