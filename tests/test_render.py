@@ -76,6 +76,10 @@ def test_initd_is_openrc_supervised(rendered: Path) -> None:
     assert initd.startswith("#!/sbin/openrc-run\n")
     assert 'supervisor="supervise-daemon"' in initd
     assert re.search(r"need net nftables", initd)
+    # a crash loop stops and shows (rc-status: crashed) instead of respawning forever
+    max_ = int(re.search(r"^respawn_max=(\d+)$", initd, re.M).group(1))
+    period = int(re.search(r"^respawn_period=(\d+)$", initd, re.M).group(1))
+    assert 0 < max_ <= 10 and period >= 60
     assert run(["sh", "-n", str(rendered / "node-daemon.initd")], check=False).returncode == 0
 
 
@@ -94,6 +98,8 @@ def test_boot_scripts_are_valid_shell(rendered: Path) -> None:
         if entry["content"].startswith("#!/bin/sh"):
             check = subprocess.run(["sh", "-n"], input=entry["content"], text=True, check=False)
             assert check.returncode == 0, entry["path"]
+            for line in entry["content"].splitlines():  # never follow a planted symlink
+                assert not re.match(r"\s*chown (?!-h )", line), line
 
 
 def test_rewrite_replaces_all_files(tmp_path: Path) -> None:

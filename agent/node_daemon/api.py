@@ -1,11 +1,15 @@
-"""Node API v1 client (httpx). HTTPS only; plain http only to loopback or when allowed.
+"""Node API v1 client. HTTPS only; plain http only to loopback or when allowed.
 
 Registration uses the fleet-wide NODE_TOKEN (plus the node credential once we have
-one); every other call uses only this node's credential."""
+one); every other call uses only this node's credential. Every call has an overall
+deadline and a reply-size cap (:mod:`node_daemon.bounded`); every reply is validated
+(:mod:`node_daemon.replies`) before the agent uses it.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,11 @@ from typing import Any
 import httpx
 
 import node_daemon
+from node_daemon import replies
+from node_daemon.bounded import BoundedClient, Fault, Reply, sanitize
+
+MAX_REPLY_BYTES = 256 << 20  # 2^20 peers (kernel WireGuard's limit) x 256 bytes
+MAX_PEERS = 1 << 20
 
 
 class Unauthorized(RuntimeError):
@@ -24,8 +33,11 @@ class Refused(RuntimeError):
     another credential or retired): this instance needs replacing."""
 
 
-class ApiUnavailable(RuntimeError):
-    """The control plane did not answer usefully (network error, timeout, 5xx)."""
+class NotFound(RuntimeError):
+    """The control plane does not know our node (404): register again."""
+
+
+ApiUnavailable = Fault  # former name
 
 
 def is_secure_url(url: str) -> bool:
@@ -47,59 +59,79 @@ class NodeApi:
     """Register, fetch peers, heartbeat. Counts the bytes it moves (headers included)."""
 
     def __init__(
-        self, url: str, token_file: Path, ca_file: Path | None = None, timeout: float = 10
-    ):
+        self,
+        url: str,
+        token_file: Path,
+        ca_file: Path | None = None,
+        timeout: float = 10,
+        deadline: float = 30,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_peers: int = MAX_PEERS,
+    ) -> None:
         self.token_file = token_file
         self.credential: str | None = None  # this node's, from the register reply
+        self.max_peers = max_peers
         self.bytes_sent = self.bytes_received = 0
         verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
-        self._http = httpx.Client(
-            base_url=url.rstrip("/"),
+        self._http = BoundedClient(
+            "control_plane",
+            url.rstrip("/"),
             verify=verify,
             timeout=timeout,
-            event_hooks={"request": [self._count_request], "response": [self._count_response]},
+            deadline=deadline,
+            max_bytes=max_reply_bytes,
             headers={"User-Agent": f"node-daemon/{node_daemon.__version__}"},
         )
-        for name in ("Accept", "Accept-Encoding"):  # defaults the API does not need
-            self._http.headers.pop(name, None)
 
-    def _count_request(self, request: httpx.Request) -> None:
-        head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"
-        self.bytes_sent += len(head) + _headers(request.headers) + len(request.content)
-
-    def _count_response(self, response: httpx.Response) -> None:
-        response.read()
-        self.bytes_received += 17 + _headers(response.headers) + len(response.content)
-
-    def _call(self, method: str, path: str, secret: str, **kw) -> Any:
+    def _call(self, method: str, path: str, secret: str, body: Any = None, **kw) -> dict[str, Any]:
+        content = b"" if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {secret}", **kw.pop("headers", {})}
-        try:
-            reply = self._http.request(method, path, headers=headers, **kw)
-        except httpx.HTTPError as exc:
-            raise ApiUnavailable(f"{method} {path.split('/')[-1]}: {type(exc).__name__}") from None
-        if reply.status_code == 401:
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        reply = self._http.request(method, path, content=content or None, headers=headers, **kw)
+        self.bytes_sent += reply.sent_bytes
+        self.bytes_received += reply.head_bytes + len(reply.body)
+        what = f"{method} {path.rsplit('/', 1)[-1]}"
+        status = reply.status
+        if status == 401:
             raise Unauthorized(f"{method}: 401 unauthorized")
-        if reply.status_code >= 500 or reply.status_code == 429:
-            raise ApiUnavailable(f"{method}: HTTP {reply.status_code}")
-        if reply.status_code in (403, 409):
-            raise Refused(f"HTTP {reply.status_code}: {_detail(reply)}")
-        if reply.status_code >= 400:
-            raise RuntimeError(f"{method}: HTTP {reply.status_code}: {_detail(reply)}")
-        return reply.json()
+        if status in (403, 409) and path == "/v1/nodes":
+            raise Refused(f"HTTP {status}: {_detail(reply)}")
+        if status == 404 and path != "/v1/nodes":
+            raise NotFound(what)
+        if status == 429:
+            raise Fault("control_plane", "throttled", what)
+        if 300 <= status < 400:
+            raise Fault("control_plane", "redirect", f"{what}: HTTP {status}")
+        if status >= 500:
+            raise Fault("control_plane", "http_5xx", f"{what}: HTTP {status}")
+        if status >= 400:
+            raise Fault("control_plane", "http_4xx", f"{what}: HTTP {status}")
+        if status not in (200, 201):
+            raise Fault("control_plane", "malformed", f"{what}: HTTP {status}")
+        return reply.json_object("control_plane", what)
 
-    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+    def register(self, body: dict[str, Any]) -> replies.Registration:
         """NODE_TOKEN (re-read: a rotated token needs no restart) and, when we have one,
         our credential: a bound instance is refused without it."""
-        token = self.token_file.read_text().strip()
+        try:
+            token = self.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Fault("token_file", "unreadable", type(exc).__name__) from None
         headers = {"X-Node-Credential": self.credential} if self.credential else {}
-        return self._call("POST", "/v1/nodes", token, json=body, headers=headers)
+        document = self._call("POST", "/v1/nodes", token, body, headers=headers)
+        return replies.registration(document)
 
-    def peers(self, node_id: str, since: int | None) -> dict[str, Any]:
+    def peers(self, node_id: str, since: int | None) -> replies.Peers:
         params = {} if since is None else {"since": since}
-        return self._call("GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params)
+        document = self._call(
+            "GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params
+        )
+        return replies.peers(document, self.max_peers)
 
-    def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/v1/nodes/{node_id}/heartbeat", self._credential(), json=body)
+    def heartbeat(self, node_id: str, body: dict[str, Any]) -> replies.Beat:
+        path = f"/v1/nodes/{node_id}/heartbeat"
+        return replies.beat(self._call("POST", path, self._credential(), body))
 
     def _credential(self) -> str:
         if not self.credential:
@@ -110,14 +142,10 @@ class NodeApi:
         self._http.close()
 
 
-def _detail(reply: httpx.Response) -> str:
+def _detail(reply: Reply) -> str:
     """The control plane's one-line reason (bounded; never echoes a credential)."""
     try:
-        detail = reply.json().get("detail", "")
-    except (ValueError, AttributeError):
+        detail = json.loads(reply.body).get("detail", "")
+    except (ValueError, AttributeError, RecursionError):
         detail = ""
-    return str(detail)[:200] or reply.reason_phrase
-
-
-def _headers(headers: httpx.Headers) -> int:
-    return sum(len(k) + len(v) + 4 for k, v in headers.raw) + 2
+    return sanitize(detail) or f"HTTP {reply.status}"

@@ -7,49 +7,66 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import httpx
+from node_daemon.bounded import BoundedClient, Fault
 
 IMDS_URL = "http://169.254.169.254"
+IMDS_MAX_BYTES = 64 << 10
 
 
 class Imds:
-    """IMDSv2: a session token first (PUT), then metadata reads with it."""
+    """IMDSv2: a session token first (PUT), then metadata reads with it. Each call ends
+    within ``deadline`` seconds; any failure is a :class:`Fault` (``imds``)."""
 
-    def __init__(self, url: str = IMDS_URL, timeout: float = 2) -> None:
-        self._http = httpx.Client(base_url=url, timeout=timeout)
+    def __init__(self, url: str = IMDS_URL, timeout: float = 2, deadline: float = 5) -> None:
+        self._http = BoundedClient(
+            "imds", url, timeout=timeout, deadline=deadline, max_bytes=IMDS_MAX_BYTES
+        )
         self._token: str | None = None
 
-    def get(self, path: str) -> str | None:
-        """A metadata value, or None when the instance has no such item (404)."""
-        return self.read(f"/latest/meta-data/{path}")
+    def _text(self, body: bytes, what: str) -> str:
+        try:
+            return body.decode("ascii")
+        except UnicodeDecodeError:
+            raise Fault("imds", "malformed", what) from None
 
     def identity(self) -> dict[str, str]:
         """The instance identity document (exact text) and its base64 RSA-SHA256
         signature, as the control plane verifies them."""
-        base = "/latest/dynamic/instance-identity"
+        base = "dynamic/instance-identity"
         document, signature = self.read(f"{base}/document"), self.read(f"{base}/signature")
         if not document or not signature:
-            raise RuntimeError("IMDS: no instance identity document")
+            raise Fault("imds", "malformed", "no instance identity document")
         return {"document": document, "signature": signature}
 
     def read(self, path: str) -> str | None:
-        """An IMDSv2 item by full path, or None when there is no such item (404)."""
+        """A value under /latest/ (``meta-data/…``, ``dynamic/…``), or None on 404."""
         for _ in range(2):
             if self._token is None:
-                reply = self._http.put(
-                    "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"}
+                reply = self._http.request(
+                    "PUT",
+                    "/latest/api/token",
+                    headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
                 )
-                reply.raise_for_status()
-                self._token = reply.text
-            reply = self._http.get(path, headers={"X-aws-ec2-metadata-token": self._token})
-            if reply.status_code == 401:  # token expired
+                token = self._text(reply.body, "token").strip()
+                if reply.status != 200 or not token or not token.isprintable():
+                    raise Fault("imds", _kind(reply.status), f"token: HTTP {reply.status}")
+                self._token = token
+            reply = self._http.request(
+                "GET", f"/latest/{path}", headers={"X-aws-ec2-metadata-token": self._token}
+            )
+            if reply.status == 401:  # token expired
                 self._token = None
                 continue
-            if reply.status_code == 404:
+            if reply.status == 404:
                 return None
-            reply.raise_for_status()
-            return reply.text
-        return None
+            if reply.status != 200:
+                raise Fault("imds", _kind(reply.status), f"{path}: HTTP {reply.status}")
+            return self._text(reply.body, path)
+        raise Fault("imds", "refused", f"{path}: token refused")
+
+    def get(self, path: str) -> str | None:
+        """A meta-data value, or None when the instance has no such item (404)."""
+        return self.read(f"meta-data/{path}")
 
     def terminating(self) -> bool:
         """The auto-scaling group is terminating us, or a spot interruption is coming."""
@@ -57,20 +74,46 @@ class Imds:
         return state == "Terminated" or self.get("spot/instance-action") is not None
 
 
+def _kind(status: int) -> str:
+    if 300 <= status < 400:
+        return "redirect"
+    if status == 429:
+        return "throttled"
+    return "http_5xx" if status >= 500 else "http_4xx"
+
+
+def aws_config() -> Any:
+    """Bounded AWS calls: short timeouts, few retries (botocore has no overall deadline)."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3})
+
+
 def complete_lifecycle_action(
     asg_name: str, hook: str, instance_id: str, region: str, client: Any = None
 ) -> None:
     """Let the auto-scaling group go on with our termination (CONTINUE)."""
-    if client is None:
-        import boto3
+    import botocore.exceptions
 
-        client = boto3.client("autoscaling", region_name=region)
-    client.complete_lifecycle_action(
-        LifecycleHookName=hook,
-        AutoScalingGroupName=asg_name,
-        InstanceId=instance_id,
-        LifecycleActionResult="CONTINUE",
-    )
+    try:
+        if client is None:
+            import boto3
+
+            client = boto3.client("autoscaling", region_name=region, config=aws_config())
+        client.complete_lifecycle_action(
+            LifecycleHookName=hook,
+            AutoScalingGroupName=asg_name,
+            InstanceId=instance_id,
+            LifecycleActionResult="CONTINUE",
+        )
+    except botocore.exceptions.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", "?"))
+        kind = "throttled" if "Throttl" in code else "refused"
+        raise Fault("aws", kind, f"complete_lifecycle_action: {code}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise Fault(
+            "aws", "transport", f"complete_lifecycle_action: {type(exc).__name__}"
+        ) from None
 
 
 class SecretError(RuntimeError):

@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import click
-import httpx
 
 import node_daemon
+from node_daemon.api import MAX_PEERS, MAX_REPLY_BYTES
 
 
 def option(*decls: str, **kw):
@@ -81,6 +81,35 @@ def version() -> None:
 @option("--asg-name", default=None, help="Auto-scaling group, to complete its lifecycle hook.")
 @option("--lifecycle-hook", default=None, help="Termination hook name.")
 @option("--lifecycle-timeout", type=click.FloatRange(min=60), default=3600.0, show_default=True)
+@option(
+    "--request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds per connect/read/write of a control-plane call.",
+)
+@option(
+    "--request-deadline",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a control-plane call may take in all (a trickling reply is cut).",
+)
+@option(
+    "--max-reply-bytes",
+    type=click.IntRange(min=1024),
+    default=MAX_REPLY_BYTES,
+    show_default=True,
+    help="Largest control-plane reply read (2^20 peers x 256 bytes).",
+)
+@option(
+    "--max-peers",
+    type=click.IntRange(min=1),
+    default=MAX_PEERS,
+    show_default=True,
+    help="Most peers in one reply (kernel WireGuard's limit, 2^20).",
+)
+@option("--interface-netns", default=None, help="Labs/tests: network namespace of the interface.")
 def run(
     api_url,
     token_file,
@@ -101,8 +130,16 @@ def run(
     asg_name,
     lifecycle_hook,
     lifecycle_timeout,
+    request_timeout,
+    request_deadline,
+    max_reply_bytes,
+    max_peers,
+    interface_netns,
 ) -> None:
-    """Register this node and keep its peers in step with the control plane."""
+    """Register this node and keep its peers in step with the control plane.
+
+    Runs until a signal: a failing control plane, IMDS or AWS is retried, never fatal.
+    Only a misconfiguration found at start ends it (exit 2, one line)."""
     from node_daemon.api import NodeApi, is_secure_url
     from node_daemon.aws import Imds
     from node_daemon.daemon import Agent, Options
@@ -117,20 +154,10 @@ def run(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
-    imds = Imds(imds_url)
-    try:  # region and instance id only as the signed document says (what the CP uses)
-        claims = json.loads(imds.identity()["document"])
-        signed_region, instance_id = claims["region"], claims["instanceId"]
-        public_ip = public_ip or imds.get("public-ipv4")
-    except (httpx.HTTPError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-        raise BadInput(
-            f"--imds-url {imds_url}: no instance identity ({type(exc).__name__})"
-        ) from None
-    if region and region != signed_region:
-        raise BadInput(f"--region {region}: the instance identity says {signed_region}")
-    region = signed_region
-    if not public_ip:
-        raise BadInput("--public-ip is needed (instance metadata has no public-ipv4)")
+    if not token_file.is_file():
+        raise BadInput(f"--token-file {token_file}: no such file")
+    imds = Imds(imds_url)  # the signed identity: asked (and retried) by the agent
+    instance_id = None  # only as the signed identity document says (what the CP uses)
     opts = Options(
         interface,
         listen_port,
@@ -145,33 +172,21 @@ def run(
         asg_name,
         lifecycle_hook,
         lifecycle_timeout,
+        interface_netns,
     )
     metrics = Metrics()
     try:
         metrics.serve(metrics_addr)
     except (ValueError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    agent = Agent(
-        opts, NodeApi(api_url, token_file, ca_file), make_driver(driver, interface), metrics, imds
-    )
+    api = NodeApi(api_url, token_file, ca_file, request_timeout, request_deadline,
+                  max_reply_bytes, max_peers)  # fmt: skip
+    agent = Agent(opts, api, make_driver(driver, interface), metrics, imds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
     logging.getLogger("node-daemon").info("stopped; the interface and its peers stay")
-
-
-def interface_pools(interface: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The prefixes of the interface's own (global) addresses."""
-    out = subprocess.run(
-        ["ip", "-j", "addr", "show", "dev", interface], capture_output=True, text=True, check=True
-    ).stdout
-    return [
-        ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
-        for link in json.loads(out)
-        for a in link.get("addr_info", [])
-        if a.get("scope") == "global"
-    ]
 
 
 @main.command()
@@ -187,20 +202,28 @@ def interface_pools(interface: str) -> list[ipaddress.IPv4Network | ipaddress.IP
 @option("--driver", type=click.Choice(["auto", "uapi", "kernel"]), default="auto")
 def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver: str) -> None:
     """Apply a peers document once; print what changed. Exit 1 if a peer was rejected."""
-    from node_daemon.peers import plan
+    from node_daemon.host import interface_addresses
+    from node_daemon.peers import plan, reserved_hosts
     from node_daemon.wg import make_driver
 
     try:
+        own = interface_addresses(interface)
+    except (subprocess.CalledProcessError, OSError, ValueError):
+        raise BadInput(f"--interface {interface}: no such interface") from None
+    try:
         document = json.loads(peers_file.read_text())
         incoming, removed = document["peers"], document.get("removed", [])
-        pools = [ipaddress.ip_network(p) for p in client_pool] or interface_pools(interface)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(incoming, list) or not isinstance(removed, list):
+            raise TypeError("peers and removed must be lists")
+        pools = [ipaddress.ip_network(p) for p in client_pool] or [a.network for a in own]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BadInput(f"{peers_file}: {type(exc).__name__}: {exc}") from None
-    except subprocess.CalledProcessError:
-        raise BadInput(f"--interface {interface}: no such interface") from None
     wg = make_driver(driver, interface)
     live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
-    result = plan(incoming, removed, live, pools, full=document.get("full", True))
+    own_key = wg.public_key() if wg.read().has_private_key else None
+    reserved = reserved_hosts(pools, [str(a.ip) for a in own])
+    result = plan(incoming, removed, live, pools, full=document.get("full", True) is not False,
+                  own_key=own_key, reserved=reserved)  # fmt: skip
     wg.apply(result.upserts, result.removes)
     rejected = sum(result.rejected.values())
     click.echo(

@@ -8,6 +8,7 @@ Logs carry counts only: never a peer key, client address or endpoint.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -15,17 +16,17 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 import node_daemon
 from node_daemon import host
-from node_daemon.api import ApiUnavailable, NodeApi, Refused, Unauthorized
+from node_daemon.api import NodeApi, NotFound, Refused, Unauthorized
 from node_daemon.aws import Imds, complete_lifecycle_action
+from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
-from node_daemon.peers import Plan, owners_of, plan
+from node_daemon.peers import Plan, client_pools, owners_of, plan, reserved_hosts
 from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
@@ -37,9 +38,9 @@ CREDENTIAL_FILE = "node.credential"  # in the (tmpfs) state dir, 0600
 class Options:
     interface: str
     listen_port: int
-    region: str
-    public_ip: str
-    instance_id: str
+    region: str | None  # None: from instance metadata
+    public_ip: str | None
+    instance_id: str | None
     state_dir: Path
     heartbeat_interval: float | None = None  # None: the control plane's
     backoff_max: float = 300.0
@@ -48,6 +49,7 @@ class Options:
     asg_name: str | None = None
     lifecycle_hook: str | None = None
     lifecycle_timeout: float = 3600.0
+    interface_netns: str | None = None  # labs and tests: the interface's namespace
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -67,6 +69,8 @@ class Agent:
         self.version: int | None = None
         self.interval = opts.heartbeat_interval or 10.0
         self.pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.reserved: set[str] = set()
+        self.integrity = host.Integrity(opts.sysctl_file, opts.interface_netns)
         self.live: dict[str, str] = {}
         self.owners: dict[str, str] = {}
         self.draining = self.unauthorized = self.terminating = self.lifecycle_done = False
@@ -108,35 +112,63 @@ class Agent:
             if device.listen_port != self.opts.listen_port:
                 self.driver.configure(None, self.opts.listen_port)
             log.info("reusing the interface key (%d peers kept)", len(device.peers))
-        else:
+        else:  # the key lives on the interface only (tmpfs-like: gone with it)
             private, public = wg_keypair()
-            key_file = self.opts.state_dir / "private.key"
-            key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            key_file.touch(mode=0o600)
-            key_file.write_text(private + "\n")
             self.driver.configure(private, self.opts.listen_port)
             log.info("generated the node key")
         self.public_key = public
         self.live = {key: peer.allowed_ips for key, peer in device.peers.items()}
         self.owners = owners_of(self.live)
 
+    def identify(self) -> dict[str, str]:
+        """The signed identity document (IMDSv2); region and instance id only as it says
+        (what the control plane uses); the public IP from metadata where not given."""
+        if self.imds is None:
+            raise Fault("imds", "missing", "no instance metadata: cannot prove our identity")
+        identity = self.imds.identity()
+        try:
+            claims = json.loads(identity["document"])
+            region, instance_id = str(claims["region"]), str(claims["instanceId"])
+        except (ValueError, KeyError, TypeError):
+            raise Fault("imds", "malformed", "identity document") from None
+        if self.opts.region not in (None, region):
+            raise Fault("imds", "refused", "the identity document names another region")
+        self.opts.region, self.opts.instance_id = region, instance_id
+        if self.opts.public_ip is None:
+            value = self.imds.get("public-ipv4")
+            if not value or not value.isprintable() or len(value) > 64:
+                raise Fault("imds", "malformed", "public-ipv4: missing")
+            self.opts.public_ip = value
+        return identity
+
     def register(self) -> None:
         """Prove which instance we are (signed identity document from IMDSv2) with
-        NODE_TOKEN, plus our credential when we have one; keep the credential we get."""
-        if self.imds is None:
-            raise RuntimeError("no instance metadata: cannot prove our identity")
+        NODE_TOKEN, plus our credential when we have one; keep the credential we get.
+        Register again after a 404 with the same key; the pool is bounded by the
+        interface's own prefixes; the next sync is a full one."""
+        identity = self.identify()
+        try:
+            own = host.interface_addresses(self.opts.interface, self.opts.interface_netns)
+        except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+            raise Fault("wireguard", "interface", "addresses unreadable") from None
         reply = self.api.register({
-            "identity": self.imds.identity(), "public_ip": self.opts.public_ip,
+            "identity": identity, "public_ip": self.opts.public_ip,
             "public_key": self.public_key, "listen_port": self.opts.listen_port,
             "agent_version": node_daemon.__version__,
         })  # fmt: skip
-        if reply["node_credential"] != self.api.credential:
-            self._save_credential(reply["node_credential"])
-            self.api.credential = reply["node_credential"]
-        self.node_id = reply["node_id"]
-        self.interval = self.opts.heartbeat_interval or float(reply["heartbeat_interval_s"])
-        pool = reply["client_pool"]
-        self.pools = [ipaddress.ip_network(pool["ipv4"]), ipaddress.ip_network(pool["ipv6"])]
+        credential = reply.document.get("node_credential")
+        if not isinstance(credential, str) or not credential.isprintable() or not credential:
+            raise Fault("control_plane", "malformed", "register: node_credential")
+        if credential != self.api.credential:
+            self._save_credential(credential)
+            self.api.credential = credential
+        self.node_id, self.version = reply.node_id, None
+        self.interval = self.opts.heartbeat_interval or reply.interval
+        self.pools = client_pools(reply.pools, [a.network for a in own])
+        self.reserved = reserved_hosts(self.pools, [str(a.ip) for a in own])
+        if len(self.pools) < len(reply.pools):
+            log.warning("client pool reduced to the interface's own prefixes")
+        self.metrics.registrations.inc()
         log.info("registered; heartbeat every %.0f s", self.interval)
 
     # -- cycle -------------------------------------------------------------------------
@@ -145,16 +177,17 @@ class Agent:
         """Fetch the peers changed since our version and apply only the difference."""
         reply = self.api.peers(self.node_id, self.version)
         result = plan(
-            reply["peers"], reply["removed"], self.live, self.pools,
-            full=reply["full"], accept_new=not self.draining, owners=self.owners,
+            reply.peers, reply.removed, self.live, self.pools, full=reply.full,
+            accept_new=not self.draining, owners=self.owners, own_key=self.public_key,
+            reserved=self.reserved,
         )  # fmt: skip
         self._apply(result)
-        self.version = reply["version"]
+        self.version = reply.version
         for reason, count in result.rejected.items():
             self.metrics.rejected.labels(reason).inc(count)
         if result.upserts or result.removes or result.rejected:
             log.info("sync%s: %d added, %d updated, %d removed, %d rejected",
-                     " (full)" if reply["full"] else "", result.added, result.updated,
+                     " (full)" if reply.full else "", result.added, result.updated,
                      len(result.removes), sum(result.rejected.values()))  # fmt: skip
         self.metrics.syncs.labels("ok").inc()
         self.metrics.last_sync.set_to_current_time()
@@ -200,29 +233,25 @@ class Agent:
     def heartbeat(self) -> int:
         """Report load and integrity; returns the control plane's peers version."""
         stats = self.stats.sample() | {"peers": len(self.live), "active_peers": self.active_peers}
-        integrity = {
-            "nftables_sha256": host.nftables_sha256(),
-            "sysctl_ok": host.sysctl_ok(self.opts.sysctl_file),
-            "agent_sha256": host.agent_sha256(),
-            "root_readonly": host.root_readonly(),
-        }
-        self.metrics.integrity_ok.set(int(integrity["sysctl_ok"]))
-        self.metrics.root_readonly.set(int(integrity["root_readonly"]))
+        integrity, ok = self.integrity.check()
+        self.metrics.integrity_ok.set(int(ok is True))
+        self.metrics.integrity_unknown.set(int(ok is None))
+        self.metrics.root_readonly.set(int(integrity["root_readonly"] is True))
         reply = self.api.heartbeat(self.node_id, {
             "state": "draining" if self.draining else "active",
             "peers_version": self.version or 0, "stats": stats, "integrity": integrity,
         })  # fmt: skip
-        if reply["drain"] and not self.draining:
-            log.warning("drain requested (%s): no new peers from now on", reply["drain_reason"])
+        if reply.drain and not self.draining:
+            log.warning("drain requested (%s): no new peers from now on", reply.drain_reason)
         self.metrics.heartbeats.inc()
-        self.draining = self.draining or reply["drain"]
+        self.draining = self.draining or reply.drain
         self.metrics.draining.set(int(self.draining))
-        return reply["peers_version"]
+        return reply.peers_version
 
     def watch_termination(self) -> None:
         """AWS is terminating us: drain ourselves, then let the group go on when the
         last user has left or the hook's time is nearly up."""
-        if self.imds is None or self.lifecycle_done:
+        if self.imds is None or self.lifecycle_done or self.opts.instance_id is None:
             return
         if not self.terminating and self.imds.terminating():
             self.terminating = self.draining = True
@@ -238,8 +267,16 @@ class Agent:
             log.info("lifecycle action completed (%s)", "empty" if not overdue else "deadline")
 
     def cycle(self) -> float:
-        """One round; returns how long to wait before the next."""
+        """One round; returns how long to wait before the next. Never raises: every
+        failure is counted, logged as one line, and retried with jittered backoff."""
+        delay = self._sync_round()
+        self._terminations()
+        return delay
+
+    def _sync_round(self) -> float:
         try:
+            if not self.public_key:
+                self.ensure_key()
             if self.node_id is None:
                 self.register()
             if time.monotonic() - self.last_scan >= self.opts.scan_interval:
@@ -247,7 +284,6 @@ class Agent:
             latest = self.heartbeat()  # idle cycle: this call only
             if self.version is None or latest != self.version:
                 self.sync()
-            self.watch_termination()
         except Unauthorized:
             if self.node_id is not None:  # credential refused (record gone?): register again
                 log.warning("control plane refuses our node credential: registering again")
@@ -262,18 +298,21 @@ class Agent:
         except Refused as exc:
             if not self.refused:
                 log.error("registration refused (%s): this instance needs replacing; "
-                          "peers kept", exc)  # fmt: skip
+                          "peers kept", sanitize(exc))  # fmt: skip
             self.refused = self.unauthorized = True
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("refused").inc()
             return self.opts.backoff_max
-        except (ApiUnavailable, OSError, RuntimeError, httpx.HTTPError) as exc:
-            self.failures += 1
-            self.metrics.syncs.labels("error").inc()
-            cap = min(self.opts.backoff_max, self.interval * 2**self.failures)
-            delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
-            log.warning("control plane unavailable (%s): peers kept, retry in %.0f s", exc, delay)
-            return delay
+        except NotFound:
+            log.warning("control plane does not know this node: registering again, peers kept")
+            self.node_id = self.version = None
+            return self._failed(Fault("control_plane", "not_found"))
+        except Fault as fault:
+            return self._failed(fault)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            return self._failed(Fault("wireguard", "error", type(exc).__name__))
+        except Exception as exc:  # the agent outlives its own bugs too
+            return self._failed(Fault("agent", "internal", _where(exc)))
         finally:
             self._count_bytes()
         if self.unauthorized:
@@ -283,6 +322,27 @@ class Agent:
         self.failures = 0
         return self.interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter
 
+    def _failed(self, fault: Fault) -> float:
+        self.failures += 1
+        self.metrics.syncs.labels("error").inc()
+        self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+        cap = min(self.opts.backoff_max, self.interval * 2 ** min(self.failures, 16))
+        delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
+        log.warning("%s: peers kept, retry in %.1f s", sanitize(fault), delay)
+        return delay
+
+    def _terminations(self) -> None:
+        """The AWS notice, apart from the sync: an IMDS or AWS failure is counted and
+        retried next cycle, and delays nothing else."""
+        try:
+            self.watch_termination()
+        except Fault as fault:
+            self.metrics.faults.labels(fault.dependency, fault.kind).inc()
+            log.warning("%s: retry next cycle", sanitize(fault))
+        except Exception as exc:
+            self.metrics.faults.labels("agent", "internal").inc()
+            log.warning("termination check failed (%s): retry next cycle", _where(exc))
+
     def _count_bytes(self) -> None:
         sent, received = self.api.bytes_sent, self.api.bytes_received
         self.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
@@ -290,6 +350,16 @@ class Agent:
         self._bytes_seen = (sent, received)
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_key()
         while not stop.is_set():
             stop.wait(self.cycle())
+
+
+def _where(exc: BaseException) -> str:
+    """The exception's type and innermost source line (no values: no peer data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    return (
+        f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno}"
+        if last
+        else type(exc).__name__
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -57,33 +59,108 @@ class HostStats:
         }
 
 
-def nftables_sha256() -> str:
-    """sha256 of the live ruleset without counters (``nft -s``): changes only with rules."""
-    result = subprocess.run(
-        ["nft", "-s", "list", "ruleset"], capture_output=True, text=True, check=False, timeout=30
-    )
+def in_netns(netns: str | None, *args: str) -> list[str]:
+    """A command, run in network namespace ``netns`` when one is given (labs, tests)."""
+    return ["ip", "netns", "exec", netns, *args] if netns else list(args)
+
+
+def interface_addresses(
+    interface: str, netns: str | None = None
+) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """The interface's own global addresses with their prefixes (``ip -j addr``)."""
+    args = ["ip", "-j", "addr", "show", "dev", interface]
+    out = subprocess.run(
+        in_netns(netns, *args), capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    return [
+        ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
+        for link in json.loads(out)
+        for a in link.get("addr_info", [])
+        if a.get("scope") == "global"
+    ]
+
+
+def nftables_sha256(netns: str | None = None) -> str | None:
+    """sha256 of the live ruleset without counters (``nft -s``): changes only with rules.
+    None (unknown) when ``nft`` fails: never the hash of an empty output."""
+    try:
+        result = subprocess.run(
+            in_netns(netns, "nft", "-s", "list", "ruleset"),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
     return hashlib.sha256(result.stdout.encode()).hexdigest()
 
 
-def sysctl_ok(conf: Path) -> bool:
-    """Every key of the rendered sysctl.conf still has its value (absent keys skipped)."""
+def sysctl_ok(conf: Path, netns: str | None = None) -> bool | None:
+    """Every key of the rendered sysctl.conf still has its value (keys this kernel lacks
+    are skipped). None (unknown) when the rendered file or the values cannot be read."""
     try:
         lines = conf.read_text().splitlines()
-    except FileNotFoundError:
-        return True
+    except (OSError, UnicodeDecodeError):
+        return None
+    wanted = {}
     for line in lines:
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
         key, _, value = line.partition("=")
-        path = Path("/proc/sys") / key.strip().replace(".", "/")
-        try:
-            live = path.read_text().split()
-        except OSError:
-            continue
-        if live != value.split():
-            return False
-    return True
+        wanted[key.strip()] = value.split()
+    if not wanted:
+        return True
+    live = _sysctl_values(list(wanted), netns)
+    if live is None:
+        return None
+    return all(live[key] == value for key, value in wanted.items() if key in live)
+
+
+def _sysctl_values(keys: list[str], netns: str | None) -> dict[str, list[str]] | None:
+    paths = [str(Path("/proc/sys") / key.replace(".", "/")) for key in keys]
+    if netns is None:
+        values = {}
+        for key, path in zip(keys, paths, strict=True):
+            try:
+                values[key] = Path(path).read_text().split()
+            except OSError:
+                continue
+        return values
+    script = 'for f; do [ -r "$f" ] && printf \'%s\\t%s\\n\' "$f" "$(cat "$f")"; done; true'
+    try:
+        out = subprocess.run(
+            in_netns(netns, "sh", "-c", script, "sh", *paths),
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    by_path = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    return {k: by_path[p].split() for k, p in zip(keys, paths, strict=True) if p in by_path}
+
+
+class Integrity:
+    """The node's integrity signals for the heartbeat; ``ok`` only when every signal is
+    known and good (the ruleset as first seen by this agent, the rendered sysctl values)."""
+
+    def __init__(self, sysctl_file: Path, netns: str | None = None) -> None:
+        self.sysctl_file, self.netns = sysctl_file, netns
+        self.baseline: str | None = None
+
+    def check(self) -> tuple[dict[str, object], bool | None]:
+        """(the heartbeat's integrity object, ok: True / False / None = unknown)."""
+        ruleset = nftables_sha256(self.netns)
+        if self.baseline is None:
+            self.baseline = ruleset
+        sysctl = sysctl_ok(self.sysctl_file, self.netns)
+        report = {"nftables_sha256": ruleset, "sysctl_ok": sysctl, "agent_sha256": agent_sha256(),
+                  "root_readonly": root_readonly()}  # fmt: skip
+        if ruleset is None or sysctl is None:
+            return report, None
+        return report, ruleset == self.baseline and sysctl
 
 
 def root_readonly(path: str = "/") -> bool:

@@ -44,7 +44,23 @@ class Metrics:
             "idra_agent_last_sync_timestamp_seconds", "Last successful sync", registry=registry
         )
         self.integrity_ok = Gauge(
-            "idra_agent_integrity_ok", "1 when ruleset and sysctl match", registry=registry
+            "idra_agent_integrity_ok",
+            "1 when the ruleset and the sysctl values are known and match",
+            registry=registry,
+        )
+        self.integrity_unknown = Gauge(
+            "idra_agent_integrity_unknown",
+            "1 while the ruleset or the sysctl values cannot be read",
+            registry=registry,
+        )
+        self.faults = Counter(
+            "idra_agent_faults",
+            "Failed calls to a dependency (control plane, IMDS, AWS, WireGuard), by kind",
+            ["dependency", "kind"],
+            registry=registry,
+        )
+        self.registrations = Counter(
+            "idra_agent_registrations", "Registrations with the control plane", registry=registry
         )
         self.root_readonly = Gauge(
             "idra_agent_root_readonly", "1 when the root filesystem is read-only", registry=registry

@@ -1,7 +1,9 @@
 """Peer validation and the difference to apply (ARCHITECTURE §4).
 
-A peer is accepted only with a 32-byte base64 public key and allowed IPs that are
-single hosts (/32, /128) inside the client pool, owned by no other peer. A bad peer is
+A peer is accepted only with a canonical 32-byte base64 public key (not all zeros, not
+the node's own) and allowed IPs that are single hosts (/32, /128) inside the client pool,
+neither the node's own address nor a pool's network or broadcast address, owned by no
+other peer. A bad peer is
 rejected on its own and counted by reason; the others still apply.
 """
 
@@ -29,16 +31,44 @@ class Plan:
     rejected: Counter = field(default_factory=Counter)  # reason → count
 
 
+ZERO_KEY = base64.b64encode(bytes(32)).decode()
+
+
 def valid_key(key: Any) -> bool:
-    if not isinstance(key, str) or len(key) != 44:
+    """32 bytes in canonical base64 (one spelling per key), not all zeros."""
+    if not isinstance(key, str) or len(key) != 44 or key == ZERO_KEY:
         return False
     try:
-        return len(base64.b64decode(key, validate=True)) == 32
+        raw = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
         return False
+    return len(raw) == 32 and base64.b64encode(raw).decode() == key
 
 
-def _allowed(ips: Any, pools: list[Network]) -> tuple[str | None, str]:
+def client_pools(offered: list[Network], own: list[Network]) -> list[Network]:
+    """The control plane's pools intersected with the interface's own prefixes."""
+    result = []
+    for pool in offered:
+        for prefix in own:
+            if pool.version != prefix.version:
+                continue
+            if pool.subnet_of(prefix):
+                result.append(pool)
+            elif prefix.subnet_of(pool):
+                result.append(prefix)
+    return sorted(set(result), key=lambda n: (n.version, n))
+
+
+def reserved_hosts(pools: list[Network], own: list[str]) -> set[str]:
+    """Hosts no client may hold: each pool's network and broadcast address, the node's."""
+    hosts = {ipaddress.ip_network(ip) for ip in own}
+    for pool in pools:
+        hosts.add(ipaddress.ip_network(pool.network_address))
+        hosts.add(ipaddress.ip_network(pool.broadcast_address))
+    return {str(host) for host in hosts}
+
+
+def _allowed(ips: Any, pools: list[Network], reserved: set[str]) -> tuple[str | None, str]:
     """Normalised allowed IPs, or (None, reason)."""
     if not isinstance(ips, list) or not ips:
         return None, "no allowed IPs"
@@ -52,10 +82,17 @@ def _allowed(ips: Any, pools: list[Network]) -> tuple[str | None, str]:
             return None, "allowed IP not a single host"
         if not any(net.version == pool.version and net.subnet_of(pool) for pool in pools):
             return None, "allowed IP outside the client pool"
+        if str(net) in reserved:
+            return None, "allowed IP reserved (node or network address)"
         hosts.append(str(net))
     if len(set(hosts)) != len(hosts):
         return None, "duplicate allowed IP"
     return ",".join(sorted(hosts)), ""
+
+
+def _key_of(peer: Any) -> str | None:
+    key = peer.get("public_key") if isinstance(peer, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def owners_of(live: dict[str, str]) -> dict[str, str]:
@@ -72,6 +109,8 @@ def plan(
     full: bool,
     accept_new: bool = True,
     owners: dict[str, str] | None = None,
+    own_key: str | None = None,
+    reserved: set[str] | None = None,
 ) -> Plan:
     """Compare what the control plane sent with the live interface (key → allowed IPs).
 
@@ -79,25 +118,33 @@ def plan(
     it holds changes only and ``removed`` lists keys to drop, and the work is O(change)
     when the caller keeps ``owners`` (:func:`owners_of` ``live``) up to date.
     ``accept_new=False`` (draining) never adds a peer, but still updates and removes.
+    ``own_key`` (the node's public key) and ``reserved`` hosts are never a peer's.
     """
+    reserved = reserved_hosts(pools, []) if reserved is None else reserved
     result = Plan()
-    keys = [p.get("public_key") if isinstance(p, dict) else None for p in incoming]
+    keys = [_key_of(p) for p in incoming]
     counts = Counter(keys)
     valid: dict[str, str] = {}
     for peer, key in zip(incoming, keys, strict=True):
         if not valid_key(key):
             result.rejected["bad public key"] += 1
+        elif key == own_key:
+            result.rejected["the node's own key"] += 1
         elif counts[key] > 1:
             result.rejected["duplicate public key"] += 1
         else:
-            ips, reason = _allowed(peer.get("allowed_ips"), pools)
+            ips, reason = _allowed(peer.get("allowed_ips"), pools, reserved)
             if ips is None:
                 result.rejected[reason] += 1
             else:
                 valid[key] = ips
 
     mentioned = {key for key in keys if valid_key(key)}  # a rejected live peer stays as is
-    goes = set(live) - mentioned if full else {k for k in removed if k in live} - mentioned
+    goes = (
+        set(live) - mentioned
+        if full
+        else {k for k in removed if isinstance(k, str) and k in live} - mentioned
+    )
     owners = owners_of(live) if owners is None else owners
     claimed: dict[str, str] = {}  # claims made in this batch
     for key, ips in valid.items():

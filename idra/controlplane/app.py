@@ -71,8 +71,8 @@ class Stats(Body):
 
 
 class Integrity(Body):
-    nftables_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    sysctl_ok: StrictBool
+    nftables_sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")  # None: unknown
+    sysctl_ok: StrictBool | None  # None: unknown
     agent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     root_readonly: StrictBool | None = None  # absent: an agent from before it
 
@@ -273,4 +273,5 @@ def _compromised(integrity: Integrity, baseline: str, settings: Settings) -> boo
     unknown_agent = (
         bool(settings.agent_sha256) and integrity.agent_sha256 not in settings.agent_sha256
     )
-    return integrity.nftables_sha256 != baseline or not integrity.sysctl_ok or unknown_agent
+    ruleset_moved = integrity.nftables_sha256 not in (None, baseline)  # unknown: no verdict
+    return ruleset_moved or integrity.sysctl_ok is False or unknown_agent

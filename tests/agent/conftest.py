@@ -96,6 +96,8 @@ class Env:
                 str(self.tmp / "none.conf"),
                 "--metrics-addr",
                 f"127.0.0.1:{self.metrics_port}",
+                "--interface-netns",
+                self.node.name,
                 *extra,
             ],
             stdout=self.log.open("a"),

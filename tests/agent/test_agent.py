@@ -172,7 +172,7 @@ def test_outage_keeps_peers_then_recovers(env: Env) -> None:
     with env.cp.client("client") as api:
         assert api.post("/v1/peers", json={"public_key": newcomer}).status_code == 200
     eventually(lambda: newcomer in env.dump(), what="sync after recovery")
-    assert "control plane unavailable" in env.log.read_text()
+    assert "control_plane transport: POST heartbeat: ConnectError" in env.log.read_text()
 
 
 def test_database_restored_and_token_rotated(env: Env) -> None:

@@ -59,6 +59,7 @@ def _agent(env: Env, imds_url: str) -> Agent:
         scan_interval=0.2,
         asg_name="idra-staging-eu-central-1",
         lifecycle_hook="idra-drain",
+        interface_netns=env.node.name,
     )
     api = NodeApi(env.cp.url, env.tmp / "node.token")
     agent = Agent(opts, api, UapiDriver(env.wg), Metrics(), Imds(imds_url))
@@ -86,6 +87,7 @@ def test_termination_notice_drains_then_completes_when_empty(env: Env, imds, aut
     assert agent.draining and agent.terminating
     assert agent.lifecycle_done, "no active peers: completed at once"
     autoscaling.assert_no_pending_responses()
+    assert _internal_faults(agent) == 0
     agent.cycle()  # the next heartbeat tells the control plane
     with env.cp.client("operator") as ops:
         node = ops.get("/v1/nodes").json()["nodes"][0]
@@ -120,3 +122,9 @@ def test_waits_for_the_last_user(env: Env, imds, autoscaling) -> None:
         stop.set()
         worker.join(10)
     autoscaling.assert_no_pending_responses()
+    assert _internal_faults(agent) == 0, "no call before the last user left (Stubber)"
+
+
+def _internal_faults(agent: Agent) -> float:
+    labels = {"dependency": "agent", "kind": "internal"}
+    return agent.metrics.registry.get_sample_value("idra_agent_faults_total", labels) or 0

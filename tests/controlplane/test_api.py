@@ -257,7 +257,7 @@ def test_root_readonly_must_be_a_boolean(cp: ControlPlane) -> None:
     stats |= dict.fromkeys(("rx_bytes", "tx_bytes", "peers", "active_peers"), 0)
     integrity = {"nftables_sha256": "a" * 64, "sysctl_ok": True, "agent_sha256": "b" * 64}
     body = {"state": "active", "peers_version": 0, "stats": stats, "integrity": integrity}
-    with cp.client("node") as node:
+    with cp.client(node_id) as node:
         for value in ("maybe", "true", 1, [True], {"ro": 1}):
             body["integrity"]["root_readonly"] = value
             reply = node.post(f"/v1/nodes/{node_id}/heartbeat", json=body)

@@ -1,5 +1,8 @@
 """Kernel WireGuard through the ``wg`` tool: many peers per invocation, never one
-process per peer. Works on any interface ``wg`` can reach (kernel or userspace)."""
+process per peer. Works on any interface ``wg`` can reach (kernel or userspace).
+
+No key ever appears on a command line (``/proc/*/cmdline`` is world-readable): keys and
+peers go through stdin (``wg addconf``, ``wg syncconf``, ``private-key /dev/stdin``)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import subprocess
 
 from node_daemon.wg import Device, PeerState
 
-BATCH = 2000  # peers per ``wg set`` call (keeps the argument list far below ARG_MAX)
+BATCH = 2000  # peers per ``wg addconf`` call
 
 
 class WgToolDriver:
@@ -44,8 +47,23 @@ class WgToolDriver:
         self._wg(*args, stdin=private_key)
 
     def apply(self, upserts: dict[str, str], removes: list[str]) -> None:
-        ops = [["peer", key, "remove"] for key in removes]
-        ops += [["peer", key, "allowed-ips", ips] for key, ips in upserts.items()]
-        for start in range(0, len(ops), BATCH):
-            args = [arg for op in ops[start : start + BATCH] for arg in op]
-            self._wg("set", self.interface, *args)
+        if removes:  # the configuration without them; syncconf changes only the difference
+            gone = set(removes)
+            sections = self._wg("showconf", self.interface).split("\n\n")
+            kept = [s for s in sections if _peer_key(s) not in gone]
+            self._wg("syncconf", self.interface, "/dev/stdin", stdin="\n\n".join(kept))
+        items = list(upserts.items())
+        for start in range(0, len(items), BATCH):
+            conf = "".join(
+                f"[Peer]\nPublicKey = {key}\nAllowedIPs = {ips}\n\n"
+                for key, ips in items[start : start + BATCH]
+            )  # addconf replaces the allowed IPs of a peer it names
+            self._wg("addconf", self.interface, "/dev/stdin", stdin=conf)
+
+
+def _peer_key(section: str) -> str | None:
+    for line in section.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "PublicKey":
+            return value.strip()
+    return None

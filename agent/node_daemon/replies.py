@@ -1,0 +1,102 @@
+"""Validation of the control plane's replies (Node API v1, ARCHITECTURE §3).
+
+Small explicit checks (the zipapp carries pure-Python dependencies only, so no
+pydantic-core): a reply of the wrong shape is a ``malformed`` fault, never a crash.
+Single peers are checked later, one by one (:mod:`node_daemon.peers`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from node_daemon.bounded import Fault, sanitize
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,63}")
+INTERVAL_MIN, INTERVAL_MAX = 1.0, 300.0
+
+
+def _bad(what: str) -> Fault:
+    return Fault("control_plane", "malformed", what)
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(what)
+    return value
+
+
+@dataclass
+class Registration:
+    node_id: str
+    interval: float  # clamped to 1..300 s
+    pools: list[Network]
+    document: dict[str, Any]  # the whole reply (other fields, e.g. a node credential)
+
+
+def registration(doc: dict[str, Any]) -> Registration:
+    node_id = doc.get("node_id")
+    if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
+        raise _bad("register: node_id")
+    interval = doc.get("heartbeat_interval_s")
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise _bad("register: heartbeat_interval_s")
+    if not math.isfinite(interval):
+        raise _bad("register: heartbeat_interval_s")
+    pool = doc.get("client_pool")
+    if not isinstance(pool, dict):
+        raise _bad("register: client_pool")
+    pools = []
+    for family, version in (("ipv4", 4), ("ipv6", 6)):
+        try:
+            net = ipaddress.ip_network(pool.get(family), strict=True)
+        except (TypeError, ValueError):
+            raise _bad(f"register: client_pool.{family}") from None
+        if net.version != version:
+            raise _bad(f"register: client_pool.{family}")
+        pools.append(net)
+    clamped = min(max(float(interval), INTERVAL_MIN), INTERVAL_MAX)
+    return Registration(node_id, clamped, pools, doc)
+
+
+@dataclass
+class Peers:
+    version: int
+    full: bool
+    peers: list[Any]  # entries checked one by one by peers.plan
+    removed: list[Any]
+
+
+def peers(doc: dict[str, Any], max_peers: int) -> Peers:
+    version = _int(doc.get("version"), "peers: version")
+    full = doc.get("full")
+    if not isinstance(full, bool):
+        raise _bad("peers: full")
+    listed, removed = doc.get("peers"), doc.get("removed", [])
+    if not isinstance(listed, list) or not isinstance(removed, list):
+        raise _bad("peers: peers/removed")
+    if len(listed) + len(removed) > max_peers:
+        raise Fault("control_plane", "oversized", f"peers: over {max_peers} peers")
+    return Peers(version, full, listed, removed)
+
+
+@dataclass
+class Beat:
+    drain: bool
+    drain_reason: str  # sanitised, for logs
+    peers_version: int
+
+
+def beat(doc: dict[str, Any]) -> Beat:
+    drain = doc.get("drain")
+    if not isinstance(drain, bool):
+        raise _bad("heartbeat: drain")
+    reason = doc.get("drain_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise _bad("heartbeat: drain_reason")
+    version = _int(doc.get("peers_version"), "heartbeat: peers_version")
+    return Beat(drain, sanitize(reason or "", 32), version)
