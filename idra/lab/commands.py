@@ -74,14 +74,15 @@ def status() -> None:
     current = LabState.load()
     if current is None:
         raise LabError("no lab is up (idra lab up)")
-    table = Table("node", "namespace", "public address", "instance", title="exit nodes")
+    table = Table("node", "namespace", "public address", "instance", "node id",
+                  title="exit nodes")  # fmt: skip
     for node in current.nodes:
         table.add_row(str(node.index), node.ns, f"{node.public_v4} {node.public_v6}",
-                      node.instance_id)  # fmt: skip
+                      node.instance_id, node.node_id)  # fmt: skip
     Console().print(table)
     table = Table("client", "namespace", "node", title="clients")
     for client in current.clients:
-        table.add_row(str(client.index), client.ns, client.node_instance_id)
+        table.add_row(str(client.index), client.ns, client.node_id)
     Console().print(table)
     Console().print(
         f"control plane {current.api_url} · state {S.LAB_DIR} · status {current.status}"

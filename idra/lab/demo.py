@@ -4,19 +4,23 @@ every step held.
 1. every client reaches the internet through its node, v4 and v6, seen as the node;
 2. no client reaches the metadata service, the VPC or another client;
 3. a client joins and leaves while the others ping on: no loss;
-4. one node's address gets listed → the canary drains it (after two runs) → its
+4. a stolen node token cannot touch another node: with node 1's NODE_TOKEN, node
+   credential and signed identity document, every attack on node 2 is refused;
+5. one node's address gets listed → the canary drains it (after two runs) → its
    clients move to healthy nodes → the reaper replaces it → the pool is whole again.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -46,10 +50,10 @@ def _fetch(client: Client, host: str, timeout: float = 3) -> str | None:
 
 def internet_through_the_node(state: LabState) -> Step:
     """Every client reaches the internet through its node, v4 and v6."""
-    nodes = {n.instance_id: n for n in state.nodes}
+    nodes = {n.node_id: n for n in state.nodes}
     wrong = []
     for client in state.clients:
-        node = nodes[client.node_instance_id]
+        node = nodes[client.node_id]
         for target, expected in ((S.PUBLIC_V4, node.public_v4), (S.PUBLIC_V6, node.public_v6)):
             seen = _fetch(client, target)
             if seen != expected:
@@ -99,6 +103,92 @@ def join_and_leave(state: LabState) -> Step:
     )
 
 
+def stolen_token_harmless(state: LabState) -> Step:
+    """A stolen node token cannot touch another node."""
+    from idra.lab.pki import IdentitySigner
+
+    thief, victim = state.nodes[0], state.nodes[1]
+    loot = S.LAB_DIR / f"node{thief.index}"  # what root on node 1 can read
+    token = (S.LAB_DIR / "node-token").read_text().strip()
+    credential = (loot / "node.credential").read_text().strip()
+    document, signature = (loot / "identity.json").read_text(), (loot / "identity.sig").read_text()
+    claims = json.loads(document)
+
+    def signed_as(instance_id: str, sig: str = signature) -> dict:
+        forged = json.dumps(claims | {"instanceId": instance_id}, indent=2)
+        return {"document": forged, "signature": sig}
+
+    def register(identity: dict, **change) -> int:
+        body = {"identity": identity, "public_ip": thief.public_v4, "listen_port": 51820,
+                "public_key": _thief_key(), "agent_version": "evil"} | change  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}", "X-Node-Credential": credential}
+        return http.post("/v1/nodes", json=body, headers=headers).status_code
+
+    invented = IdentitySigner.document(region=state.region)
+    self_signed = {"document": invented, "signature": IdentitySigner().sign(invented)}
+    sick = {"state": "active", "peers_version": 0, "stats": dict.fromkeys(_STATS, 0),
+            "integrity": {"nftables_sha256": "0" * 64, "sysctl_ok": False,
+                          "agent_sha256": "0" * 64}}  # fmt: skip
+    verify = ssl.create_default_context(cafile=S.LAB_DIR / "pki" / "ca.pem")
+    with httpx.Client(base_url=state.api_url, verify=verify, timeout=10) as http, \
+            world.api_client(state, "operator") as ops:  # fmt: skip
+        before = _fleet_view(ops)
+        victim_row = next(n for n in before if n[0] == victim.node_id)
+        attempts = {}
+        for name, secret in (("token", token), ("credential", credential)):
+            auth = {"Authorization": f"Bearer {secret}"}
+            attempts[f"(a) read node 2's peers with the {name}"] = http.get(
+                f"/v1/nodes/{victim.node_id}/peers", headers=auth
+            ).status_code
+            attempts[f"(d) heartbeat node 2 as compromised with the {name}"] = http.post(
+                f"/v1/nodes/{victim.node_id}/heartbeat", json=sick, headers=auth
+            ).status_code
+        attempts["(b) re-register node 2's instance (document altered)"] = register(
+            signed_as(victim.instance_id)
+        )
+        attempts["(b) take over node 2's WireGuard key"] = register(
+            {"document": document, "signature": signature}, public_key=_wg_key_of(victim)
+        )
+        attempts["(c) invent an instance (altered document)"] = register(
+            signed_as("i-0123456789abcdef0")
+        )
+        attempts["(c) invent an instance (self-signed)"] = register(self_signed)
+        attempts["(e) register an unrelated instance"] = register(signed_as("i-0feedfacecafe0001"))
+        after = _fleet_view(ops)
+    refused = {name: code for name, code in attempts.items() if code in (401, 403, 409)}
+    unchanged = before == after and victim_row[3] == "active"
+    ok = len(refused) == len(attempts) and unchanged
+    return Step(
+        "a stolen node token cannot touch another node",
+        ok,
+        f"{len(refused)}/{len(attempts)} attacks refused "
+        f"({', '.join(sorted({str(c) for c in refused.values()}))}); node 2 and the pool "
+        + ("unchanged" if unchanged else "CHANGED")
+        + "".join(f"; {n}: HTTP {c}" for n, c in attempts.items() if n not in refused),
+    )
+
+
+_STATS = ("load1", "cpu_pct", "mem_pct", "rx_bytes", "tx_bytes", "rx_bps", "tx_bps", "peers",
+          "active_peers")  # fmt: skip
+
+
+def _fleet_view(ops) -> list[tuple]:
+    """What an attack on node 2 would change: ids, instances, addresses, states."""
+    nodes = ops.get("/v1/nodes").json()["nodes"]
+    return sorted((n["id"], n["instance_id"], n["public_ip"], n["state"]) for n in nodes)
+
+
+def _thief_key() -> str:
+    from idra.netns import wg_keypair
+
+    return wg_keypair()[1]
+
+
+def _wg_key_of(node) -> str:
+    """Node 2's public WireGuard key (public: every client of it knows it)."""
+    return Netns(node.ns).run("wg", "show", node.wg, "public-key").stdout.strip()
+
+
 def blocked_node_replaced(state: LabState) -> Step:
     """A node's address is listed: canary, drain, clients move, reaper replaces."""
     victim = state.nodes[0]
@@ -126,7 +216,7 @@ def blocked_node_replaced(state: LabState) -> Step:
     ]
     drained = [r["node_id"] for r in runs[-1] if r["drained"]]
     with world.api_client(state, "client") as api:
-        moved = [c for c in state.clients if c.node_instance_id == victim.instance_id]
+        moved = [c for c in state.clients if c.node_id == victim.node_id]
         for client in moved:
             world.connect(state, client, api)
     with world.api_client(state, "operator") as ops:
@@ -181,7 +271,13 @@ def _eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
     return False
 
 
-STORY = [internet_through_the_node, isolation, join_and_leave, blocked_node_replaced]
+STORY = [
+    internet_through_the_node,
+    isolation,
+    join_and_leave,
+    stolen_token_harmless,
+    blocked_node_replaced,
+]
 
 
 def run_demo(keep: bool, console: Console) -> int:
@@ -191,6 +287,8 @@ def run_demo(keep: bool, console: Console) -> int:
         world.teardown(state)
         state = world.bring_up(load_stack("staging"), 2, 3, world.default_agent(), console)
     world.enter_ops()
+    with world.api_client(state, "operator") as ops:
+        world.learn_node_ids(state, ops)
     steps = []
     for chapter in STORY:
         console.print(f"[bold]{chapter.__doc__ or chapter.__name__}[/bold]")

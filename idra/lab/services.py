@@ -7,6 +7,8 @@
     an HTTP "streaming service" that answers 403 "proxy detected" to listed addresses.
 ``python -m idra.lab.services whoami --port PORT``
     a web server "on the internet" that answers with the address it sees.
+``python -m idra.lab.services imds --document F --signature F --public-ipv4 IP --listen H:P``
+    one node's IMDSv2 stand-in: its identity document signed by the lab's key.
 FILE is read at every request, so listing an address takes effect at once.
 """
 
@@ -138,6 +140,20 @@ def streaming(listed: Path, listen: str) -> None:
 @click.option("--port", type=int, required=True)
 def whoami(port: int) -> None:
     server = DualStackServer(("::", port), WhoAmI)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+@main.command()
+@click.option("--document", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--signature", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--public-ipv4", required=True)
+@click.option("--listen", required=True)
+def imds(document: Path, signature: Path, public_ipv4: str, listen: str) -> None:
+    from idra.lab.imds import Instance
+
+    instance = Instance(document.read_text(), signature.read_text(), public_ipv4)
+    server = http.server.ThreadingHTTPServer(_host_port(listen), instance.handler())
     print("ready", flush=True)
     server.serve_forever()
 

@@ -53,6 +53,8 @@ class Node:
     public_v6: str
     supervisor_pid: int = 0
     wireguard_pid: int = 0
+    imds_pid: int = 0
+    node_id: str = ""  # the control plane's, once registered
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Client:
     ns: str
     wg: str
     public_key: str
-    node_instance_id: str = ""
+    node_id: str = ""  # the node the control plane placed it on
     address_v4: str = ""
     address_v6: str = ""
     wireguard_pid: int = 0

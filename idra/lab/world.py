@@ -5,7 +5,8 @@ outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
       ├── cp      203.0.113.2   reference control plane over TLS (lab CA)
       ├── svc     203.0.113.3   DNS blocklist + "streaming" service
       ├── ops     203.0.113.4   where the canary and the reaper run
-      ├── nodeN   203.0.113.1N  rendered nftables + sysctl, wireguard-go, node-daemon.pyz
+      ├── nodeN   203.0.113.1N  rendered nftables + sysctl, wireguard-go, node-daemon.pyz,
+      │                         an IMDSv2 stand-in at 169.254.169.254 (signed identity)
       ├── clientM 203.0.113.10M WireGuard client, all traffic through its node
       └── vpc     (routed)      169.254.169.254 and 10.20.0.5: must stay unreachable
 """
@@ -121,11 +122,15 @@ def build_world(state: LabState) -> None:
 
 
 def start_control_plane(state: LabState, cfg: StackConfig) -> None:
-    from idra.lab.pki import make_ca_and_server
+    """TLS with the lab CA; trusts only the lab's identity certificate (plays AWS)."""
+    from idra.lab.pki import LAB_ACCOUNT, IdentitySigner, make_ca_and_server
 
     cp = _plug(state, "cp", S.CP_V4, "2001:db8:1::2")
     pki = S.LAB_DIR / "pki"
     make_ca_and_server(pki, [S.CP_V4])
+    signer = IdentitySigner()
+    signer.write_key(pki / "iid.key")
+    signer.write_cert(pki / "iid.pem")
     for kind in ("node", "operator", "client"):
         token = S.LAB_DIR / f"{kind}-token"
         token.touch(mode=0o600)
@@ -159,6 +164,16 @@ def start_control_plane(state: LabState, cfg: StackConfig) -> None:
         str(cfg.client_pool_ipv6),
         "--heartbeat-interval",
         str(LAB_HEARTBEAT_S),
+        "--iid-cert-file",
+        f"{state.region}={pki / 'iid.pem'}",
+        "--aws-account",
+        LAB_ACCOUNT,
+        "--aws-region",
+        state.region,
+        "--allow-public-ip-range",  # the lab's "internet" uses documentation ranges
+        S.SEGMENT_V4,
+        "--allow-public-ip-range",
+        S.SEGMENT_V6,
     )
     _wait_for(lambda: _cp_up(cp), "the control plane")
 
@@ -175,16 +190,13 @@ def node_config(cfg: StackConfig, node: Node) -> StackConfig:
 
 def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
     """Boot a node as cloud-init would: firewall, sysctl, tunnel, supervised agent."""
+    from idra.lab.pki import IdentitySigner, new_instance_id
+
     index = state.next_node
     state.next_node += 1
     v4, v6 = S.node_addresses(index)
     node = Node(
-        index,
-        S.NS_PREFIX + f"node{index}",
-        f"{S.WG_PREFIX}n{index}",
-        f"i-lab{secrets.token_hex(6)}",
-        v4,
-        v6,
+        index, S.NS_PREFIX + f"node{index}", f"{S.WG_PREFIX}n{index}", new_instance_id(), v4, v6
     )
     host = _plug(state, f"node{index}", v4, v6)
     files = render_node_files(node_config(cfg, node))
@@ -195,6 +207,18 @@ def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
     applied = {k: v for k, v in parse_sysctl(files["sysctl.conf"]).items() if k not in host_wide}
     sysctl_file = state_dir / "sysctl.conf"  # what this node's namespace really holds
     sysctl_file.write_text("".join(f"{k} = {v}\n" for k, v in applied.items()))
+    # AWS's part: this instance's metadata service, its identity signed by the lab key
+    document = IdentitySigner.document(node.instance_id, state.region)
+    signer = IdentitySigner.load(S.LAB_DIR / "pki" / "iid.key")
+    (state_dir / "identity.json").write_text(document)
+    (state_dir / "identity.sig").write_text(signer.sign(document))
+    host.addr("lo", f"{S.METADATA_V4}/32")
+    node.imds_pid = _spawn(
+        state, host, f"imds-node{index}", PYTHON, "-m", "idra.lab.services", "imds",
+        "--document", str(state_dir / "identity.json"),
+        "--signature", str(state_dir / "identity.sig"),
+        "--public-ipv4", v4, "--listen", f"{S.METADATA_V4}:80", ready=True,
+    )  # fmt: skip
     node.wireguard_pid = start_wireguard(host, node.wg, log=_log(f"wireguard-node{index}")).pid
     host.addr(node.wg, cfg.tunnel_address(4), cfg.tunnel_address(6))
     host.ip("link", "set", node.wg, "mtu", str(cfg.tunnel_mtu), "up")
@@ -221,17 +245,12 @@ def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
         str(cfg.wireguard_port),
         "--region",
         state.region,
-        "--public-ip",
-        v4,
-        "--instance-id",
-        node.instance_id,
         "--state-dir",
         str(state_dir),
         "--driver",
         "uapi",
         "--metrics-addr",
         "127.0.0.1:9586",
-        "--no-imds",
         "--sysctl-file",
         str(sysctl_file),
     )
@@ -246,9 +265,10 @@ def _log(role: str) -> Path:
 
 def remove_node(state: LabState, node: Node) -> None:
     """Terminate a node: its agent, its tunnel (all sessions) and its namespace."""
-    for pid in (node.supervisor_pid, node.wireguard_pid):
+    for pid in (node.supervisor_pid, node.imds_pid, node.wireguard_pid):
         stop_process(pid)
-    state.processes = [p for p in state.processes if p.pid != node.supervisor_pid]
+    ours = (node.supervisor_pid, node.imds_pid)
+    state.processes = [p for p in state.processes if p.pid not in ours]
     delete_netns(node.ns)
     state.namespaces.remove(node.ns)
     state.nodes.remove(node)
@@ -355,7 +375,7 @@ def connect(state: LabState, client: Client, api: httpx.Client) -> None:
     host.addr(client.wg, f"{client.address_v4}/32", f"{client.address_v6}/128")
     host.route("default", "dev", client.wg)
     host.route("::/0", "dev", client.wg)
-    client.node_instance_id = assignment["instance_id"]
+    client.node_id = assignment["node_id"]
     state.save()
 
 
@@ -392,6 +412,7 @@ def bring_up(cfg: StackConfig, nodes: int, clients: int, agent: Path, console) -
     enter_ops()
     with api_client(state, "operator") as ops:
         _wait_for(lambda: len(active_nodes(ops)) == nodes, "every node to register", 60)
+        learn_node_ids(state, ops)
     with api_client(state, "client") as api:
         for _ in range(clients):
             client = add_client(state, api)
@@ -401,6 +422,16 @@ def bring_up(cfg: StackConfig, nodes: int, clients: int, agent: Path, console) -
     state.status = "up"
     state.save()
     return state
+
+
+def learn_node_ids(state: LabState, ops: httpx.Client) -> None:
+    """Record each lab node's control-plane id (by its instance id)."""
+    reply = ops.get("/v1/nodes")
+    reply.raise_for_status()
+    ids = {n["instance_id"]: n["id"] for n in reply.json()["nodes"]}
+    for node in state.nodes:
+        node.node_id = ids.get(node.instance_id, node.node_id)
+    state.save()
 
 
 def active_nodes(ops: httpx.Client) -> list[dict]:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def _children(pid: int) -> list[int]:
 
 def test_killed_agent_is_restarted_and_sessions_survive(lab) -> None:
     node = lab["nodes"][0]
-    client = next(c for c in lab["clients"] if c["node_instance_id"] == node["instance_id"])
+    client = next(c for c in lab["clients"] if c["node_id"] == node["node_id"])
     supervisor = node["supervisor_pid"]
     (agent,) = _children(supervisor)
     ping = subprocess.Popen(
@@ -63,10 +64,41 @@ def test_killed_agent_is_restarted_and_sessions_survive(lab) -> None:
         time.sleep(0.2)
 
 
+def test_nodes_registered_with_their_signed_identity(lab) -> None:
+    """Each node's IMDSv2 stand-in (in its own namespace, token required) serves its
+    identity document; the control plane knows each node by that instance id and trusts
+    only the lab's identity certificate."""
+    for node in lab["nodes"]:
+        host = Netns(node["ns"])
+        metadata = f"http://{S.METADATA_V4}/latest/dynamic/instance-identity/document"
+        assert host.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", metadata,
+                        check=False).stdout == "401", "IMDSv2: no token, no answer"  # fmt: skip
+        token = host.run("curl", "-s", "-X", "PUT", f"http://{S.METADATA_V4}/latest/api/token",
+                         "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60").stdout  # fmt: skip
+        document = host.run("curl", "-s", "-H", f"X-aws-ec2-metadata-token: {token}",
+                            metadata).stdout  # fmt: skip
+        assert json.loads(document)["instanceId"] == node["instance_id"]
+    listing = subprocess.run(
+        [sys.executable, "-c", "import json, sys\n"
+         "from idra.lab import world\nfrom idra.lab.state import LabState\n"
+         "world.enter_ops()\n"
+         "with world.api_client(LabState.load(), 'operator') as ops:\n"
+         "    print(json.dumps(ops.get('/v1/nodes').json()['nodes']))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    registered = {n["id"]: n["instance_id"] for n in json.loads(listing)}
+    assert registered == {n["node_id"]: n["instance_id"] for n in lab["nodes"]}
+    cp = next(p for p in lab["processes"] if p["role"] == "controlplane")
+    args = Path(f"/proc/{cp['pid']}/cmdline").read_bytes().split(b"\0")
+    trusted = [args[i + 1].decode() for i, a in enumerate(args) if a == b"--iid-cert-file"]
+    assert trusted == [f"{lab['region']}={S.LAB_DIR / 'pki' / 'iid.pem'}"], "the lab key only"
+    assert (S.LAB_DIR / "pki" / "iid.pem").read_text().count("BEGIN CERTIFICATE") == 1
+
+
 def test_demo_holds_every_step(lab) -> None:
     demo = _lab("demo", "--keep")
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert demo.stdout.count("held") == 4
+    assert demo.stdout.count("held") == 5
 
 
 def test_no_client_key_or_address_in_logs_or_metrics(lab) -> None:
