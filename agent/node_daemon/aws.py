@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ class Imds:
     """IMDSv2: a session token first (PUT), then metadata reads with it. Each call ends
     within ``deadline`` seconds; any failure is a :class:`Fault` (``imds``)."""
 
-    def __init__(self, url: str = IMDS_URL, timeout: float = 2, deadline: float = 5) -> None:
+    def __init__(self, url: str = IMDS_URL, timeout: float = 2, deadline: float = 3) -> None:
         self._http = BoundedClient(
             "imds", url, timeout=timeout, deadline=deadline, max_bytes=IMDS_MAX_BYTES
         )
@@ -69,9 +71,23 @@ class Imds:
         return self.read(f"meta-data/{path}")
 
     def terminating(self) -> bool:
-        """The auto-scaling group is terminating us, or a spot interruption is coming."""
+        """The auto-scaling group is terminating us, or a spot interruption is coming.
+        Values of the wrong form (a captive page, say) are faults, never a notice."""
         state = self.get("autoscaling/target-lifecycle-state")
-        return state == "Terminated" or self.get("spot/instance-action") is not None
+        if state is not None and not re.fullmatch(r"[A-Za-z:]{1,64}", state):
+            raise Fault("imds", "malformed", "target-lifecycle-state")
+        if state == "Terminated":
+            return True
+        notice = self.get("spot/instance-action")
+        if notice is None:
+            return False
+        try:
+            action = json.loads(notice).get("action")
+        except (ValueError, AttributeError, RecursionError):
+            action = None
+        if action not in ("terminate", "stop", "hibernate"):
+            raise Fault("imds", "malformed", "spot/instance-action")
+        return True
 
 
 def _kind(status: int) -> str:

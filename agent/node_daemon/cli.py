@@ -78,6 +78,13 @@ def version() -> None:
     show_default=True,
     help="IMDSv2: the signed identity document registration needs, region, instance id.",
 )
+@option(
+    "--imds-deadline",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    help="Seconds an instance-metadata call may take in all.",
+)
 @option("--asg-name", default=None, help="Auto-scaling group, to complete its lifecycle hook.")
 @option("--lifecycle-hook", default=None, help="Termination hook name.")
 @option("--lifecycle-timeout", type=click.FloatRange(min=60), default=3600.0, show_default=True)
@@ -127,6 +134,7 @@ def run(
     scan_interval,
     sysctl_file,
     imds_url,
+    imds_deadline,
     asg_name,
     lifecycle_hook,
     lifecycle_timeout,
@@ -156,7 +164,7 @@ def run(
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
     if not token_file.is_file():
         raise BadInput(f"--token-file {token_file}: no such file")
-    imds = Imds(imds_url)  # the signed identity: asked (and retried) by the agent
+    imds = Imds(imds_url, deadline=imds_deadline)  # the signed identity: asked (and retried)
     instance_id = None  # only as the signed identity document says (what the CP uses)
     opts = Options(
         interface,

@@ -169,7 +169,7 @@ class Agent:
         if len(self.pools) < len(reply.pools):
             log.warning("client pool reduced to the interface's own prefixes")
         self.metrics.registrations.inc()
-        log.info("registered; heartbeat every %.0f s", self.interval)
+        log.info("registered; heartbeat every %.1f s", self.interval)
 
     # -- cycle -------------------------------------------------------------------------
 
@@ -303,10 +303,9 @@ class Agent:
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("refused").inc()
             return self.opts.backoff_max
-        except NotFound:
-            log.warning("control plane does not know this node: registering again, peers kept")
+        except NotFound:  # record deleted, database restored: register again, resync
             self.node_id = self.version = None
-            return self._failed(Fault("control_plane", "not_found"))
+            return self._failed(Fault("control_plane", "not_found", "node unknown, re-register"))
         except Fault as fault:
             return self._failed(fault)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
