@@ -116,6 +116,20 @@ def version() -> None:
     show_default=True,
     help="Most peers in one reply (kernel WireGuard's limit, 2^20).",
 )
+@option(
+    "--long-poll",
+    type=click.FloatRange(min=0, max=60),
+    default=55.0,
+    show_default=True,
+    help="Seconds one held peers request may wait for a change (0: sync on the heartbeat).",
+)
+@option(
+    "--page-size",
+    type=click.IntRange(0, 10_000),
+    default=2000,
+    show_default=True,
+    help="Peers per page of a full list (0: ask for the whole list at once).",
+)
 @option("--interface-netns", default=None, help="Labs/tests: network namespace of the interface.")
 def run(
     api_url,
@@ -143,6 +157,8 @@ def run(
     max_reply_bytes,
     max_peers,
     interface_netns,
+    long_poll,
+    page_size,
 ) -> None:
     """Register this node and keep its peers in step with the control plane.
 
@@ -181,6 +197,8 @@ def run(
         lifecycle_hook,
         lifecycle_timeout,
         interface_netns,
+        long_poll,
+        page_size,
     )
     metrics = Metrics()
     try:
