@@ -224,14 +224,24 @@ class Agent:
             self._scan()
 
     def _scan(self) -> None:
-        device = self.driver.read()
-        now = time.time()
-        self.active_peers = sum(
-            1 for p in device.peers.values() if now - p.last_handshake < ACTIVE_WINDOW_S
-        )
-        wrong = {k: ips for k, ips in self.live.items() if device.peers.get(k, None) is None
-                 or device.peers[k].allowed_ips != ips}  # fmt: skip
-        extra = [k for k in device.peers if k not in self.live]
+        """Streams the interface's peers (never the whole dump at once); a second pass
+        only when a peer we applied is missing."""
+        now, active, matching = time.time(), 0, 0
+        wrong: dict[str, str] = {}
+        extra: list[str] = []
+        for key, peer in self.driver.peers():
+            active += now - peer.last_handshake < ACTIVE_WINDOW_S
+            ips = self.live.get(key)
+            if ips is None:
+                extra.append(key)
+            elif ips != peer.allowed_ips:
+                wrong[key] = ips
+            else:
+                matching += 1
+        if matching + len(wrong) < len(self.live):  # some are missing from the interface
+            present = {key for key, _ in self.driver.peers()}
+            wrong.update((k, ips) for k, ips in self.live.items() if k not in present)
+        self.active_peers = active
         if wrong or extra:
             self.driver.apply(wrong, extra)
             log.warning("interface drift repaired: %d peers restored, %d removed",
