@@ -39,6 +39,9 @@ class ChangeNotifier(Protocol):
     def held(self) -> int:
         """Requests waiting now (for metrics)."""
 
+    def close(self) -> None:
+        """Shutting down: every wait, now and later, ends at once (any thread)."""
+
 
 class _Waiter:
     def __init__(self, owner: LocalNotifier, node_id: str) -> None:
@@ -47,12 +50,14 @@ class _Waiter:
         self.event = asyncio.Event()
 
     async def wait(self, timeout: float) -> bool:
+        if self.owner.closed:
+            return False
         try:
             await asyncio.wait_for(self.event.wait(), max(0.0, timeout))
         except TimeoutError:
             return False
         self.event.clear()
-        return True
+        return not self.owner.closed
 
     def close(self) -> None:
         self.owner._drop(self)
@@ -65,6 +70,7 @@ class LocalNotifier:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
+        self.closed = False
 
     def subscribe(self, node_id: str) -> _Waiter:
         waiter = _Waiter(self, node_id)
@@ -79,6 +85,12 @@ class LocalNotifier:
                 waiting.discard(waiter)
                 if not waiting:
                     del self._waiters[waiter.node_id]
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            nodes = list(self._waiters)
+        self.publish(nodes)
 
     def publish(self, node_ids: Iterable[str]) -> None:
         with self._lock:

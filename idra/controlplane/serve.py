@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
+from types import FrameType
 
 import click
 import uvicorn
 
 from idra.controlplane.app import Settings, create_app
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
+from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
 
 
@@ -159,9 +161,10 @@ def serve(
         logging.getLogger("idra.controlplane").warning(
             "no --iid-cert-file: every node registration will be refused"
         )
-    app = create_app(Store(db, pool, keep_changes, change_retention), settings)
+    store = Store(db, pool, keep_changes, change_retention)
+    app = create_app(store, settings)
     print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host.strip("[]"),
         port=int(port),
@@ -171,4 +174,19 @@ def serve(
         server_header=False,
         date_header=False,
         log_level="warning",
+        timeout_graceful_shutdown=5,
     )
+    _Server(config, store.notifier).run()
+
+
+class _Server(uvicorn.Server):
+    """On SIGTERM/SIGINT, held long-polls answer at once (with what they have), so a
+    graceful shutdown does not wait out their ``wait``."""
+
+    def __init__(self, config: uvicorn.Config, notifier: ChangeNotifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.notifier.close()
+        super().handle_exit(sig, frame)

@@ -261,3 +261,25 @@ def test_notifier_wakes_only_the_nodes_published() -> None:
         return woke_a, woke_b, notifier.held
 
     assert asyncio.run(scenario()) == (True, False, 0)
+
+
+def test_shutdown_answers_held_long_polls_at_once(tmp_path) -> None:
+    server = start(tmp_path)
+    try:
+        node_id = _node(server)
+        version = _get(server, node_id).json()["version"]
+        replies = []
+        poll = threading.Thread(
+            target=lambda: replies.append(_get(server, node_id, since=version, wait=50))
+        )
+        poll.start()
+        time.sleep(1)
+        started = time.monotonic()
+        server.process.terminate()
+        server.process.wait(10)
+        poll.join(10)
+        assert time.monotonic() - started < 5
+        assert replies and replies[0].json()["peers"] == []
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
