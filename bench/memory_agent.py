@@ -7,6 +7,10 @@ HTTP client, validation, delta planning, state, metrics.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterator
+
+import node_daemon.host
 import node_daemon.wg
 from bench.keys import random_key
 from node_daemon.cli import main
@@ -23,6 +27,9 @@ class MemoryDriver:
     def read(self) -> Device:
         return self.device
 
+    def peers(self) -> Iterator[tuple[str, PeerState]]:
+        yield from list(self.device.peers.items())
+
     def public_key(self) -> str:
         return self.key
 
@@ -37,6 +44,12 @@ class MemoryDriver:
             self.device.peers[key] = PeerState(ips)
 
 
+def _addresses(interface: str, netns: str | None = None) -> list:
+    """The tunnel addresses a booted node's interface has."""
+    return [ipaddress.ip_interface("10.96.0.1/12"), ipaddress.ip_interface("fd49:4452:4100::1/64")]
+
+
 if __name__ == "__main__":
     node_daemon.wg.make_driver = lambda kind, interface: MemoryDriver(interface)
+    node_daemon.host.interface_addresses = _addresses
     main()

@@ -247,6 +247,86 @@ def fleet_figures(nodes: int, changes: int, paced_s: float) -> dict:
             process.wait(15)
 
 
+def _metric(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def agent_figures(peers: int, idle_s: float) -> dict:
+    """``node-daemon run`` (the interface held in a dict: wireguard-go stops at 65,536
+    peers) against the real control plane: peak RSS through a paged full sync of
+    ``peers`` and two scans, then the bytes an idle minute costs on the wire."""
+    from idra.lab import imds
+
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        signer = IdentitySigner()
+        process, url, tokens = _serve(tmp, signer)
+        document = IdentitySigner.document("i-0a9e17be4c5ab0001")
+        metadata = imds.serve(imds.Instance(document, signer.sign(document), "192.0.2.1"))
+        agent = None
+        try:
+            body = {"identity": {"document": document, "signature": signer.sign(document)},
+                    "public_ip": "192.0.2.1", "public_key": random_key(), "listen_port": 51820,
+                    "agent_version": "bench"}  # fmt: skip
+            reply = httpx.post(url + "/v1/nodes", json=body, headers=_bearer(tokens["node"]))
+            reply.raise_for_status()
+            node_id, credential = reply.json()["node_id"], reply.json()["node_credential"]
+            state = tmp / "state"
+            state.mkdir(mode=0o700)
+            (state / "node.credential").write_text(credential)  # the agent's earlier run
+            with sqlite3.connect(tmp / "cp.db", isolation_level=None) as raw:
+                raw.execute("BEGIN IMMEDIATE")
+                raw.executemany(
+                    "INSERT INTO peers (public_key, node_id, slot, created_at) VALUES (?, ?, ?, 0)",
+                    ((random_key(), node_id, slot) for slot in range(2, peers + 2)),
+                )
+                raw.execute("COMMIT")
+            port = _free_port()
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "bench.memory_agent", "run", "--api-url", url,
+                 "--token-file", str(tmp / "node.token"), "--interface", "wgbench",
+                 "--imds-url", f"http://127.0.0.1:{metadata.server_address[1]}",
+                 "--state-dir", str(state), "--heartbeat-interval", "10",
+                 "--scan-interval", "10", "--sysctl-file", str(tmp / "none.conf"),
+                 "--metrics-addr", f"127.0.0.1:{port}"],
+                stdout=(tmp / "agent.log").open("w"), stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            started = time.monotonic()
+            while _metric(port, "idra_agent_peers ") < peers:
+                if time.monotonic() - started > 600 or agent.poll() is not None:
+                    raise RuntimeError((tmp / "agent.log").read_text()[-2000:])
+                time.sleep(0.5)
+            synced = time.monotonic() - started
+            time.sleep(25)  # two scans of the whole interface
+            memory = _memory(agent.pid)
+            before = _metric(port, "idra_agent_api_bytes_total")
+            time.sleep(idle_s)
+            idle = (_metric(port, "idra_agent_api_bytes_total") - before) * 60 / idle_s
+            return {"peers": peers, "synced_s": synced, "idle_bytes_min": idle} | memory
+        finally:
+            if agent is not None:
+                agent.terminate()
+                agent.wait(15)
+            metadata.shutdown()
+            process.terminate()
+            process.wait(15)
+
+
+def _memory(pid: int) -> dict[str, float]:
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {key: int(status[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
 def section(quick: bool) -> str:
     s = store_figures(10_000 if quick else 60_000)
     f = fleet_figures(200 if quick else 1_000, 20 if quick else 100, 20 if quick else 40)
