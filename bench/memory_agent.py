@@ -18,30 +18,35 @@ from node_daemon.wg import Device, PeerState
 
 
 class MemoryDriver:
-    """Holds the peers like an interface would; costs what a dict costs."""
+    """Holds the peers like an interface would (key → allowed IPs, the strings the agent
+    already holds): what the kernel keeps is not the agent's memory, so the stand-in
+    costs one dict, no per-peer objects."""
 
     def __init__(self, interface: str) -> None:
-        self.device = Device(has_private_key=False, listen_port=0)
+        self.has_key, self.port = False, 0
+        self.peers_: dict[str, str] = {}
         self.key = random_key()
 
     def read(self) -> Device:
-        return self.device
+        device = Device(has_private_key=self.has_key, listen_port=self.port)
+        device.peers = {key: PeerState(ips) for key, ips in self.peers_.items()}
+        return device
 
     def peers(self) -> Iterator[tuple[str, PeerState]]:
-        yield from list(self.device.peers.items())
+        for key, ips in list(self.peers_.items()):  # streamed, as from the UAPI socket
+            yield key, PeerState(ips)
 
     def public_key(self) -> str:
         return self.key
 
     def configure(self, private_key: str | None, listen_port: int) -> None:
-        self.device.has_private_key = self.device.has_private_key or private_key is not None
-        self.device.listen_port = listen_port
+        self.has_key = self.has_key or private_key is not None
+        self.port = listen_port
 
     def apply(self, upserts: dict[str, str], removes: list[str]) -> None:
         for key in removes:
-            self.device.peers.pop(key, None)
-        for key, ips in upserts.items():
-            self.device.peers[key] = PeerState(ips)
+            self.peers_.pop(key, None)
+        self.peers_.update(upserts)
 
 
 def _addresses(interface: str, netns: str | None = None) -> list:
