@@ -53,7 +53,7 @@ def _full_list_bytes(plane: ControlPlane, node_id: str) -> int:
     with inside(plane.ns):
         reply = httpx.get(
             f"{plane.url}/v1/nodes/{node_id}/peers",
-            headers={"Authorization": f"Bearer {plane.token('node')}"},
+            headers={"Authorization": f"Bearer {plane.credentials[node_id]}"},
             timeout=60,
         )
     return len(reply.content) + sum(len(k) + len(v) + 4 for k, v in reply.headers.raw)
@@ -62,7 +62,7 @@ def _full_list_bytes(plane: ControlPlane, node_id: str) -> int:
 def measure(
     topo: Topology, plane: ControlPlane, size: int, in_memory: bool, idle_s: float, port: int
 ) -> dict[str, float]:
-    ns, instance = plane.ns, f"i-bench-{size}"
+    ns, instance = plane.ns, f"i-bench{size}"
     ifname = unique_name("wga")
     if not in_memory:
         topo.wireguard(ns, ifname)
@@ -73,11 +73,11 @@ def measure(
         [sys.executable, "-m", "bench.memory_agent"] if in_memory else [str(BIN / "node-daemon")]
     )
     state = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    imds_url = plane.start_imds(topo, node_id, instance, state)
     started = time.monotonic()
     agent = topo.spawn(
         ns, *command, "run", "--api-url", plane.url, "--token-file", str(plane.tokens["node"]),
-        "--interface", ifname, "--region", "eu-central-1", "--public-ip", "192.0.2.1",
-        "--instance-id", instance, "--no-imds", "--state-dir", str(state),
+        "--interface", ifname, "--imds-url", imds_url, "--state-dir", str(state),
         "--metrics-addr", f"127.0.0.1:{port}", "--sysctl-file", str(state / "none.conf"),
         cwd=REPO_ROOT, log=state / "agent.log",
     )  # fmt: skip

@@ -11,11 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from idra.lab.pki import LAB_ACCOUNT, IdentitySigner
 from idra.netns import Netns, Topology
 
 CLONE_NEWNET = 0x40000000
@@ -48,6 +49,8 @@ class ControlPlane:
     db: Path
     tokens: dict[str, Path]
     url: str = f"http://127.0.0.1:{PORT}"
+    signer: IdentitySigner = field(default_factory=IdentitySigner)  # plays AWS
+    credentials: dict[str, str] = field(default_factory=dict)  # node id → credential
 
     @classmethod
     def start(cls, topo: Topology, ns: Netns, workdir: Path, interval: int = 10) -> ControlPlane:
@@ -57,10 +60,13 @@ class ControlPlane:
             tokens[kind].write_text(secrets.token_urlsafe(32))
             tokens[kind].chmod(0o600)
         plane = cls(ns, workdir / "cp.db", tokens)
+        cert = plane.signer.write_cert(workdir / "iid.pem")
         topo.spawn(
             ns, str(BIN / "idra"), "controlplane", "serve", "--db", str(plane.db),
             "--listen", f"127.0.0.1:{PORT}", "--heartbeat-interval", str(interval),
             *(arg for kind, path in tokens.items() for arg in (f"--{kind}-token-file", str(path))),
+            "--iid-cert-file", str(cert), "--aws-account", LAB_ACCOUNT,
+            "--allow-public-ip-range", "192.0.2.0/24",
             log=workdir / "cp.log",
         )  # fmt: skip
         with inside(ns):
@@ -76,11 +82,17 @@ class ControlPlane:
     def token(self, kind: str) -> str:
         return self.tokens[kind].read_text()
 
+    def identity(self, instance_id: str) -> dict[str, str]:
+        """The instance's identity document, signed by the key the plane trusts."""
+        document = IdentitySigner.document(instance_id)
+        return {"document": document, "signature": self.signer.sign(document)}
+
     def register(self, instance_id: str, public_key: str) -> str:
-        """A node record as the agent's registration makes it (the agent re-registers)."""
+        """A node record as the agent's registration makes it (the agent then registers
+        again with the credential, see :meth:`start_imds`)."""
         body = {
-            "instance_id": instance_id, "public_ip": "192.0.2.1", "public_key": public_key,
-            "listen_port": 51820, "region": "eu-central-1", "agent_version": "bench",
+            "identity": self.identity(instance_id), "public_ip": "192.0.2.1",
+            "public_key": public_key, "listen_port": 51820, "agent_version": "bench",
         }  # fmt: skip
         with inside(self.ns):
             reply = httpx.post(
@@ -88,7 +100,29 @@ class ControlPlane:
                 headers={"Authorization": f"Bearer {self.token('node')}"},
             )  # fmt: skip
         reply.raise_for_status()
+        self.credentials[reply.json()["node_id"]] = reply.json()["node_credential"]
         return reply.json()["node_id"]
+
+    def start_imds(self, topo: Topology, node_id: str, instance_id: str, state: Path) -> str:
+        """An IMDSv2 stand-in for the agent (in the plane's namespace) and the node's
+        credential in the agent's state dir, as after an agent restart; returns its URL."""
+        identity = self.identity(instance_id)
+        (state / "identity.json").write_text(identity["document"])
+        (state / "identity.sig").write_text(identity["signature"])
+        (state / "node.credential").write_text(self.credentials[node_id])
+        (state / "node.credential").chmod(0o600)
+        port = PORT + 1 + len(topo.processes)
+        topo.spawn(
+            self.ns, sys.executable, "-m", "idra.lab.services", "imds",
+            "--document", str(state / "identity.json"), "--signature", str(state / "identity.sig"),
+            "--public-ipv4", "192.0.2.1", "--listen", f"127.0.0.1:{port}", log=state / "imds.log",
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while "ready" not in (state / "imds.log").read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the IMDS stand-in did not start")
+            time.sleep(0.1)
+        return f"http://127.0.0.1:{port}"
 
     def add_peers(self, node_id: str, keys: list[str]) -> None:
         """Assign ``keys`` to the node straight in the database, one transaction, with the

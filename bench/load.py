@@ -42,13 +42,17 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
         gate = asyncio.Semaphore(50)
 
         async def register(index: int) -> str:
-            body = {"instance_id": f"i-load-{index}", "public_ip": f"192.0.2.{index % 250 + 1}",
-                    "public_key": random_key(), "listen_port": 51820,
-                    "region": "eu-central-1", "agent_version": "bench"}  # fmt: skip
+            body = {"identity": plane.identity(f"i-load{index}"),
+                    "public_ip": f"192.0.2.{index % 250 + 1}", "public_key": random_key(),
+                    "listen_port": 51820, "agent_version": "bench"}  # fmt: skip
             async with gate:
                 reply = await client.post("/v1/nodes", json=body)
             reply.raise_for_status()
+            plane.credentials[reply.json()["node_id"]] = reply.json()["node_credential"]
             return reply.json()["node_id"]
+
+        def own(node_id: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {plane.credentials[node_id]}"}
 
         ids = await asyncio.gather(*(register(i) for i in range(nodes)))
         loop = asyncio.get_running_loop()
@@ -58,7 +62,9 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
         async def heartbeat(node_id: str) -> float:
             nonlocal errors
             started = time.perf_counter()
-            reply = await client.post(f"/v1/nodes/{node_id}/heartbeat", json=BODY)
+            reply = await client.post(
+                f"/v1/nodes/{node_id}/heartbeat", json=BODY, headers=own(node_id)
+            )
             errors += reply.status_code != 200
             return time.perf_counter() - started
 
@@ -85,7 +91,9 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
         await asyncio.gather(*(worker(i) for i in range(32)))
 
         # Peers delta: one client joins; its node asks for what changed since before.
-        version = (await client.get(f"/v1/nodes/{ids[0]}/peers")).json()["version"]
+        version = (await client.get(f"/v1/nodes/{ids[0]}/peers", headers=own(ids[0]))).json()[
+            "version"
+        ]
         reply = await client.post(
             "/v1/peers", json={"public_key": random_key()},
             headers={"Authorization": f"Bearer {plane.token('client')}"},
@@ -95,7 +103,11 @@ async def _load(plane: ControlPlane, nodes: int, paced_s: float, interval: float
         delta: list[float] = []
         for _ in range(300):
             started = time.perf_counter()
-            body = (await client.get(f"/v1/nodes/{target}/peers", params={"since": version})).json()
+            body = (
+                await client.get(
+                    f"/v1/nodes/{target}/peers", params={"since": version}, headers=own(target)
+                )
+            ).json()
             delta.append(time.perf_counter() - started)
             if body["full"] or len(body["peers"]) != 1:
                 raise RuntimeError("peers delta did not hold exactly the one change")

@@ -150,8 +150,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     def schema() -> dict:
         if not app.openapi_schema:
             app.openapi_schema = get_openapi(title=app.title, version="1", routes=app.routes)
+            for operations in app.openapi_schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)  # bad input is our 400
             components = app.openapi_schema.setdefault("components", {})
             components["securitySchemes"] = auth.security_schemes()
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
         return app.openapi_schema
 
     app.openapi = schema  # type: ignore[method-assign]

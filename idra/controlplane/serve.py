@@ -76,7 +76,7 @@ def controlplane() -> None:
 )
 @click.option(
     "--change-retention",
-    type=click.IntRange(min=60),
+    type=click.IntRange(min=1),
     default=3600,
     show_default=True,
     help="Seconds a change (a removed client's key) stays in the log.",

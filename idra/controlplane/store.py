@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
     node_id TEXT NOT NULL,
     public_key TEXT NOT NULL,
-    created_at REAL NOT NULL DEFAULT 0
+    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 );
 CREATE INDEX IF NOT EXISTS changes_node ON changes(node_id, version);
 CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);

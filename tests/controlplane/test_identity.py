@@ -36,7 +36,7 @@ def heartbeat_body(**integrity) -> dict:
     }  # fmt: skip
 
 
-def register_body(cp: ControlPlane, identity: dict | None = None, **change) -> dict:
+def register_body(cp: ControlPlane | None, identity: dict | None = None, **change) -> dict:
     return {
         "identity": identity or cp.identity(),
         "public_ip": "203.0.113.50",

@@ -99,6 +99,7 @@ def test_demo_holds_every_step(lab) -> None:
     demo = _lab("demo", "--keep")
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("held") == 5
+    assert "9/9 attacks refused" in demo.stdout and "CHANGED" not in demo.stdout
 
 
 def test_no_client_key_or_address_in_logs_or_metrics(lab) -> None:
