@@ -280,6 +280,16 @@ def test_database_from_before_root_readonly_is_upgraded(tmp_path) -> None:
         server.process.wait(10)
 
 
+def test_unknown_integrity_is_no_verdict(cp: ControlPlane) -> None:
+    """An agent that cannot read its ruleset or sysctl values says so (null): accepted,
+    neither a baseline nor a drain; a known mismatch after it still drains."""
+    node_id = cp.register()
+    assert cp.heartbeat(node_id, nftables_sha256=None, sysctl_ok=None)["drain"] is False
+    assert cp.heartbeat(node_id)["drain"] is False, "first known ruleset is the baseline"
+    assert cp.heartbeat(node_id, nftables_sha256=None)["drain"] is False
+    assert cp.heartbeat(node_id, nftables_sha256="c" * 64)["drain"] is True
+
+
 def test_concurrent_writes_keep_versions_consistent(cp: ControlPlane) -> None:
     node_id = cp.register()
     cp.heartbeat(node_id)
