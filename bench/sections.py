@@ -373,4 +373,4 @@ def sync_v2(quick: bool) -> str:
     return section(quick)
 
 
-ALL = [peer_apply, no_disruption, _agent_sections, control_plane, sync_v2, datapath]
+ALL = [peer_apply, no_disruption, _agent_sections, control_plane, datapath, sync_v2]

@@ -391,7 +391,8 @@ class Store:
         """The node's peers: all (``full``) or only those changed after ``since``.
 
         A full list is read page by page (each page alone under the lock); with
-        ``limit`` only its first page is returned, and ``next_cursor`` names the next.
+        ``limit`` only its first page is returned, and ``next_cursor`` names the next. A
+        delta longer than ``limit`` is answered as a paged full list instead.
         """
         with self._read() as db:
             if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
@@ -406,7 +407,7 @@ class Store:
                     "WHERE c.node_id = ? AND c.version > ?",
                     (node_id, since),
                 ).fetchall()
-        if full:
+        if full or (limit is not None and len(changed) > limit):  # a big delta: pages
             return self.full_page(node_id, version, 0, limit)
         peers = [self._peer(r) for r in changed if r["node_id"] == node_id]
         removed = [r["public_key"] for r in changed if r["node_id"] != node_id]

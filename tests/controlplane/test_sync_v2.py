@@ -283,3 +283,17 @@ def test_shutdown_answers_held_long_polls_at_once(tmp_path) -> None:
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+def test_a_delta_longer_than_the_page_comes_as_a_paged_full_list(cp: ControlPlane) -> None:
+    node_id = _node(cp)
+    version = _get(cp, node_id).json()["version"]
+    keys = {wg_key() for _ in range(5)}
+    for key in keys:
+        _add(cp, key)
+    small = _get(cp, node_id, since=version, limit=5).json()
+    assert not small["full"] and len(small["peers"]) == 5
+    big = _get(cp, node_id, since=version, limit=3).json()
+    assert big["full"] and len(big["peers"]) == 3 and big["next_cursor"]
+    v1 = _get(cp, node_id, since=version).json()  # no limit: the delta, as before
+    assert not v1["full"] and {p["public_key"] for p in v1["peers"]} == keys
