@@ -155,10 +155,12 @@ class Poller:
         return 0.0
 
     def _failed(self, fault: Fault) -> float:
+        """Back off like the agent's loop; counted as a fault, logged once per outage
+        (the heartbeat's own failures already count the sync errors)."""
         self.failures += 1
-        self.agent.metrics.syncs.labels("error").inc()
         self.agent.metrics.faults.labels(fault.dependency, fault.kind).inc()
-        cap = min(self.agent.opts.backoff_max, 0.5 * 2 ** min(self.failures, 16))
+        cap = min(self.agent.opts.backoff_max, self.agent.interval * 2 ** min(self.failures, 16))
         delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
-        log.warning("long-poll: %s: peers kept, retry in %.1f s", sanitize(fault), delay)
+        if self.failures == 1:
+            log.warning("long-poll: %s: peers kept, retrying with backoff", sanitize(fault))
         return delay
