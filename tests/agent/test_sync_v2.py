@@ -91,7 +91,7 @@ def _remove(env: Env, key: str) -> None:
         assert client.delete(f"/v1/peers/{key}").status_code == 204
 
 
-def _until(condition: Callable[[], bool], limit: float = 10) -> float:
+def _until(condition: Callable[[], bool], limit: float = 3) -> float:
     """Seconds until ``condition`` holds (checked every 20 ms), at most ``limit``."""
     started = time.monotonic()
     while not condition():
