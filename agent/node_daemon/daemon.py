@@ -368,8 +368,7 @@ class Agent:
         return self.poller is not None and self.poller.active
 
     def _count_bytes(self) -> None:
-        apis = [self.api] + ([self.poller.api] if self.poller else [])
-        sent, received = sum(a.bytes_sent for a in apis), sum(a.bytes_received for a in apis)
+        sent, received = self.api.bytes_sent, self.api.bytes_received
         self.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
         self.metrics.api_bytes.labels("received").inc(received - self._bytes_seen[1])
         self._bytes_seen = (sent, received)

@@ -113,6 +113,7 @@ class Poller:
         self.agent, self.api, self.wait = agent, api, wait
         self.active = True  # False: the control plane does not hold requests (v1)
         self.failures = self.early = 0
+        self._bytes_seen = (0, 0)
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name="long-poll", daemon=True)
@@ -141,6 +142,8 @@ class Poller:
             return self._failed(fault)
         except Exception as exc:  # the thread outlives a bug, as the agent's loop does
             return self._failed(Fault("agent", "internal", type(exc).__name__))
+        finally:
+            self._count_bytes()
         self.failures = 0
         # A held request answers early only with changes. Early with nothing (or with a
         # full list again) twice in a row: the control plane ignores ``wait`` (v1).
@@ -153,6 +156,13 @@ class Poller:
             return agent.interval
         self.early = 0
         return 0.0
+
+    def _count_bytes(self) -> None:
+        """This connection's bytes, as they happen (the loop counts its own)."""
+        sent, received = self.api.bytes_sent, self.api.bytes_received
+        self.agent.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
+        self.agent.metrics.api_bytes.labels("received").inc(received - self._bytes_seen[1])
+        self._bytes_seen = (sent, received)
 
     def _failed(self, fault: Fault) -> float:
         """Back off like the agent's loop; counted as a fault, logged once per outage
