@@ -425,7 +425,7 @@ def section(quick: bool) -> str:
          "met" if s["assign"]["p99"] < 1 else "p50 met, p99 missed"],
     ]  # fmt: skip
     return "\n".join([
-        "## 7. Sync v2: connect in under a second",
+        "## 8. Sync v2: connect in under a second",
         "",
         "| figure | goal | measured | |",
         "|---|---|---|---|",
