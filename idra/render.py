@@ -5,6 +5,7 @@ The same :func:`render_node_files` feeds ``idra render`` and the Pulumi launch t
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +14,16 @@ import jinja2
 
 from idra.config import LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
-TEMPLATES = REPO_ROOT / "templates"
+
+def _templates() -> Path:
+    """The installed package data (``idra.templates``), else a checkout's ``templates/``."""
+    spec = importlib.util.find_spec("idra.templates")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return REPO_ROOT / "templates"
+
+
+TEMPLATES = _templates()
 NODE_FILES = ("sysctl.conf", "nftables.nft", "node-daemon.initd", "user-data.yaml")
 
 # Destinations a client must never reach through a node (ARCHITECTURE §2). Documentation
@@ -64,6 +74,13 @@ def write_node_files(cfg: StackConfig, out: Path, region: str | None = None) -> 
     """Render, then write all four files into ``out``: all of them or none."""
     files = render_node_files(cfg, region)
     out = Path(out)
+    try:
+        return _write_all(files, out)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write: {exc.strerror or exc}") from None
+
+
+def _write_all(files: dict[str, str], out: Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -74,6 +91,10 @@ def write_node_files(cfg: StackConfig, out: Path, region: str | None = None) -> 
             return [out / name for name in NODE_FILES]
         if not out.is_dir():
             raise ConfigError(f"{out}: exists and is not a folder")
+        for name in NODE_FILES:  # check all before replacing any
+            target = out / name
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise ConfigError(f"{target}: exists and is not a regular file; nothing written")
         for name in NODE_FILES:
             (staging / name).replace(out / name)
     finally:

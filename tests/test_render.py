@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from idra.config import load_stack
+from idra.config import REPO_ROOT, load_stack
 from idra.netns import run
 from idra.render import NODE_FILES, render_node_files, write_node_files
 
@@ -109,3 +111,52 @@ def test_rewrite_replaces_all_files(tmp_path: Path) -> None:
     write_node_files(load_stack("production"), out)
     assert "production" in (out / "sysctl.conf").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["node"]
+
+
+def _idra_render(cwd: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    idra = str(Path(sys.executable).parent / "idra")
+    return subprocess.run(
+        [idra, "render", "--stack", "staging", "--out", str(out), *extra],
+        cwd=cwd, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_render_reads_the_stack_file_of_the_current_folder(tmp_path: Path) -> None:
+    here = tmp_path / "project"
+    here.mkdir()
+    text = (REPO_ROOT / "Pulumi.staging.yaml").read_text()
+    (here / "Pulumi.staging.yaml").write_text(text + "  idra:wireguardPort: 51999\n")
+    result = _idra_render(here, tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert f"stack file: {here}/Pulumi.staging.yaml" in result.stderr
+    assert "51999" in (tmp_path / "out" / "nftables.nft").read_text()
+    other = _idra_render(tmp_path, tmp_path / "out2", "--cwd", str(REPO_ROOT))
+    assert other.returncode == 0 and f"stack file: {REPO_ROOT}/Pulumi.staging.yaml" in other.stderr
+    assert "51999" not in (tmp_path / "out2" / "nftables.nft").read_text()
+
+
+def test_a_folder_named_like_an_output_file_changes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "node"
+    out.mkdir()
+    for name in NODE_FILES:
+        (out / name).write_text("old")
+    (out / "nftables.nft").unlink()
+    (out / "nftables.nft").mkdir()
+    result = _idra_render(REPO_ROOT, out)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "nftables.nft: exists and is not a regular file" in result.stderr
+    assert "Traceback" not in result.stderr
+    for name in NODE_FILES:
+        if name != "nftables.nft":
+            assert (out / name).read_text() == "old", f"{name} was replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node"], "no staging folder left"
+
+
+def test_every_flag_reads_an_idra_environment_variable(tmp_path: Path) -> None:
+    idra = str(Path(sys.executable).parent / "idra")
+    env = os.environ | {"IDRA_RENDER_STACK": "production", "IDRA_RENDER_OUT": str(tmp_path / "o"),
+                        "IDRA_RENDER_CWD": str(REPO_ROOT)}  # fmt: skip
+    result = subprocess.run([idra, "render"], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Pulumi.production.yaml" in result.stderr
+    assert "production" in (tmp_path / "o" / "sysctl.conf").read_text()

@@ -6,7 +6,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +19,8 @@ import click
 
 import node_daemon
 from node_daemon.api import MAX_PEERS, MAX_REPLY_BYTES
+from node_daemon.logsetup import LOG_FORMATS, LOG_LEVELS, setup_logging
+from node_daemon.oneline import OneLineGroup
 
 
 def option(*decls: str, **kw):
@@ -28,9 +33,31 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-@click.group()
-def main() -> None:
+@click.group(cls=OneLineGroup)
+@option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
+@option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+def main(log_format: str, log_level: str) -> None:
     """IDRA exit-node agent."""
+    setup_logging(log_format, log_level, stream=sys.stdout, name="node-daemon")
+
+
+def existing_interface(interface: str, driver: str) -> str:
+    """``interface`` if ``driver`` can reach it here (its UAPI socket, or a kernel interface
+    in this network namespace); else bad input (exit 2)."""
+    from node_daemon.wg import UAPI_DIR
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface) or interface in (".", ".."):
+        raise BadInput(f"--interface {interface!r}: not an interface name")
+    socket_path = UAPI_DIR / f"{interface}.sock"
+    if driver != "kernel" and socket_path.exists():
+        return interface
+    if driver == "uapi":
+        raise BadInput(f"--interface {interface}: no UAPI socket {socket_path}")
+    try:
+        socket.if_nametoindex(interface)  # this network namespace's interfaces
+    except OSError:
+        raise BadInput(f"--interface {interface}: no such interface on this host") from None
+    return interface
 
 
 @main.command()
@@ -170,16 +197,22 @@ def run(
     from node_daemon.metrics import Metrics
     from node_daemon.wg import make_driver
 
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stdout,
-        format="%(asctime)s node-daemon %(levelname)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # no per-request lines
+    existing_interface(interface, driver)
+    if ca_file:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, OSError, ValueError):
+            raise BadInput(f"--ca-file {ca_file}: not a PEM CA certificate") from None
     if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
         raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
     if not token_file.is_file():
         raise BadInput(f"--token-file {token_file}: no such file")
+    wg = make_driver(driver, interface)
+    try:
+        wg.read()
+    except (RuntimeError, OSError) as exc:
+        detail = " ".join(str(exc).split())
+        raise BadInput(f"--interface {interface} ({driver}): not usable: {detail}") from None
     imds = Imds(imds_url, deadline=imds_deadline)  # the signed identity: asked (and retried)
     instance_id = None  # only as the signed identity document says (what the CP uses)
     opts = Options(
@@ -207,7 +240,7 @@ def run(
         raise BadInput(str(exc)) from None
     api = NodeApi(api_url, token_file, ca_file, request_timeout, request_deadline,
                   max_reply_bytes, max_peers)  # fmt: skip
-    agent = Agent(opts, api, make_driver(driver, interface), metrics, imds)
+    agent = Agent(opts, api, wg, metrics, imds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -232,6 +265,7 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
     from node_daemon.peers import plan, reserved_hosts
     from node_daemon.wg import make_driver
 
+    existing_interface(interface, driver)
     try:
         own = interface_addresses(interface)
     except (subprocess.CalledProcessError, OSError, ValueError):
@@ -245,12 +279,16 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BadInput(f"{peers_file}: {type(exc).__name__}: {exc}") from None
     wg = make_driver(driver, interface)
-    live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
-    own_key = wg.public_key() if wg.read().has_private_key else None
-    reserved = reserved_hosts(pools, [str(a.ip) for a in own])
-    result = plan(incoming, removed, live, pools, full=document.get("full", True) is not False,
-                  own_key=own_key, reserved=reserved)  # fmt: skip
-    wg.apply(result.upserts, result.removes)
+    try:
+        live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
+        own_key = wg.public_key() if wg.read().has_private_key else None
+        reserved = reserved_hosts(pools, [str(a.ip) for a in own])
+        result = plan(incoming, removed, live, pools, full=document.get("full", True) is not False,
+                      own_key=own_key, reserved=reserved)  # fmt: skip
+        wg.apply(result.upserts, result.removes)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        detail = " ".join(str(exc).split())
+        raise click.ClickException(f"--interface {interface} ({driver}): {detail}") from None
     rejected = sum(result.rejected.values())
     click.echo(
         f"added {result.added} updated {result.updated} removed {len(result.removes)} "

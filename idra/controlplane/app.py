@@ -12,6 +12,7 @@ only: never a peer key, a client address or a credential.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane import auth, longpoll
+from idra.controlplane import auth, longpoll, observability
 from idra.controlplane.auth import requires
 from idra.controlplane.identity import Identity, IdentityRefused, Verifier
 from idra.controlplane.longpoll import CURSOR, MAX_WAIT_S
@@ -88,7 +89,7 @@ class Heartbeat(Body):
 
 class Drain(Body):
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    reason: Literal["blocked", "compromised", "manual"]
+    reason: Literal["blocked", "compromised", "manual", "outdated"]
 
 
 class PeerRequest(Body):
@@ -166,6 +167,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=400)
+
+    observability.install(app, store)
 
     def fresh_after() -> float:
         return time.time() - 3 * settings.heartbeat_interval_s
@@ -262,7 +265,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
     @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
-        return {"nodes": [{k: n[k] for k in NODE_FIELDS} for n in store.nodes(state)]}
+        return {"nodes": [_listed(n) for n in store.nodes(state)]}
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:
@@ -289,6 +292,13 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 def _root_unlocked(integrity: Integrity, was_readonly: int) -> bool:
     """The root was reported read-only before and is not now (absent counts as not)."""
     return bool(was_readonly) and integrity.root_readonly is not True
+
+
+def _listed(node: dict) -> dict:
+    """A node as the operator sees it; ``peers`` is its last reported count."""
+    return {k: node[k] for k in NODE_FIELDS} | {
+        "peers": json.loads(node["stats"] or "{}").get("peers")
+    }
 
 
 def _compromised(integrity: Integrity, baseline: str, settings: Settings) -> bool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import sqlite3
+import ssl
 from pathlib import Path
 from types import FrameType
 
@@ -128,11 +131,13 @@ def serve(
     """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
     if bool(tls_cert) != bool(tls_key):
         raise BadInput("--tls-cert and --tls-key go together")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise BadInput(f"--listen {listen!r}: expected HOST:PORT")
-    if not tls_cert and not ipaddress.ip_address(host.strip("[]")).is_loopback:
+    host, port = _listen(listen)
+    if not tls_cert and not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
         raise BadInput("--listen: plain HTTP only on a loopback address; give --tls-cert/--tls-key")
+    if tls_cert:
+        _check_tls(tls_cert, tls_key)
+    if not db.parent.is_dir():
+        raise BadInput(f"--db {db}: folder {db.parent} does not exist")
     try:
         pool = Pool(ipaddress.IPv4Network(client_pool_v4), ipaddress.IPv6Network(client_pool_v6))
     except ValueError as exc:
@@ -156,24 +161,27 @@ def serve(
         from idra.controlplane.aws import AwsConfirm
 
         settings.confirm = AwsConfirm(stack)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        store = Store(db, pool, keep_changes, change_retention)
+    except sqlite3.Error as exc:
+        raise BadInput(f"--db {db}: {exc}") from None
+    sock = _bind(host, port, listen)
     if settings.verifier is None:
         logging.getLogger("idra.controlplane").warning(
             "no --iid-cert-file: every node registration will be refused"
         )
-    store = Store(db, pool, keep_changes, change_retention)
     app = create_app(store, settings)
     print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,
-        host=host.strip("[]"),
-        port=int(port),
+        fd=sock.fileno(),
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         access_log=False,
         server_header=False,
         date_header=False,
-        log_level="warning",
+        log_config=None,  # our handlers: --log-format and --log-level of ``idra``
         timeout_graceful_shutdown=5,
     )
     _Server(config, store.notifier).run()
@@ -190,3 +198,42 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.notifier.close()
         super().handle_exit(sig, frame)
+
+
+def _listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``, ``localhost:PORT``) → (host, port)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInput(f"--listen {listen!r}: expected HOST:PORT")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise BadInput(f"--listen {listen!r}: HOST is an IP address or localhost") from None
+    return host, int(port)
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise BadInput(
+            f"--tls-cert {cert} / --tls-key {key}: not a matching PEM pair ({reason})"
+        ) from None
+
+
+def _bind(host: str, port: int, listen: str) -> socket.socket:
+    """The listening socket, bound before the server starts (a busy port is one line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1" if host == "localhost" else host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"--listen {listen}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -79,9 +79,9 @@ CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);
 # nodes have no credential yet; each gets one when it next registers with a signed
 # identity document).
 ADDED_COLUMNS = {
-    "nodes": ("account_id TEXT", "credential_sha256 TEXT",
-              "identity_refusals INTEGER NOT NULL DEFAULT 0", "identity_refused_at REAL",
-              "root_readonly_baseline INTEGER NOT NULL DEFAULT 0"),
+    "nodes": ("root_readonly_baseline INTEGER NOT NULL DEFAULT 0",
+              "account_id TEXT", "credential_sha256 TEXT",
+              "identity_refusals INTEGER NOT NULL DEFAULT 0", "identity_refused_at REAL"),
     "changes": ("created_at REAL NOT NULL DEFAULT 0",),
 }  # fmt: skip
 
@@ -528,3 +528,25 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- observability -------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Read the database once (raises ``sqlite3.Error`` when it does not answer)."""
+        with self._read() as db:
+            db.execute("SELECT COUNT(*) FROM nodes").fetchone()
+
+    def counts(self) -> dict[str, Any]:
+        """Aggregates only: nodes by state, peers, reported active peers, change-log rows."""
+        with self._read() as db:
+            states = db.execute(
+                "SELECT state, COUNT(*), SUM(active_peers) FROM nodes GROUP BY state"
+            )
+            by_state = {row[0]: (row[1], row[2] or 0) for row in states}
+            return {
+                "nodes": {state: n for state, (n, _) in by_state.items()},
+                "active_peers": sum(active for _, active in by_state.values()),
+                "peers": db.execute("SELECT COUNT(*) FROM peers").fetchone()[0],
+                "changes": db.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
+                "version": self._version(db),
+            }

@@ -1,4 +1,4 @@
-"""Operator calls of the node API v1 (canary and reaper side)."""
+"""The operator's client of the node API v1, shared by ``idra nodes``, canary and reaper."""
 
 from __future__ import annotations
 
@@ -13,37 +13,73 @@ class ApiError(RuntimeError):
     """The control plane refused or failed a call; the message says which and why."""
 
 
+class NotFound(ApiError):
+    """The control plane has no such node."""
+
+
 class OperatorApi:
     """Node list, drain and delete calls, with the operator token."""
 
     def __init__(self, url: str, token: str, ca_file: Path | None = None, timeout: float = 10):
+        try:
+            verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        except (ssl.SSLError, OSError, ValueError):
+            raise ValueError(f"--ca-file {ca_file}: not a PEM CA certificate") from None
+        self.url = url.rstrip("/")
         self._http = httpx.Client(
-            base_url=url.rstrip("/"),
+            base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
-            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
+            verify=verify,
             timeout=timeout,
         )
 
     def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        where = f"{method} {self.url}{path}"
         try:
             response = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise ApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            raise ApiError(f"{where}: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 401:
+            raise ApiError(f"{where}: HTTP 401: the operator token was refused")
         if response.status_code >= 400 and response.status_code != 404:
-            raise ApiError(f"{method} {path}: HTTP {response.status_code}: {response.text[:200]}")
+            detail = " ".join(response.text[:200].split())
+            raise ApiError(f"{where}: HTTP {response.status_code}: {detail}")
         return response
 
-    def nodes(self, state: str) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/nodes", params={"state": state}).json()["nodes"]
+    def nodes(self, state: str | None = None) -> list[dict[str, Any]]:
+        """The nodes the control plane knows (of ``state``, or all)."""
+        params = {"state": state} if state else {}
+        response = self._call("GET", "/v1/nodes", params=params)
+        where = f"GET {self.url}/v1/nodes"
+        try:
+            nodes = response.json()["nodes"] if response.status_code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            nodes = None
+        if not isinstance(nodes, list) or not all(
+            isinstance(n, dict) and isinstance(n.get("id"), str) for n in nodes
+        ):
+            raise ApiError(
+                f"{where}: HTTP {response.status_code}, not a node list "
+                "(--api-url is the control plane's base URL, without /v1)"
+            )
+        return nodes
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        for node in self.nodes():
+            if node["id"] == node_id:
+                return node
+        raise NotFound(f"{node_id}: no such node")
 
     def drain(self, node_id: str, reason: str) -> None:
         response = self._call("POST", "/node/drain", json={"id": node_id, "reason": reason})
         if response.status_code == 404:
-            raise ApiError(f"drain {node_id}: no such node")
+            raise NotFound(f"{node_id}: no such node")
 
-    def delete(self, node_id: str) -> None:
-        """Forget a node; a node already gone is fine (idempotent)."""
-        self._call("DELETE", f"/v1/nodes/{node_id}")
+    def delete(self, node_id: str, *, missing_ok: bool = True) -> None:
+        """Forget a node; a node already gone is fine unless ``missing_ok`` is false."""
+        response = self._call("DELETE", f"/v1/nodes/{node_id}")
+        if response.status_code == 404 and not missing_ok:
+            raise NotFound(f"{node_id}: no such node")
 
     def close(self) -> None:
         self._http.close()

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class NodeReport:
     checks: list[Check] = field(default_factory=list)
     confirmations: int = 0
     drained: bool = False
+    drain_error: str = ""
 
     @property
     def verdict(self) -> Verdict:
@@ -44,6 +46,7 @@ class NodeReport:
             "verdict": self.verdict.value,
             "confirmations": self.confirmations,
             "drained": self.drained,
+            "drain_error": self.drain_error,
             "checks": [vars(check) | {"verdict": check.verdict.value} for check in self.checks],
         }
 
@@ -68,16 +71,44 @@ def save_state(path: Path | None, listed_runs: dict[str, int]) -> None:
     Path(tmp).replace(path)
 
 
+def check_all(
+    nodes: list[dict[str, Any]],
+    checks: Callable[[dict[str, Any]], list[Check]],
+    workers: int = 8,
+    progress: Callable[[dict[str, Any], list[Check]], None] | None = None,
+) -> dict[str, list[Check]]:
+    """Run ``checks`` for every node, ``workers`` at a time; node id → its checks."""
+    results: dict[str, list[Check]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(nodes)))) as pool:
+        futures = {pool.submit(checks, node): node for node in nodes}
+        for future in as_completed(futures):
+            node = futures[future]
+            try:
+                found = future.result()
+            except Exception as exc:  # a check that crashed is an error, never a listing
+                found = [Check("checks", Verdict.ERROR, type(exc).__name__)]
+            results[node["id"]] = found
+            if progress:
+                progress(node, found)
+    return results
+
+
 def run_once(
     nodes: Iterable[dict[str, Any]],
     checks: Callable[[dict[str, Any]], list[Check]],
     drain: Callable[[str], None],
     state: dict[str, int],
+    *,
+    workers: int = 8,
+    progress: Callable[[dict[str, Any], list[Check]], None] | None = None,
 ) -> tuple[list[NodeReport], dict[str, int]]:
-    """Check each node, update confirmations, drain confirmed ones; return the new state."""
+    """Check the nodes (concurrently), update confirmations, drain confirmed ones; return
+    the reports (in node order) and the new state. A failed drain is retried next run."""
+    nodes = list(nodes)
+    found = check_all(nodes, checks, workers, progress)
     reports, new_state = [], {}
     for node in nodes:
-        report = NodeReport(node["id"], node["public_ip"], checks(node))
+        report = NodeReport(node["id"], node["public_ip"], found[node["id"]])
         seen = state.get(report.node_id, 0)
         match report.verdict:
             case Verdict.LISTED:
@@ -87,8 +118,12 @@ def run_once(
             case Verdict.CLEAN:
                 report.confirmations = 0
         if report.confirmations >= CONFIRMATIONS:
-            drain(report.node_id)
-            report.drained = True
+            try:
+                drain(report.node_id)
+                report.drained = True
+            except Exception as exc:  # reported in the row, retried next run
+                report.drain_error = " ".join(str(exc).split())
+                new_state[report.node_id] = report.confirmations
         elif report.confirmations:
             new_state[report.node_id] = report.confirmations
         reports.append(report)

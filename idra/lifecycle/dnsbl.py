@@ -8,6 +8,7 @@ error, as is a timeout. Only a real listing may ever drain a node.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -62,18 +63,34 @@ def check(address: str, zone: str, resolver: dns.resolver.Resolver) -> Check:
     return Check(zone, Verdict.ERROR, f"unexpected answer {codes[0]}")
 
 
+def parse_nameserver(text: str) -> tuple[list[str], int]:
+    """``HOST``, ``HOST:PORT``, ``V6`` or ``[V6]:PORT`` → (IP addresses, port); a host name
+    is resolved once (all its addresses). Raises ValueError with a one-line message."""
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") or "53"
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"--nameserver {text}: port {port_text!r} is not 1-65535")
+    try:
+        return [str(ipaddress.ip_address(host))], int(port_text)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        raise ValueError(f"--nameserver {text}: cannot resolve {host!r}") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos)), int(port_text)
+
+
 def make_resolver(nameserver: str | None = None, timeout: float = 3.0) -> dns.resolver.Resolver:
     """The system resolver, or ``HOST``, ``HOST:PORT`` or ``[V6]:PORT``."""
     resolver = dns.resolver.Resolver(configure=nameserver is None)
     if nameserver:
-        host, port = nameserver, 53
-        if nameserver.startswith("["):
-            host, _, rest = nameserver[1:].partition("]")
-            port = int(rest.removeprefix(":") or 53)
-        elif nameserver.count(":") == 1:
-            host, port_text = nameserver.split(":")
-            port = int(port_text)
-        resolver.nameservers = [host]
+        hosts, port = parse_nameserver(nameserver)
+        resolver.nameservers = hosts
         resolver.port = port
     resolver.timeout = resolver.lifetime = timeout
     return resolver

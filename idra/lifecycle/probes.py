@@ -52,8 +52,10 @@ def load_probes(path: Path) -> list[Target]:
     """Read a probes file; ValueError with one line naming the file on a bad one."""
     try:
         return ProbesFile.model_validate(yaml.safe_load(path.read_text()) or {}).targets
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"--probes {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError:
+        raise ValueError(f"--probes {path}: not valid YAML") from None
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         where = ".".join(map(str, error["loc"]))

@@ -27,6 +27,11 @@ class Decision:
     why: str
     outcome: str = ""
 
+    @property
+    def failed(self) -> bool:
+        """The termination failed, or was refused (not the stack's own instance)."""
+        return self.outcome.startswith("error") or self.action == "refused"
+
     def as_dict(self) -> dict[str, str]:
         return vars(self).copy()
 
@@ -64,7 +69,9 @@ def reap(
     dry_run: bool = False,
     now: dt.datetime | None = None,
 ) -> list[Decision]:
-    """One pass over the draining nodes (of ``regions``, or all); returns what was done."""
+    """One pass over the draining nodes (of ``regions``, or all); returns what was done.
+    A node whose termination fails keeps its record (retried next pass); its decision's
+    ``outcome`` says why."""
     now = now or dt.datetime.now(dt.UTC)
     decisions = []
     for node in api.nodes("draining"):
@@ -72,11 +79,15 @@ def reap(
             continue
         decision = decide(node, now, max_drain)
         if decision.action == "terminate":
-            problem = fleet.check(node)
-            if problem:
-                decision.action, decision.why = "refused", f"not terminated: {problem}"
-            elif not dry_run:
-                decision.outcome = fleet.terminate(node)
-                api.delete(node["id"])
+            try:
+                problem = fleet.check(node)
+                if problem:
+                    decision.action, decision.why = "refused", f"not terminated: {problem}"
+                elif not dry_run:
+                    decision.outcome = fleet.terminate(node)
+                    api.delete(node["id"])
+            except Exception as exc:  # one node's AWS error never ends the pass
+                detail = " ".join(str(exc).split())
+                decision.outcome = f"error: {type(exc).__name__}: {detail}"
         decisions.append(decision)
     return decisions

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.controlplane.conftest import start, wg_key
+from tests.controlplane.conftest import free_port, start, wg_key
 
 from .conftest import INSTANCE_ID, Env, eventually
 
@@ -196,6 +196,16 @@ def test_database_restored_and_token_rotated(env: Env) -> None:
     eventually(lambda: len(_nodes(env)) == 1, timeout=15, what="a fresh registration")
     assert _nodes(env)[0]["instance_id"] == INSTANCE_ID
     eventually(lambda: env.metric("idra_agent_unauthorized") == 0, what="sync resumed")
+
+
+def test_no_instance_metadata_no_start(env: Env) -> None:
+    """Without a signed identity document there is nothing to register with: one line,
+    exit 2 (the metadata URL here is a closed loopback port)."""
+    url = f"http://127.0.0.1:{free_port()}"
+    agent = env.start_agent(None, "--imds-url", url, wait=False)
+    assert agent.wait(30) == 2
+    lines = env.log.read_text().strip().splitlines()
+    assert len(lines) == 1 and f"--imds-url {url}: no instance identity" in lines[0]
 
 
 def test_lost_credential_is_refused_shown_and_replaced(env: Env) -> None:

@@ -116,7 +116,7 @@ def test_root_made_writable_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
     assert cp.heartbeat(nodes[unlocked], active_peers=3, root_readonly=False)["drain"] is True
     _expect_completion(aws, unlocked)
     with aws.stubber:
-        decisions = reap(_api(cp), AwsFleet(lambda r: aws), HOURS)
+        decisions = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS)
     assert [(d.node_id, d.action, d.outcome) for d in decisions] == [
         (nodes[unlocked], "terminate", "terminated")
     ]

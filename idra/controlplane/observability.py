@@ -1,0 +1,107 @@
+"""``GET /healthz`` (no token) and ``GET /metrics`` (operator token, Prometheus text).
+
+Metrics are aggregates only: request counts by route template (never a raw path, so no
+node id or key becomes a label), latency, nodes by state, peers, change-log rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from idra.controlplane.auth import requires
+from idra.controlplane.store import Store
+
+log = logging.getLogger("idra.controlplane")
+STATES = ("active", "draining")
+
+
+class _StoreCollector:
+    """Reads the database at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self):
+        counts = self.store.counts()
+        nodes = GaugeMetricFamily("idra_controlplane_nodes", "Nodes by state.", labels=["state"])
+        for state in sorted(set(STATES) | set(counts["nodes"])):
+            nodes.add_metric([state], counts["nodes"].get(state, 0))
+        yield nodes
+        for name, key, text in (
+            ("peers", "peers", "Client peers assigned to nodes."),
+            ("active_peers", "active_peers", "Active peers the nodes last reported, summed."),
+            ("changelog_rows", "changes", "Rows in the peer change log."),
+            ("peers_version", "version", "Current peers version."),
+        ):
+            yield GaugeMetricFamily(f"idra_controlplane_{name}", text, value=counts[key])
+        yield GaugeMetricFamily(
+            "idra_controlplane_long_polls_held",
+            "Peer long-polls (GET …/peers?wait=) held open now.",
+            value=self.store.notifier.held,
+        )
+
+
+class _RequestMetrics:
+    """ASGI middleware: count and time every HTTP request by route template and status."""
+
+    def __init__(self, app: Any, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(route, scope["method"], str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def install(app: FastAPI, store: Store) -> CollectorRegistry:
+    """Add the two routes and the request middleware to ``app``; return its registry."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "idra_controlplane_requests", "HTTP requests by route, method and status.",
+        ["route", "method", "status"], registry=registry,
+    )  # fmt: skip
+    latency = Histogram(
+        "idra_controlplane_request_duration_seconds", "Time to answer, by route.", ["route"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    )  # fmt: skip
+    registry.register(_StoreCollector(store))
+    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
+
+    @app.get("/healthz", include_in_schema=False, **requires("public"))
+    def healthz() -> Response:
+        try:
+            store.ping()
+        except sqlite3.Error as exc:
+            log.error("health check: database does not answer: %s", type(exc).__name__)
+            return JSONResponse({"status": "unavailable", "database": "error"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics", include_in_schema=False, **requires("operator"))
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return registry

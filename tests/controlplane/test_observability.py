@@ -1,0 +1,97 @@
+"""``/healthz`` and ``/metrics`` of the control plane; metrics parsed with prometheus_client's
+own text parser; aggregates only (no node id, key or address in a label)."""
+
+from __future__ import annotations
+
+import ipaddress
+import warnings
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from idra.controlplane.app import Settings, create_app
+from idra.controlplane.store import Pool, Store
+
+from .conftest import ControlPlane, wg_key
+
+
+def _samples(text: str) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+def _value(samples: dict[str, list], name: str, **labels: str) -> float:
+    matching = [
+        s.value for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert matching, f"{name}{labels} not found"
+    return sum(matching)
+
+
+def test_healthz_needs_no_token(cp: ControlPlane) -> None:
+    with cp.client(None) as anyone:
+        reply = anyone.get("/healthz")
+    assert reply.status_code == 200 and reply.json()["status"] == "ok"
+
+
+def test_metrics_need_the_operator_token(cp: ControlPlane) -> None:
+    for kind in (None, "node", "client"):
+        with cp.client(kind) as client:
+            assert client.get("/metrics").status_code == 401, kind
+
+
+def test_metrics_in_prometheus_text(cp: ControlPlane) -> None:
+    nodes = [cp.register(f"i-metrics{n}") for n in range(3)]
+    cp.heartbeat(nodes[0], active_peers=2)
+    cp.heartbeat(nodes[1], active_peers=1)
+    keys = [wg_key() for _ in range(4)]
+    with cp.client("client") as client:
+        for key in keys:
+            assert client.post("/v1/peers", json={"public_key": key}).status_code == 200
+    with cp.client("operator") as ops:
+        ops.post("/node/drain", json={"id": nodes[2], "reason": "manual"})
+        assert ops.get("/no/such/path").status_code == 404
+        reply = ops.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    samples = _samples(reply.text)
+
+    requests = "idra_controlplane_requests_total"
+    assert _value(samples, requests, route="/v1/nodes", method="POST", status="201") == 3
+    heartbeat = "/v1/nodes/{node_id}/heartbeat"
+    assert _value(samples, requests, route=heartbeat, method="POST", status="200") == 2
+    assert _value(samples, requests, route="/node/drain", status="202") == 1
+    assert _value(samples, requests, route="/v1/peers", status="200") == 4
+    assert _value(samples, requests, route="unmatched") >= 1, "unknown paths share one label"
+    latency = "idra_controlplane_request_duration_seconds"
+    assert _value(samples, latency + "_count", route="/v1/peers") == 4
+    assert _value(samples, latency + "_bucket", route="/v1/peers", le="+Inf") == 4
+
+    assert _value(samples, "idra_controlplane_nodes", state="active") == 2
+    assert _value(samples, "idra_controlplane_nodes", state="draining") == 1
+    assert _value(samples, "idra_controlplane_peers") == 4
+    assert _value(samples, "idra_controlplane_active_peers") == 3
+    assert _value(samples, "idra_controlplane_changelog_rows") >= 4
+    assert _value(samples, "idra_controlplane_peers_version") >= 4
+
+    labels = " ".join(
+        str(v) for group in samples.values() for s in group for v in s.labels.values()
+    )
+    for secret in (*nodes, *keys, "203.0.113.10", "10.96.0."):
+        assert secret not in labels and secret not in reply.text
+
+
+def test_healthz_is_503_when_the_database_does_not_answer(tmp_path) -> None:
+    with warnings.catch_warnings(action="ignore"):
+        from fastapi.testclient import TestClient  # warns about its httpx use on import
+
+    pool = Pool(ipaddress.IPv4Network("10.96.0.0/12"), ipaddress.IPv6Network("fd00::/64"))
+    store = Store(tmp_path / "cp.db", pool)
+    tokens = {kind: f"{kind}-token-0123456789" for kind in ("node", "operator", "client")}
+    with TestClient(create_app(store, Settings(tokens))) as client:
+        assert client.get("/healthz").status_code == 200
+        store.close()
+        reply = client.get("/healthz")
+    assert reply.status_code == 503 and reply.json()["status"] == "unavailable"

@@ -1,0 +1,42 @@
+"""The docs stand on their own: every relative link resolves inside the repository, and no
+doc points at a file or document the repository does not hold."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from idra.config import REPO_ROOT
+from node_daemon.logsetup import setup_logging
+
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_links_resolve_inside_the_repository(doc) -> None:
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path = (doc.parent / target).resolve()
+        assert path.is_relative_to(REPO_ROOT) and path.exists(), f"{doc.name}: {target}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_no_reference_outside_the_repository(doc) -> None:
+    text = doc.read_text()
+    for outside in (r"ARCHITECTURE", r"\bseed\b", r"/work/", r"§"):
+        assert not re.search(outside, text), f"{doc.name} mentions {outside!r}"
+
+
+def test_json_log_lines() -> None:
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    logging.getLogger("idra.test").info("pass %d of %d", 1, 2)
+    logging.getLogger("idra.test").debug("hidden at info")
+    entry = json.loads(stream.getvalue())
+    assert entry["message"] == "pass 1 of 2" and entry["level"] == "info"
+    logging.getLogger().handlers.clear()
