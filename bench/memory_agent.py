@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
+import node_daemon.cli
 import node_daemon.host
 import node_daemon.wg
 from bench.keys import random_key
@@ -57,4 +58,5 @@ def _addresses(interface: str, netns: str | None = None) -> list:
 if __name__ == "__main__":
     node_daemon.wg.make_driver = lambda kind, interface: MemoryDriver(interface)
     node_daemon.host.interface_addresses = _addresses
+    node_daemon.cli.existing_interface = lambda interface, driver: interface  # no real one
     main()
