@@ -45,7 +45,7 @@ def world(tmp_path: Path):
         topo.wireguard(node, wg)
         node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
         node.ip("link", "set", wg, "up")
-        env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path)
+        env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path, None, imds.url)
         yield env, cp, imds
     finally:
         if env and env.agent and env.agent.poll() is None:
