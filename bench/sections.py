@@ -367,4 +367,10 @@ def _agent_sections(quick: bool) -> str:
     return "\n\n".join(agent_at_work(quick))
 
 
-ALL = [peer_apply, no_disruption, _agent_sections, control_plane, datapath]
+def sync_v2(quick: bool) -> str:
+    from bench.sync_v2 import section
+
+    return section(quick)
+
+
+ALL = [peer_apply, no_disruption, _agent_sections, control_plane, datapath, sync_v2]

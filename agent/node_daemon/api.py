@@ -66,8 +66,9 @@ class NodeApi:
         max_peers: int = MAX_PEERS,
     ) -> None:
         self.token_file = token_file
-        self.max_peers = max_peers
+        self._settings = (url, token_file, ca_file, timeout, deadline, max_reply_bytes, max_peers)
         self.credential: str | None = None  # this node's, from the register reply
+        self.max_peers = max_peers
         self.bytes_sent = self.bytes_received = 0
         verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._http = BoundedClient(
@@ -92,10 +93,10 @@ class NodeApi:
         status = reply.status
         if status == 401:
             raise Unauthorized(f"{method}: 401 unauthorized")
-        if status == 404 and path != "/v1/nodes":
-            raise NotFound(what)
         if status in (403, 409) and path == "/v1/nodes":
             raise Refused(f"HTTP {status}: {_detail(reply)}")
+        if status == 404 and path != "/v1/nodes":
+            raise NotFound(what)
         if status == 429:
             raise Fault("control_plane", "throttled", what)
         if 300 <= status < 400:
@@ -116,10 +117,34 @@ class NodeApi:
         except (OSError, UnicodeDecodeError) as exc:
             raise Fault("token_file", "unreadable", type(exc).__name__) from None
         headers = {"X-Node-Credential": self.credential} if self.credential else {}
-        return replies.registration(self._call("POST", "/v1/nodes", token, body, headers=headers))
+        document = self._call("POST", "/v1/nodes", token, body, headers=headers)
+        return replies.registration(document)
 
-    def peers(self, node_id: str, since: int | None) -> replies.Peers:
-        params = {} if since is None else {"since": since}
+    def twin(self, extra_s: float) -> NodeApi:
+        """Another client (own connection) with the same settings, whose calls may take
+        ``extra_s`` seconds longer: for the long-poll thread."""
+        url, token_file, ca_file, timeout, deadline, max_bytes, max_peers = self._settings
+        return NodeApi(url, token_file, ca_file, timeout + extra_s, deadline + extra_s,
+                       max_bytes, max_peers)  # fmt: skip
+
+    def peers(
+        self,
+        node_id: str,
+        since: int | None,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> replies.Peers:
+        """The delta since ``since`` (held up to ``wait`` s), or a full list: one page of
+        ``limit`` (``cursor``: the next). A control plane before sync v2 ignores these."""
+        params: dict[str, Any] = {} if since is None else {"since": since}
+        if wait and since is not None:
+            params["wait"] = wait
+        if limit:
+            params["limit"] = limit
+        if cursor:
+            params["cursor"] = cursor
         document = self._call(
             "GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params
         )

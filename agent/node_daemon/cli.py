@@ -143,6 +143,20 @@ def version() -> None:
     show_default=True,
     help="Most peers in one reply (kernel WireGuard's limit, 2^20).",
 )
+@option(
+    "--long-poll",
+    type=click.FloatRange(min=0, max=60),
+    default=55.0,
+    show_default=True,
+    help="Seconds one held peers request may wait for a change (0: sync on the heartbeat).",
+)
+@option(
+    "--page-size",
+    type=click.IntRange(0, 10_000),
+    default=2000,
+    show_default=True,
+    help="Peers per page of a full list (0: ask for the whole list at once).",
+)
 @option("--interface-netns", default=None, help="Labs/tests: network namespace of the interface.")
 @option("--launch-hook", default=None, help="Launch hook name: completed once serving.")
 @option(
@@ -179,6 +193,8 @@ def run(
     interface_netns,
     launch_hook,
     max_drain,
+    long_poll,
+    page_size,
 ) -> None:
     """Register this node and keep its peers in step with the control plane.
 
@@ -227,6 +243,8 @@ def run(
         interface_netns,
         launch_hook,
         max_drain,
+        long_poll,
+        page_size,
     )
     metrics = Metrics()
     try:
@@ -260,6 +278,7 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
     from node_daemon.peers import plan, reserved_hosts
     from node_daemon.wg import make_driver
 
+    existing_interface(interface, driver)
     try:
         own = interface_addresses(interface)
     except (subprocess.CalledProcessError, OSError, ValueError):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import node_daemon
 from node_daemon import host
+from node_daemon import sync as peersync
 from node_daemon.api import NodeApi, NotFound, Refused, Unauthorized
 from node_daemon.aws import (
     Imds,
@@ -33,6 +34,7 @@ from node_daemon.aws import (
 from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
 from node_daemon.peers import Plan, client_pools, owners_of, plan, reserved_hosts
+from node_daemon.replies import Peers
 from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
@@ -58,6 +60,8 @@ class Options:
     interface_netns: str | None = None  # labs and tests: the interface's namespace
     launch_hook: str | None = None  # completed once registered and first sync applied
     max_drain: float | None = None  # longest self-drain on termination (None: the timeout)
+    long_poll_s: float = peersync.LONG_POLL_S  # 0: sync on the heartbeat only (v1)
+    page_size: int = peersync.PAGE  # 0: the whole list in one reply (v1)
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -92,6 +96,8 @@ class Agent:
         self.public_key = ""
         self._bytes_seen = (0, 0)
         self.refused = False
+        self.peers_lock = threading.Lock()  # the long-poll thread applies, the loop scans
+        self.poller: peersync.Poller | None = None
         self.api.credential = self._load_credential()
 
     # -- credential --------------------------------------------------------------------
@@ -188,25 +194,25 @@ class Agent:
 
     # -- cycle -------------------------------------------------------------------------
 
-    def sync(self) -> Plan:
-        """Fetch the peers changed since our version and apply only the difference."""
-        reply = self.api.peers(self.node_id, self.version)
-        result = plan(
-            reply.peers, reply.removed, self.live, self.pools, full=reply.full,
-            accept_new=not self.draining, owners=self.owners, own_key=self.public_key,
-            reserved=self.reserved,
-        )  # fmt: skip
-        self._apply(result)
-        self.version = reply.version
+    def sync(self, wait: float | None = None, api: NodeApi | None = None) -> Peers:
+        """Fetch the peers changed since our version (a long-poll with ``wait``) and
+        apply only the difference; a full list page by page (:mod:`node_daemon.sync`)."""
+        result, reply = peersync.fetch(self, api or self.api, wait)
         for reason, count in result.rejected.items():
             self.metrics.rejected.labels(reason).inc(count)
-        if result.upserts or result.removes or result.rejected:
+        if result.added or result.updated or result.removes or result.rejected:
             log.info("sync%s: %d added, %d updated, %d removed, %d rejected",
                      " (full)" if reply.full else "", result.added, result.updated,
                      len(result.removes), sum(result.rejected.values()))  # fmt: skip
         self.metrics.syncs.labels("ok").inc()
         self.metrics.last_sync.set_to_current_time()
-        return result
+        return reply
+
+    def plan(self, incoming: list, removed: list, *, full: bool) -> Plan:
+        return plan(
+            incoming, removed, self.live, self.pools, full=full, accept_new=not self.draining,
+            owners=self.owners, own_key=self.public_key, reserved=self.reserved,
+        )  # fmt: skip
 
     def _apply(self, result: Plan) -> None:
         if not (result.upserts or result.removes):
@@ -229,14 +235,28 @@ class Agent:
     def scan(self) -> None:
         """Read the interface (O(peers), every scan interval): count active peers and
         put back anything that drifted from what we applied."""
-        device = self.driver.read()
-        now = time.time()
-        self.active_peers = sum(
-            1 for p in device.peers.values() if now - p.last_handshake < ACTIVE_WINDOW_S
-        )
-        wrong = {k: ips for k, ips in self.live.items() if device.peers.get(k, None) is None
-                 or device.peers[k].allowed_ips != ips}  # fmt: skip
-        extra = [k for k in device.peers if k not in self.live]
+        with self.peers_lock:
+            self._scan()
+
+    def _scan(self) -> None:
+        """Streams the interface's peers (never the whole dump at once); a second pass
+        only when a peer we applied is missing."""
+        now, active, matching = time.time(), 0, 0
+        wrong: dict[str, str] = {}
+        extra: list[str] = []
+        for key, peer in self.driver.peers():
+            active += now - peer.last_handshake < ACTIVE_WINDOW_S
+            ips = self.live.get(key)
+            if ips is None:
+                extra.append(key)
+            elif ips != peer.allowed_ips:
+                wrong[key] = ips
+            else:
+                matching += 1
+        if matching + len(wrong) < len(self.live):  # some are missing from the interface
+            present = {key for key, _ in self.driver.peers()}
+            wrong.update((k, ips) for k, ips in self.live.items() if k not in present)
+        self.active_peers = active
         if wrong or extra:
             self.driver.apply(wrong, extra)
             log.warning("interface drift repaired: %d peers restored, %d removed",
@@ -330,8 +350,8 @@ class Agent:
             if time.monotonic() - self.last_scan >= self.opts.scan_interval:
                 self.scan()
             latest = self.heartbeat()  # idle cycle: this call only
-            if self.version is None or latest != self.version:
-                self.sync()
+            if not self.polling and (self.version is None or latest != self.version):
+                self.sync()  # a control plane without long-polls (or --long-poll 0)
             self.signal_ready()
         except Unauthorized:
             if self.node_id is not None:  # credential refused (record gone?): register again
@@ -348,7 +368,7 @@ class Agent:
         except Refused as exc:
             if not self.refused:
                 log.error("registration refused (%s): this instance needs replacing; "
-                          "peers kept", exc)  # fmt: skip
+                          "peers kept", sanitize(exc))  # fmt: skip
             self.refused = self.unauthorized = True
             self.metrics.unauthorized.set(1)
             self.metrics.syncs.labels("refused").inc()
@@ -396,6 +416,11 @@ class Agent:
             self.metrics.faults.labels(fault.dependency, fault.kind).inc()
             log.warning("%s: retry next cycle", sanitize(fault))
 
+    @property
+    def polling(self) -> bool:
+        """A long-poll thread syncs (the heartbeat then only reports)."""
+        return self.poller is not None and self.poller.active
+
     def _count_bytes(self) -> None:
         sent, received = self.api.bytes_sent, self.api.bytes_received
         self.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
@@ -403,6 +428,10 @@ class Agent:
         self._bytes_seen = (sent, received)
 
     def run(self, stop: threading.Event) -> None:
+        if self.opts.long_poll_s > 0:
+            self.poller = peersync.Poller(self, self.api.twin(self.opts.long_poll_s),
+                                          self.opts.long_poll_s)  # fmt: skip
+            self.poller.start(stop)
         while not stop.is_set():
             stop.wait(self.cycle())
 

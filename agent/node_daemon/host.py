@@ -156,7 +156,8 @@ class Integrity:
         if self.baseline is None:
             self.baseline = ruleset
         sysctl = sysctl_ok(self.sysctl_file, self.netns)
-        report = {"nftables_sha256": ruleset, "sysctl_ok": sysctl, "agent_sha256": agent_sha256()}
+        report = {"nftables_sha256": ruleset, "sysctl_ok": sysctl, "agent_sha256": agent_sha256(),
+                  "root_readonly": root_readonly()}  # fmt: skip
         if ruleset is None or sysctl is None:
             return report, None
         return report, ruleset == self.baseline and sysctl

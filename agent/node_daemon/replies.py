@@ -19,6 +19,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,63}")
 CREDENTIAL = re.compile(r"[\x21-\x7e]{16,512}")  # printable, no space: a header value
 INTERVAL_MIN, INTERVAL_MAX = 1.0, 300.0
+CURSOR = re.compile(r"[0-9]{1,16}\.[0-9]{1,16}")
 
 
 def _bad(what: str) -> Fault:
@@ -74,6 +75,7 @@ class Peers:
     full: bool
     peers: list[Any]  # entries checked one by one by peers.plan
     removed: list[Any]
+    next_cursor: str | None = None  # a full list continues (paged, sync v2)
 
 
 def peers(doc: dict[str, Any], max_peers: int) -> Peers:
@@ -86,7 +88,10 @@ def peers(doc: dict[str, Any], max_peers: int) -> Peers:
         raise _bad("peers: peers/removed")
     if len(listed) + len(removed) > max_peers:
         raise Fault("control_plane", "oversized", f"peers: over {max_peers} peers")
-    return Peers(version, full, listed, removed)
+    cursor = doc.get("next_cursor")
+    if cursor is not None and not (isinstance(cursor, str) and CURSOR.fullmatch(cursor)):
+        raise _bad("peers: next_cursor")
+    return Peers(version, full, listed, removed, cursor if full else None)
 
 
 @dataclass

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane import auth, observability
+from idra.controlplane import auth, longpoll, observability
 from idra.controlplane.auth import requires
 from idra.controlplane.identity import Identity, IdentityRefused, Verifier
-from idra.controlplane.store import NoCapacity, NotFound, Refused, Store
+from idra.controlplane.longpoll import CURSOR, MAX_WAIT_S
+from idra.controlplane.store import MAX_PAGE, PAGE, NoCapacity, NotFound, Refused, Store
 
 log = logging.getLogger("idra.controlplane")
 WgKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
@@ -210,9 +212,25 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         }
 
     @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400))
-    def peers(node_id: str, since: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None) -> dict:
+    async def peers(
+        node_id: str,
+        since: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
+        wait: Annotated[float | None, Query(ge=0, le=MAX_INT)] = None,
+        cursor: Annotated[str | None, Query(pattern=CURSOR)] = None,
+        limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+    ) -> dict:
+        """Changes since ``since`` (long-poll with ``wait``), or the full list (paged
+        with ``limit``; ``cursor`` from the previous page). Async: a held request
+        costs no thread, so held long-polls never hold up heartbeats."""
         try:
-            return store.peers_since(node_id, since)
+            if cursor is not None:
+                version, after = (int(part) for part in cursor.split("."))
+                return await run_in_threadpool(
+                    store.full_page, node_id, version, after, limit or PAGE
+                )
+            if since is None or not wait:
+                return await run_in_threadpool(store.peers_since, node_id, since, limit)
+            return await longpoll.changes(store, node_id, since, min(wait, MAX_WAIT_S), limit)
         except NotFound:
             raise HTTPException(404, "no such node") from None
 

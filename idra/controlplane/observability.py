@@ -43,6 +43,11 @@ class _StoreCollector:
             ("peers_version", "version", "Current peers version."),
         ):
             yield GaugeMetricFamily(f"idra_controlplane_{name}", text, value=counts[key])
+        yield GaugeMetricFamily(
+            "idra_controlplane_long_polls_held",
+            "Peer long-polls (GET …/peers?wait=) held open now.",
+            value=self.store.notifier.held,
+        )
 
 
 class _RequestMetrics:

@@ -8,12 +8,14 @@ import socket
 import sqlite3
 import ssl
 from pathlib import Path
+from types import FrameType
 
 import click
 import uvicorn
 
 from idra.controlplane.app import Settings, create_app
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
+from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
 
 
@@ -171,7 +173,7 @@ def serve(
     app = create_app(store, settings)
     print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         fd=sock.fileno(),
         ssl_certfile=tls_cert,
@@ -180,7 +182,22 @@ def serve(
         server_header=False,
         date_header=False,
         log_config=None,  # our handlers: --log-format and --log-level of ``idra``
+        timeout_graceful_shutdown=5,
     )
+    _Server(config, store.notifier).run()
+
+
+class _Server(uvicorn.Server):
+    """On SIGTERM/SIGINT, held long-polls answer at once (with what they have), so a
+    graceful shutdown does not wait out their ``wait``."""
+
+    def __init__(self, config: uvicorn.Config, notifier: ChangeNotifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.notifier.close()
+        super().handle_exit(sig, frame)
 
 
 def _listen(listen: str) -> tuple[str, int]:

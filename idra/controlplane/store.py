@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from idra.controlplane.notify import ChangeNotifier, LocalNotifier
+from idra.controlplane.slots import SlotIndex
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -62,6 +65,7 @@ CREATE TABLE IF NOT EXISTS peers (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS peers_node ON peers(node_id);
+CREATE INDEX IF NOT EXISTS peers_node_slot ON peers(node_id, slot);
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
     node_id TEXT NOT NULL,
@@ -118,8 +122,18 @@ class Pool:
         return (f"{self.ipv4.network_address + slot}/32", f"{self.ipv6.network_address + slot}/128")
 
 
+PAGE = 2000  # peers per page of a full list; each page is read under the lock alone
+MAX_PAGE = 10_000
+
+
 class Store:
-    """Thread-safe access to the database (one connection, one writer at a time)."""
+    """Thread-safe access to the database (one connection, one writer at a time).
+
+    Besides the database: a free-slot index and each node's peer count (rebuilt at
+    start, kept in step by every write, undone on rollback), so an assignment costs
+    O(log n); and a :class:`ChangeNotifier` told, after each commit, which nodes'
+    peers changed (long-polls, ARCHITECTURE §3b).
+    """
 
     def __init__(
         self,
@@ -127,6 +141,7 @@ class Store:
         pool: Pool,
         keep_changes: int = 100_000,
         change_retention_s: float = 3600,
+        notifier: ChangeNotifier | None = None,
     ) -> None:
         self.pool, self.keep_changes = pool, keep_changes
         self.change_retention_s = change_retention_s
@@ -141,6 +156,14 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._db.executescript(SCHEMA)
+        self.notifier: ChangeNotifier = notifier or LocalNotifier()
+        self._touched: set[str] = set()  # nodes whose peers changed in this transaction
+        self._undo: list = []  # in-memory index changes to revert on rollback
+        used = (row[0] for row in self._db.execute("SELECT slot FROM peers ORDER BY slot"))
+        self._slots = SlotIndex(used, 2, pool.slots)
+        self._load: dict[str, int] = dict(
+            self._db.execute("SELECT node_id, COUNT(*) FROM peers GROUP BY node_id").fetchall()
+        )
 
     def _migrate(self) -> None:
         for table, columns in ADDED_COLUMNS.items():
@@ -153,12 +176,23 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._touched, self._undo = set(), []
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
+                for undo in reversed(self._undo):
+                    undo()
                 raise
             self._db.execute("COMMIT")
+            touched = self._touched
+        if touched:
+            self.notifier.publish(touched)
+
+    def _count(self, node_id: str, delta: int) -> None:
+        """Change a node's peer count (undone if the transaction rolls back)."""
+        self._load[node_id] = self._load.get(node_id, 0) + delta
+        self._undo.append(lambda: self._load.__setitem__(node_id, self._load[node_id] - delta))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -177,6 +211,7 @@ class Store:
             return self._version(db)
 
     def _log(self, db: sqlite3.Connection, node_id: str, public_key: str) -> None:
+        self._touched.add(node_id)
         db.execute(
             "INSERT INTO changes (node_id, public_key, created_at) VALUES (?, ?, ?)",
             (node_id, public_key, time.time()),
@@ -337,39 +372,75 @@ class Store:
                 "INSERT OR IGNORE INTO retired (instance_id, retired_at) VALUES (?, ?)",
                 (row["instance_id"], time.time()),
             )
+            slots = [
+                r[0] for r in db.execute("SELECT slot FROM peers WHERE node_id = ?", (node_id,))
+            ]
             db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            for slot in slots:
+                self._free(slot)
+            load = self._load.pop(node_id, 0)
+            self._undo.append(lambda: self._load.__setitem__(node_id, load))
+            self._touched.add(node_id)  # its held long-poll ends (404 next)
             return True
 
     # -- peers --------------------------------------------------------------------------
 
-    def peers_since(self, node_id: str, since: int | None) -> dict[str, Any]:
-        """The node's peers: all (``full``) or only those changed after ``since``."""
+    def peers_since(
+        self, node_id: str, since: int | None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """The node's peers: all (``full``) or only those changed after ``since``.
+
+        A full list is read page by page (each page alone under the lock); with
+        ``limit`` only its first page is returned, and ``next_cursor`` names the next. A
+        delta longer than ``limit`` is answered as a paged full list instead.
+        """
         with self._read() as db:
             if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
                 raise NotFound(node_id)
             version = self._version(db)
             oldest = db.execute("SELECT MIN(version) FROM changes").fetchone()[0] or version + 1
             full = since is None or since > version or since < oldest - 1
-            if full:
-                rows = db.execute(
-                    "SELECT public_key, slot FROM peers WHERE node_id = ? ORDER BY slot",
-                    (node_id,),
+            if not full:
+                changed = db.execute(
+                    "SELECT DISTINCT c.public_key, p.slot, p.node_id FROM changes c "
+                    "LEFT JOIN peers p ON p.public_key = c.public_key "
+                    "WHERE c.node_id = ? AND c.version > ?",
+                    (node_id, since),
                 ).fetchall()
-                return {
-                    "version": version,
-                    "full": True,
-                    "peers": [self._peer(r) for r in rows],
-                    "removed": [],
-                }
-            changed = db.execute(
-                "SELECT DISTINCT c.public_key, p.slot, p.node_id FROM changes c "
-                "LEFT JOIN peers p ON p.public_key = c.public_key "
-                "WHERE c.node_id = ? AND c.version > ?",
-                (node_id, since),
-            ).fetchall()
+        if full or (limit is not None and len(changed) > limit):  # a big delta: pages
+            return self.full_page(node_id, version, 0, limit)
         peers = [self._peer(r) for r in changed if r["node_id"] == node_id]
         removed = [r["public_key"] for r in changed if r["node_id"] != node_id]
         return {"version": version, "full": False, "peers": peers, "removed": removed}
+
+    def full_page(
+        self, node_id: str, version: int, after_slot: int, limit: int | None
+    ) -> dict[str, Any]:
+        """Peers of the full list at ``version`` after ``after_slot`` (keyset paging by
+        slot). Pages are read at different times: whatever changed meanwhile is in the
+        change log after ``version``, which the node asks for next. ``limit`` None: the
+        rest of the list (for agents that do not page), still read page by page."""
+        peers: list[dict[str, Any]] = []
+        want = limit or PAGE
+        while True:
+            with self._read() as db:
+                if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
+                    raise NotFound(node_id)
+                rows = db.execute(
+                    "SELECT public_key, slot FROM peers WHERE node_id = ? AND slot > ? "
+                    "ORDER BY slot LIMIT ?",
+                    (node_id, after_slot, want),
+                ).fetchall()
+            peers.extend(self._peer(r) for r in rows)  # built outside the lock
+            if rows:
+                after_slot = rows[-1]["slot"]
+            if limit is not None or len(rows) < want:
+                break
+        more = limit is not None and len(rows) == limit
+        page = {"version": version, "full": True, "peers": peers, "removed": []}
+        if limit is not None:
+            page["next_cursor"] = f"{version}.{after_slot}" if more else None
+        return page
 
     def _peer(self, row: sqlite3.Row) -> dict[str, Any]:
         return {
@@ -387,12 +458,16 @@ class Store:
             ).fetchone()
             if current and current["state"] == "active":
                 return self._assignment(current, current["slot"])
-            node = db.execute(
-                "SELECT n.*, (SELECT COUNT(*) FROM peers p WHERE p.node_id = n.id) AS load "
-                "FROM nodes n WHERE n.state = 'active' AND n.last_heartbeat_at >= ? "
-                "AND (? IS NULL OR n.region = ?) ORDER BY load, n.registered_at LIMIT 1",
+            candidates = db.execute(
+                "SELECT * FROM nodes WHERE state = 'active' AND last_heartbeat_at >= ? "
+                "AND (? IS NULL OR region = ?)",
                 (fresh_after, region, region),
-            ).fetchone()
+            ).fetchall()
+            node = min(
+                candidates,
+                key=lambda n: (self._load.get(n["id"], 0), n["registered_at"]),
+                default=None,
+            )
             if node is None:
                 raise NoCapacity(f"no healthy node{f' in {region}' if region else ''}")
             if current:  # moving off a draining node: keep the client's addresses
@@ -401,23 +476,28 @@ class Store:
                     "UPDATE peers SET node_id = ? WHERE public_key = ?", (node["id"], public_key)
                 )
                 self._log(db, current["id"], public_key)
+                self._count(current["id"], -1)
             else:
-                slot = self._free_slot(db)
+                slot = self._take()
                 db.execute(
                     "INSERT INTO peers (public_key, node_id, slot, created_at) VALUES (?, ?, ?, ?)",
                     (public_key, node["id"], slot, time.time()),
                 )
+            self._count(node["id"], 1)
             self._log(db, node["id"], public_key)
             return self._assignment(node, slot)
 
-    def _free_slot(self, db: sqlite3.Connection) -> int:
-        row = db.execute(
-            "SELECT MIN(s) FROM (SELECT 2 AS s UNION ALL SELECT slot + 1 FROM peers) "
-            "WHERE s NOT IN (SELECT slot FROM peers)"
-        ).fetchone()
-        if row[0] > self.pool.slots:
+    def _take(self) -> int:
+        """The lowest free slot, O(log n); given back if the transaction rolls back."""
+        slot = self._slots.take()
+        if slot is None:
             raise NoCapacity("client address pool exhausted")
-        return row[0]
+        self._undo.append(lambda: self._slots.free(slot))
+        return slot
+
+    def _free(self, slot: int) -> None:
+        self._slots.free(slot)
+        self._undo.append(lambda: self._slots.remove(slot))
 
     def _assignment(self, node: sqlite3.Row, slot: int) -> dict[str, Any]:
         ipv4, ipv6 = self.pool.addresses(slot)
@@ -436,11 +516,13 @@ class Store:
     def remove_peer(self, public_key: str) -> bool:
         with self._write() as db:
             row = db.execute(
-                "SELECT node_id FROM peers WHERE public_key = ?", (public_key,)
+                "SELECT node_id, slot FROM peers WHERE public_key = ?", (public_key,)
             ).fetchone()
             if row is None:
                 return False
             db.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
+            self._free(row["slot"])
+            self._count(row["node_id"], -1)
             self._log(db, row["node_id"], public_key)
             return True
 

@@ -67,6 +67,7 @@ class Client:
     address_v4: str = ""
     address_v6: str = ""
     wireguard_pid: int = 0
+    assigned_at: float = 0.0  # time.monotonic() of its last POST /v1/peers reply
 
 
 @dataclass

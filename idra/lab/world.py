@@ -351,6 +351,7 @@ def connect(state: LabState, client: Client, api: httpx.Client) -> None:
     """Ask the control plane for a node (again) and point the tunnel at it."""
     reply = api.post("/v1/peers", json={"public_key": client.public_key, "region": state.region})
     reply.raise_for_status()
+    client.assigned_at = time.monotonic()
     assignment = reply.json()
     host = Netns(client.ns)
     for peer in host.run("wg", "show", client.wg, "peers").stdout.split():

@@ -5,6 +5,7 @@ then down with nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ IDRA = [sys.executable, "-m", "idra.cli", "lab"]
 
 
 def _lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*IDRA, *args], capture_output=True, text=True, timeout=timeout)
+    env = os.environ | {"COLUMNS": "400"}  # tables unwrapped, one row a line
+    return subprocess.run([*IDRA, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,8 @@ def test_demo_holds_every_step(lab) -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("held") == 5
     assert "9/9 attacks refused" in demo.stdout and "CHANGED" not in demo.stdout
+    latency = re.search(r"first ping answered in ([0-9.]+) s", demo.stdout)
+    assert latency and float(latency.group(1)) < 2, "the newcomer connects at once"
 
 
 def test_no_client_key_or_address_in_logs_or_metrics(lab) -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,10 @@ class Device:
 
 class Driver(Protocol):
     def read(self) -> Device: ...
+
+    def peers(self) -> Iterator[tuple[str, PeerState]]:
+        """The interface's peers one at a time, streamed from the device (the agent's
+        periodic scan: memory independent of the peer count)."""
 
     def public_key(self) -> str:
         """The interface's public key (base64)."""

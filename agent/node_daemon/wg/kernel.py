@@ -7,6 +7,7 @@ peers go through stdin (``wg addconf``, ``wg syncconf``, ``private-key /dev/stdi
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 
 from node_daemon.wg import Device, PeerState
 
@@ -36,6 +37,20 @@ class WgToolDriver:
                 ",".join(sorted(ips.split(","))) if ips else "", int(handshake), int(rx), int(tx)
             )
         return device
+
+    def peers(self) -> Iterator[tuple[str, PeerState]]:
+        with subprocess.Popen(
+            ["wg", "show", self.interface, "dump"], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True,
+        ) as wg:  # fmt: skip
+            lines = iter(wg.stdout or ())
+            next(lines, None)  # the interface line
+            for line in lines:
+                key, _, _, ips, handshake, rx, tx, _ = line.rstrip("\n").split("\t")
+                ips = "" if ips == "(none)" else ",".join(sorted(ips.split(",")))
+                yield key, PeerState(ips, int(handshake), int(rx), int(tx))
+        if wg.returncode != 0:
+            raise RuntimeError(f"wg show {self.interface} dump: exit {wg.returncode}")
 
     def public_key(self) -> str:
         return self._wg("show", self.interface, "public-key").strip()

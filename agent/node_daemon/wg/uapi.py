@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import subprocess
+from collections.abc import Iterator
 
 from node_daemon.wg import UAPI_DIR, Device, PeerState
 
@@ -43,34 +44,72 @@ class UapiDriver:
             raise UapiError(f"{self.path.name}: {errno}")
         return [line for line in lines if line and not line.startswith("errno=")]
 
+    def _stream(self, request: str) -> Iterator[str]:
+        """The reply's lines as they arrive (never the whole dump in memory); the
+        closing ``errno`` is checked at the end."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.path))
+            sock.sendall(request.encode())
+            with sock.makefile("rb", buffering=1 << 16) as stream:
+                errno = "errno=?"
+                for raw in stream:
+                    line = raw.rstrip(b"\n").decode()
+                    if not line:
+                        break
+                    if line.startswith("errno="):
+                        errno = line
+                    else:
+                        yield line
+        if errno != "errno=0":
+            raise UapiError(f"{self.path.name}: {errno}")
+
+    def _items(self) -> Iterator[tuple[str, object]]:
+        """("private_key", bool), ("listen_port", int) and ("peer", (key, state)), each
+        peer once its last line has been read."""
+        key: str | None = None
+        peer, ips = PeerState(""), []
+        for line in self._stream("get=1\n\n"):
+            name, _, value = line.partition("=")
+            if name == "public_key":
+                if key is not None:
+                    peer.allowed_ips = ",".join(sorted(ips))
+                    yield "peer", (key, peer)
+                key, peer, ips = _b64(value), PeerState(""), []
+            elif name == "private_key":
+                yield "private_key", value.strip("0") != ""
+            elif name == "listen_port":
+                yield "listen_port", int(value)
+            elif key is None:
+                continue
+            elif name == "allowed_ip":
+                ips.append(value)
+            elif name == "last_handshake_time_sec":
+                peer.last_handshake = int(value)
+            elif name == "rx_bytes":
+                peer.rx_bytes = int(value)
+            elif name == "tx_bytes":
+                peer.tx_bytes = int(value)
+        if key is not None:
+            peer.allowed_ips = ",".join(sorted(ips))
+            yield "peer", (key, peer)
+
     def read(self) -> Device:
         device = Device(has_private_key=False, listen_port=0)
-        peer: PeerState | None = None
-        ips: list[str] = []
-        for line in self._call("get=1\n\n"):
-            key, _, value = line.partition("=")
-            if key == "public_key":
-                if peer is not None:
-                    peer.allowed_ips = ",".join(sorted(ips))
-                peer, ips = PeerState(""), []
-                device.peers[_b64(value)] = peer
-            elif key == "private_key":
-                device.has_private_key = value.strip("0") != ""
-            elif key == "listen_port":
+        for kind, value in self._items():
+            if kind == "peer":
+                key, state = value
+                device.peers[key] = state
+            elif kind == "private_key":
+                device.has_private_key = bool(value)
+            else:
                 device.listen_port = int(value)
-            elif peer is None:
-                continue
-            elif key == "allowed_ip":
-                ips.append(value)
-            elif key == "last_handshake_time_sec":
-                peer.last_handshake = int(value)
-            elif key == "rx_bytes":
-                peer.rx_bytes = int(value)
-            elif key == "tx_bytes":
-                peer.tx_bytes = int(value)
-        if peer is not None:
-            peer.allowed_ips = ",".join(sorted(ips))
         return device
+
+    def peers(self) -> Iterator[tuple[str, PeerState]]:
+        for kind, value in self._items():
+            if kind == "peer":
+                yield value
 
     def public_key(self) -> str:
         private = next(

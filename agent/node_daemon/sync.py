@@ -1,0 +1,176 @@
+"""Peer sync v2 (ARCHITECTURE §3b): one long-poll kept outstanding, full lists page by
+page.
+
+- :class:`Poller` runs in its own thread with its own HTTP connection and keeps one
+  ``GET …/peers?since=V&wait=S`` outstanding, so a change reaches the interface as the
+  control plane commits it; the agent's loop keeps heartbeating every interval. A
+  control plane that does not hold requests (v1: it answers an empty delta at once) is
+  detected and the agent syncs on the heartbeat as before.
+- :func:`fetch` applies a full list page by page and removes a peer only once the whole
+  list has arrived: a transfer broken mid-way leaves every old peer in place (a page's
+  new peers stay: they were in the list). A peer whose address still belongs to a live
+  peer not yet listed (an address handed on while we were away) waits for the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from node_daemon.api import NodeApi, NotFound, Unauthorized
+from node_daemon.bounded import Fault, sanitize
+from node_daemon.peers import Plan, _key_of
+
+if TYPE_CHECKING:
+    from node_daemon.daemon import Agent
+    from node_daemon.replies import Peers
+
+log = logging.getLogger("node-daemon")
+PAGE = 2000  # peers per page of a full list (≈ 200 KB of JSON)
+LONG_POLL_S = 55.0  # below the control plane's cap (60 s)
+
+
+def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, Peers]:
+    """One sync: the delta since ``agent.version`` (a long-poll with ``wait``) or the
+    full list, applied. Returns the (merged) plan and the first reply."""
+    limit = agent.opts.page_size or None
+    reply = api.peers(agent.node_id, agent.version, wait=wait, limit=limit)
+    if reply.full and reply.next_cursor:
+        result = _paged(agent, api, reply, limit)
+    else:  # a delta, a one-page list, or a control plane that does not page
+        with agent.peers_lock:
+            result = agent.plan(reply.peers, reply.removed, full=reply.full)
+            agent._apply(result)
+    agent.version = reply.version
+    return result, reply
+
+
+def _paged(agent: Agent, api: NodeApi, page: Peers, limit: int | None) -> Plan:
+    total, listed, deferred = Plan(), set(), []
+    while True:
+        ready, later = _split(agent, page.peers, listed)
+        with agent.peers_lock:
+            result = agent.plan(ready, [], full=False)
+            agent._apply(result)
+        _merge(total, result)
+        listed.update(key for peer in page.peers if (key := _key_of(peer)) is not None)
+        deferred += later
+        if not page.next_cursor:
+            break
+        page = api.peers(agent.node_id, None, cursor=page.next_cursor, limit=limit)
+    with agent.peers_lock:  # the list is complete: now (and only now) remove
+        goes = [key for key in agent.live if key not in listed]
+        result = agent.plan(deferred, goes, full=False)
+        agent._apply(result)
+    _merge(total, result)
+    return total
+
+
+def _split(
+    agent: Agent, peers: list[Any], listed: set[str]
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Peers to apply now, and those whose address a live peer not (yet) in the list
+    holds: they wait until that peer is updated or removed at the end."""
+    here = {_key_of(peer) for peer in peers}
+    ready, later = [], []
+    for peer in peers:
+        key = _key_of(peer)
+        holders = {agent.owners.get(ip) for ip in _hosts(peer)} - {None, key}
+        if key is not None and holders and not holders <= (listed | here):
+            later.append(peer)
+        else:
+            ready.append(peer)
+    return ready, later
+
+
+def _hosts(peer: Any) -> list[str]:
+    ips = peer.get("allowed_ips") if isinstance(peer, dict) else None
+    hosts = []
+    for text in ips if isinstance(ips, list) else []:
+        try:
+            hosts.append(str(ipaddress.ip_network(str(text), strict=True)))
+        except ValueError:
+            continue  # rejected (and counted) by plan()
+    return hosts
+
+
+def _merge(total: Plan, result: Plan) -> None:
+    total.added += result.added
+    total.updated += result.updated
+    total.unchanged += result.unchanged
+    total.removes += result.removes
+    total.rejected.update(result.rejected)
+
+
+class Poller:
+    """Keeps one long-poll outstanding (own thread, own connection)."""
+
+    def __init__(self, agent: Agent, api: NodeApi, wait: float = LONG_POLL_S) -> None:
+        self.agent, self.api, self.wait = agent, api, wait
+        self.active = True  # False: the control plane does not hold requests (v1)
+        self.failures = self.early = 0
+        self._bytes_seen = (0, 0)
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="long-poll", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self, stop: threading.Event) -> None:
+        while self.active and not stop.is_set():
+            stop.wait(self.round())
+
+    def round(self) -> float:
+        """One long-poll; returns how long to wait before the next (0: at once)."""
+        agent = self.agent
+        if agent.node_id is None or agent.unauthorized or not agent.api.credential:
+            return 0.5  # the agent's loop registers (again)
+        self.api.credential = agent.api.credential
+        since, started = agent.version, time.monotonic()
+        try:
+            reply = agent.sync(wait=self.wait, api=self.api)
+        except NotFound:
+            agent.node_id = None  # the agent's loop registers again
+            return 0.5
+        except Unauthorized:
+            return agent.interval  # the heartbeat sees it too and handles it
+        except Fault as fault:
+            return self._failed(fault)
+        except Exception as exc:  # the thread outlives a bug, as the agent's loop does
+            return self._failed(Fault("agent", "internal", type(exc).__name__))
+        finally:
+            self._count_bytes()
+        self.failures = 0
+        # A held request answers early only with changes. Early with nothing (or with a
+        # full list again) twice in a row: the control plane ignores ``wait`` (v1).
+        nothing = reply.full or not (reply.peers or reply.removed)
+        if since is not None and nothing and time.monotonic() - started < self.wait / 2:
+            self.early += 1
+            if self.early >= 2:
+                self.active = False
+                log.info("the control plane does not hold long-polls: syncing on the heartbeat")
+            return agent.interval
+        self.early = 0
+        return 0.0
+
+    def _count_bytes(self) -> None:
+        """This connection's bytes, as they happen (the loop counts its own)."""
+        sent, received = self.api.bytes_sent, self.api.bytes_received
+        self.agent.metrics.api_bytes.labels("sent").inc(sent - self._bytes_seen[0])
+        self.agent.metrics.api_bytes.labels("received").inc(received - self._bytes_seen[1])
+        self._bytes_seen = (sent, received)
+
+    def _failed(self, fault: Fault) -> float:
+        """Back off like the agent's loop; counted as a fault, logged once per outage
+        (the heartbeat's own failures already count the sync errors)."""
+        self.failures += 1
+        self.agent.metrics.faults.labels(fault.dependency, fault.kind).inc()
+        cap = min(self.agent.opts.backoff_max, self.agent.interval * 2 ** min(self.failures, 16))
+        delay = random.uniform(0, cap)  # noqa: S311 - jitter (full-jitter backoff)
+        if self.failures == 1:
+            log.warning("long-poll: %s: peers kept, retrying with backoff", sanitize(fault))
+        return delay
