@@ -42,7 +42,7 @@ class Imds:
     def identity(self) -> dict[str, str]:
         """The instance identity document (exact text) and its base64 RSA-SHA256
         signature, as the control plane verifies them."""
-        base = "dynamic/instance-identity"
+        base = "/latest/dynamic/instance-identity"
         document, signature = self.read(f"{base}/document"), self.read(f"{base}/signature")
         if not document or not signature:
             raise Fault("imds", "malformed", "no instance identity document")
