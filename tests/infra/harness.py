@@ -7,6 +7,7 @@ tests can look for them where they must never appear.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 
@@ -48,6 +49,9 @@ def deploy(
         for key in REQUIRED_SECRETS:
             config[key] = f"-----BEGIN PRIVATE KEY-----{secrets.token_hex(24)}"
             deployment.secret_values.append(config[key])
+    # Pulumi's mock runtime runs on the thread's current event loop, and an asyncio.run()
+    # in an earlier test leaves none set: give each deployment its own.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks(deployment, images)
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project="idra", stack=stack, preview=False, monitor=monitor)
