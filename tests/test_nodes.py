@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from tests.controlplane.conftest import ControlPlane, start
 
@@ -38,14 +37,6 @@ LIST = {
     "additionalProperties": False,
     "properties": {"nodes": {"type": "array", "items": NODE}},
 }
-
-
-@pytest.fixture
-def cp(tmp_path):
-    server = start(tmp_path)
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
 
 
 def idra(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess:

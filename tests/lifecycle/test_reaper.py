@@ -7,24 +7,13 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.fleet import AwsFleet
 from idra.lifecycle.reaper import reap
-from tests.controlplane.conftest import start
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
 
 HOURS = dt.timedelta(hours=6)
-
-
-@pytest.fixture
-def cp(tmp_path):
-    server = start(tmp_path)
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
 
 
 def _fleet_nodes(cp, aws) -> dict[str, str]:

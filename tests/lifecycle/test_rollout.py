@@ -16,19 +16,10 @@ from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.fleet import AwsFleet
 from idra.lifecycle.reaper import reap
 from idra.lifecycle.rollout import AwsTemplates, budget, plan, rollout
-from tests.controlplane.conftest import start
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
 
 MAX_DRAIN = dt.timedelta(hours=6)
-
-
-@pytest.fixture
-def cp(tmp_path):
-    server = start(tmp_path)
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
 
 
 def _new_template(ec2) -> None:

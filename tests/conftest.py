@@ -1,0 +1,16 @@
+"""Fixtures shared across test folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.controlplane.conftest import start
+
+
+@pytest.fixture
+def cp(tmp_path):
+    """The reference control plane as a real server (tests/controlplane has its own)."""
+    server = start(tmp_path)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
