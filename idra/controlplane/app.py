@@ -97,6 +97,10 @@ class PeerRequest(Body):
     region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
 
 
+class CanaryRequest(Body):
+    public_key: WgKey
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -170,6 +174,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
     observability.install(app, store)
 
+    canary_v4, canary_v6 = store.pool.canary_networks()
+
     def fresh_after() -> float:
         return time.time() - 3 * settings.heartbeat_interval_s
 
@@ -209,6 +215,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             "node_credential": credential,
             "heartbeat_interval_s": settings.heartbeat_interval_s,
             "client_pool": {"ipv4": str(store.pool.ipv4), "ipv6": str(store.pool.ipv6)},
+            "canary_pool": {"ipv4": str(canary_v4), "ipv6": str(canary_v6)},
         }
 
     @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400))
@@ -273,12 +280,36 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             raise HTTPException(404, "no such node")
         return Response(status_code=204)
 
-    @app.post("/v1/peers", **requires("client", 400, 503))
+    @app.post("/v1/nodes/{node_id}/canary", **requires("operator", 400, 404, 409, 503))
+    def set_canary(node_id: str, body: CanaryRequest) -> dict:
+        """The canary's own peer on this node, at an address of the canary block."""
+        try:
+            reply = store.set_canary(node_id, body.public_key)
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
+        except Refused as exc:
+            raise HTTPException(409, str(exc)) from None
+        except NoCapacity as exc:
+            raise HTTPException(503, str(exc)) from None
+        log.info("canary peer set on node %s", node_id)
+        return reply
+
+    @app.delete("/v1/nodes/{node_id}/canary", status_code=204, **requires("operator", 404))
+    def remove_canary(node_id: str) -> Response:
+        try:
+            store.remove_canary(node_id)
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
+        return Response(status_code=204)
+
+    @app.post("/v1/peers", **requires("client", 400, 409, 503))
     def add_peer(body: PeerRequest) -> dict:
         try:
             return store.assign(body.public_key, body.region, fresh_after())
         except NoCapacity as exc:
             raise HTTPException(503, str(exc)) from None
+        except Refused as exc:
+            raise HTTPException(409, str(exc)) from None
 
     @app.delete("/v1/peers/{public_key:path}", status_code=204, **requires("client", 404))
     def remove_peer(public_key: str) -> Response:

@@ -3,7 +3,9 @@
 Built once at start from the slots in use: the gaps below the highest used slot go into
 a min-heap, and everything above it is free. ``take`` returns the lowest free slot (the
 same choice as before, so addresses stay compact). The store calls ``take``/``free``
-inside its write lock and undoes them when a transaction rolls back.
+inside its write lock and undoes them when a transaction rolls back. Slots outside
+first..last (held from before the range shrank, e.g. in the canary block) are never
+indexed: freeing one does not hand it out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class SlotIndex:
         self._gaps: list[int] = []  # a heap
         expected = first
         for slot in used:
-            if slot < expected:
+            if slot < expected or slot > last:
                 continue
             self._gaps.extend(range(expected, slot))
             expected = slot + 1
@@ -36,6 +38,8 @@ class SlotIndex:
         return self._next - 1
 
     def free(self, slot: int) -> None:
+        if not self.first <= slot <= self.last:
+            return
         if slot == self._next - 1:
             self._next -= 1  # keep the heap small when the newest leave first
         else:
@@ -43,6 +47,8 @@ class SlotIndex:
 
     def remove(self, slot: int) -> None:
         """Take a given free slot again (undo of :meth:`free`; rare, O(n))."""
+        if not self.first <= slot <= self.last:
+            return
         if slot == self._next:
             self._next += 1
         else:

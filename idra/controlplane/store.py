@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS peers (
 );
 CREATE INDEX IF NOT EXISTS peers_node ON peers(node_id);
 CREATE INDEX IF NOT EXISTS peers_node_slot ON peers(node_id, slot);
+CREATE TABLE IF NOT EXISTS canaries (
+    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    public_key TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS canaries_key ON canaries(public_key);
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
     node_id TEXT NOT NULL,
@@ -95,7 +102,8 @@ class NoCapacity(RuntimeError):
 
 
 class Refused(RuntimeError):
-    """A registration that must not bind: the message says why (no secrets in it)."""
+    """A registration (or a canary peer) that must not be: the message says why (no
+    secrets in it)."""
 
 
 def credential_hash(credential: str) -> str:
@@ -107,16 +115,48 @@ def new_credential() -> str:
     return secrets.token_urlsafe(32)
 
 
+CANARY_BITS = 4  # the top /28 of the IPv4 pool (and the same offsets in IPv6) …
+CANARY_BLOCK = 2**CANARY_BITS  # … is reserved for canary peers
+
+
 @dataclass(frozen=True)
 class Pool:
-    """Client address pools; slot n is the n-th host address (slot 1 is the node's)."""
+    """Client address pools; slot n is the n-th host address (slot 1 is the node's).
+
+    The top ``CANARY_BLOCK`` addresses (15 slots: the last is the broadcast address)
+    are reserved for canary peers: ``POST /v1/peers`` never hands them to a user.
+    """
 
     ipv4: ipaddress.IPv4Network
     ipv6: ipaddress.IPv6Network
 
+    def __post_init__(self) -> None:
+        if self.ipv4.num_addresses < 2 * CANARY_BLOCK:
+            raise ValueError(f"{self.ipv4}: at least a /27 (its top /28 is for canary peers)")
+        if self.ipv6.num_addresses < self.ipv4.num_addresses:
+            raise ValueError(f"{self.ipv6} holds fewer addresses than {self.ipv4}")
+
     @property
     def slots(self) -> int:
         return min(self.ipv4.num_addresses - 2, 2**32)
+
+    @property
+    def user_slots(self) -> int:
+        """The highest slot a user may get (the canary block lies above)."""
+        return self.ipv4.num_addresses - CANARY_BLOCK - 1
+
+    @property
+    def canary_slots(self) -> range:
+        return range(self.user_slots + 1, self.slots + 1)
+
+    def canary_networks(self) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+        """The reserved block as prefixes (a /28 and a /124): what the agent excludes
+        from its count of active users."""
+        first = self.user_slots + 1
+        return (
+            ipaddress.IPv4Network((self.ipv4.network_address + first, 32 - CANARY_BITS)),
+            ipaddress.IPv6Network((self.ipv6.network_address + first, 128 - CANARY_BITS)),
+        )
 
     def addresses(self, slot: int) -> tuple[str, str]:
         return (f"{self.ipv4.network_address + slot}/32", f"{self.ipv6.network_address + slot}/128")
@@ -160,7 +200,7 @@ class Store:
         self._touched: set[str] = set()  # nodes whose peers changed in this transaction
         self._undo: list = []  # in-memory index changes to revert on rollback
         used = (row[0] for row in self._db.execute("SELECT slot FROM peers ORDER BY slot"))
-        self._slots = SlotIndex(used, 2, pool.slots)
+        self._slots = SlotIndex(used, 2, pool.user_slots)
         self._load: dict[str, int] = dict(
             self._db.execute("SELECT node_id, COUNT(*) FROM peers GROUP BY node_id").fetchall()
         )
@@ -402,8 +442,10 @@ class Store:
             full = since is None or since > version or since < oldest - 1
             if not full:
                 changed = db.execute(
-                    "SELECT DISTINCT c.public_key, p.slot, p.node_id FROM changes c "
-                    "LEFT JOIN peers p ON p.public_key = c.public_key "
+                    "SELECT DISTINCT c.public_key, COALESCE(p.slot, k.slot) AS slot, "
+                    "COALESCE(p.node_id, k.node_id) AS node_id FROM changes c "
+                    "LEFT JOIN peers p ON p.public_key = c.public_key AND p.node_id = c.node_id "
+                    "LEFT JOIN canaries k ON k.node_id = c.node_id AND k.public_key = c.public_key "
                     "WHERE c.node_id = ? AND c.version > ?",
                     (node_id, since),
                 ).fetchall()
@@ -419,7 +461,8 @@ class Store:
         """Peers of the full list at ``version`` after ``after_slot`` (keyset paging by
         slot). Pages are read at different times: whatever changed meanwhile is in the
         change log after ``version``, which the node asks for next. ``limit`` None: the
-        rest of the list (for agents that do not page), still read page by page."""
+        rest of the list (for agents that do not page), still read page by page. The
+        node's canary peer is listed like a client, by its slot in the canary block."""
         peers: list[dict[str, Any]] = []
         want = limit or PAGE
         while True:
@@ -427,8 +470,9 @@ class Store:
                 if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
                     raise NotFound(node_id)
                 rows = db.execute(
-                    "SELECT public_key, slot FROM peers WHERE node_id = ? AND slot > ? "
-                    "ORDER BY slot LIMIT ?",
+                    "SELECT public_key, slot FROM peers WHERE node_id = ?1 AND slot > ?2 "
+                    "UNION ALL SELECT public_key, slot FROM canaries "
+                    "WHERE node_id = ?1 AND slot > ?2 ORDER BY slot LIMIT ?3",
                     (node_id, after_slot, want),
                 ).fetchall()
             peers.extend(self._peer(r) for r in rows)  # built outside the lock
@@ -458,6 +502,8 @@ class Store:
             ).fetchone()
             if current and current["state"] == "active":
                 return self._assignment(current, current["slot"])
+            if db.execute("SELECT 1 FROM canaries WHERE public_key = ?", (public_key,)).fetchone():
+                raise Refused("public key in use by a canary peer")
             candidates = db.execute(
                 "SELECT * FROM nodes WHERE state = 'active' AND last_heartbeat_at >= ? "
                 "AND (? IS NULL OR region = ?)",
@@ -501,14 +547,10 @@ class Store:
 
     def _assignment(self, node: sqlite3.Row, slot: int) -> dict[str, Any]:
         ipv4, ipv6 = self.pool.addresses(slot)
-        host = node["public_ip"]
-        endpoint = (
-            f"[{host}]:{node['listen_port']}" if ":" in host else f"{host}:{node['listen_port']}"
-        )
         return {
             "node_id": node["id"],
             "region": node["region"],
-            "endpoint": endpoint,
+            "endpoint": _endpoint(node),
             "node_public_key": node["public_key"],
             "addresses": {"ipv4": ipv4, "ipv6": ipv6},
         }
@@ -525,6 +567,79 @@ class Store:
             self._count(row["node_id"], -1)
             self._log(db, row["node_id"], public_key)
             return True
+
+    # -- canary peers -------------------------------------------------------------------
+
+    def set_canary(self, node_id: str, public_key: str) -> dict[str, Any]:
+        """Make ``public_key`` the node's canary peer (replacing another key) and return
+        how to reach the node through it. The same key has the same slot on every node
+        (the lowest free one of the canary block when it is new). Idempotent: the same
+        key again changes nothing. Refused when the node is not active or the key is a
+        client's or a node's; :class:`NoCapacity` when the canary block is full."""
+        with self._write() as db:
+            node = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            if node is None:
+                raise NotFound(node_id)
+            if node["state"] != "active":
+                raise Refused(f"node {node['state']}")
+            current = db.execute(
+                "SELECT public_key, slot FROM canaries WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            if current and current["public_key"] == public_key:
+                slot = current["slot"]
+            else:
+                slot = self._canary_slot(db, public_key)
+                if current:
+                    db.execute("DELETE FROM canaries WHERE node_id = ?", (node_id,))
+                    self._log(db, node_id, current["public_key"])
+                db.execute(
+                    "INSERT INTO canaries (node_id, public_key, slot, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (node_id, public_key, slot, time.time()),
+                )
+                self._log(db, node_id, public_key)
+            ipv4, ipv6 = self.pool.addresses(slot)
+            return {
+                "node_id": node_id,
+                "endpoint": _endpoint(node),
+                "public_key": node["public_key"],
+                "address": {"ipv4": ipv4, "ipv6": ipv6},
+                "peers_version": self._version(db),
+            }
+
+    def _canary_slot(self, db: sqlite3.Connection, public_key: str) -> int:
+        """The key's slot on other nodes, or the lowest one no canary key and no client
+        (from before the block was reserved) holds."""
+        row = db.execute(
+            "SELECT slot FROM canaries WHERE public_key = ? LIMIT 1", (public_key,)
+        ).fetchone()
+        if row:
+            return row[0]
+        if db.execute("SELECT 1 FROM peers WHERE public_key = ?", (public_key,)).fetchone():
+            raise Refused("public key in use by a client")
+        if db.execute("SELECT 1 FROM nodes WHERE public_key = ?", (public_key,)).fetchone():
+            raise Refused("public key in use by a node")
+        block = self.pool.canary_slots
+        taken = {r[0] for r in db.execute("SELECT DISTINCT slot FROM canaries")}
+        taken |= {
+            r[0] for r in db.execute("SELECT slot FROM peers WHERE slot >= ?", (block.start,))
+        }
+        slot = next((s for s in block if s not in taken), None)
+        if slot is None:
+            raise NoCapacity("canary address block exhausted")
+        return slot
+
+    def remove_canary(self, node_id: str) -> None:
+        """Remove the node's canary peer, if it has one."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
+                raise NotFound(node_id)
+            row = db.execute(
+                "SELECT public_key FROM canaries WHERE node_id = ?", (node_id,)
+            ).fetchone()
+            if row:
+                db.execute("DELETE FROM canaries WHERE node_id = ?", (node_id,))
+                self._log(db, node_id, row["public_key"])
 
     def close(self) -> None:
         self._db.close()
@@ -550,3 +665,9 @@ class Store:
                 "changes": db.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
                 "version": self._version(db),
             }
+
+
+def _endpoint(node: sqlite3.Row) -> str:
+    """``ip:port`` of the node's WireGuard listener (IPv6 in brackets)."""
+    host, port = node["public_ip"], node["listen_port"]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

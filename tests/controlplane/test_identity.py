@@ -16,7 +16,7 @@ from idra.lab.pki import IdentitySigner
 
 from .conftest import ControlPlane, wg_key
 
-TABLES = ("nodes", "peers", "changes", "retired")
+TABLES = ("nodes", "peers", "canaries", "changes", "retired")
 
 
 def snapshot(cp: ControlPlane) -> dict[str, list]:
@@ -77,6 +77,10 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
             "operator", lambda c: c.post("/node/drain", json={"id": drained, "reason": "manual"}),
         ),
         "GET /v1/nodes": ("operator", lambda c: c.get("/v1/nodes")),
+        "POST /v1/nodes/A/canary": (
+            "operator", lambda c: c.post(f"/v1/nodes/{a}/canary", json={"public_key": wg_key()}),
+        ),
+        "DELETE /v1/nodes/A/canary": ("operator", lambda c: c.delete(f"/v1/nodes/{a}/canary")),
         "DELETE /v1/nodes/D": ("operator", lambda c: c.delete(f"/v1/nodes/{deleted}")),
         "POST /v1/peers": ("client", lambda c: c.post("/v1/peers", json={"public_key": wg_key()})),
         "DELETE /v1/peers/K": ("client", lambda c: c.delete(f"/v1/peers/{peer}")),
@@ -85,7 +89,7 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
         "GET /healthz": ("anyone", lambda c: c.get("/healthz")),
     }  # fmt: skip
     success = {"POST /v1/nodes": 201, "POST /node/drain": 202, "DELETE /v1/nodes/D": 204,
-               "DELETE /v1/peers/K": 204}  # fmt: skip
+               "DELETE /v1/peers/K": 204, "DELETE /v1/nodes/A/canary": 204}  # fmt: skip
     expected, observed, changed = {}, {}, []
     for call, (allowed, send) in calls.items():
         for who in sorted(PRINCIPALS, key=lambda p: p == allowed):  # the allowed one last
