@@ -33,7 +33,15 @@ from node_daemon.aws import (
 )
 from node_daemon.bounded import Fault, sanitize
 from node_daemon.metrics import Metrics
-from node_daemon.peers import Plan, client_pools, owners_of, plan, reserved_hosts
+from node_daemon.peers import (
+    Plan,
+    canary_hosts,
+    client_pools,
+    is_canary,
+    owners_of,
+    plan,
+    reserved_hosts,
+)
 from node_daemon.replies import Peers
 from node_daemon.wg import Driver
 
@@ -82,6 +90,7 @@ class Agent:
         self.interval = opts.heartbeat_interval or 10.0
         self.pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.reserved: set[str] = set()
+        self.canary: frozenset[str] = frozenset()  # canary block hosts: never a user
         self.integrity = host.Integrity(opts.sysctl_file, opts.interface_netns)
         self.live: dict[str, str] = {}
         self.owners: dict[str, str] = {}
@@ -187,6 +196,7 @@ class Agent:
         self.interval = self.opts.heartbeat_interval or reply.interval
         self.pools = client_pools(reply.pools, [a.network for a in own])
         self.reserved = reserved_hosts(self.pools, [str(a.ip) for a in own])
+        self.canary = canary_hosts(reply.canary)
         if len(self.pools) < len(reply.pools):
             log.warning("client pool reduced to the interface's own prefixes")
         self.metrics.registrations.inc()
@@ -233,8 +243,9 @@ class Agent:
         self.metrics.peers.set(len(self.live))
 
     def scan(self) -> None:
-        """Read the interface (O(peers), every scan interval): count active peers and
-        put back anything that drifted from what we applied."""
+        """Read the interface (O(peers), every scan interval): count active peers (users
+        only: a peer in the canary block is the canary, never a user) and put back
+        anything that drifted from what we applied."""
         with self.peers_lock:
             self._scan()
 
@@ -245,7 +256,8 @@ class Agent:
         wrong: dict[str, str] = {}
         extra: list[str] = []
         for key, peer in self.driver.peers():
-            active += now - peer.last_handshake < ACTIVE_WINDOW_S
+            recent = now - peer.last_handshake < ACTIVE_WINDOW_S
+            active += recent and not is_canary(peer.allowed_ips, self.canary)
             ips = self.live.get(key)
             if ips is None:
                 extra.append(key)

@@ -68,6 +68,16 @@ def reserved_hosts(pools: list[Network], own: list[str]) -> set[str]:
     return {str(host) for host in hosts}
 
 
+def canary_hosts(block: list[Network]) -> frozenset[str]:
+    """Every host of the canary block as the interface spells it (``10.96.0.240/32``)."""
+    return frozenset(str(ipaddress.ip_network(ip)) for net in block for ip in net)
+
+
+def is_canary(allowed_ips: str, canary: frozenset[str]) -> bool:
+    """The peer holds an address of the canary block (``allowed_ips``: "a/32,b/128")."""
+    return bool(canary) and any(ip in canary for ip in allowed_ips.split(","))
+
+
 def _allowed(ips: Any, pools: list[Network], reserved: set[str]) -> tuple[str | None, str]:
     """Normalised allowed IPs, or (None, reason)."""
     if not isinstance(ips, list) or not ips:

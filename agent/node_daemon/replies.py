@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from node_daemon.bounded import Fault, sanitize
@@ -19,6 +19,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NODE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.:-]{0,63}")
 CREDENTIAL = re.compile(r"[\x21-\x7e]{16,512}")  # printable, no space: a header value
 INTERVAL_MIN, INTERVAL_MAX = 1.0, 300.0
+CANARY_MAX = 16  # addresses per family in the canary block (ARCHITECTURE: a /28, a /124)
 CURSOR = re.compile(r"[0-9]{1,16}\.[0-9]{1,16}")
 
 
@@ -39,6 +40,7 @@ class Registration:
     interval: float  # clamped to 1..300 s
     pools: list[Network]
     document: dict[str, Any]  # the whole reply (other fields, e.g. a node credential)
+    canary: list[Network] = field(default_factory=list)  # empty: an older control plane
 
 
 def registration(doc: dict[str, Any]) -> Registration:
@@ -53,20 +55,29 @@ def registration(doc: dict[str, Any]) -> Registration:
         raise _bad("register: heartbeat_interval_s")
     if not math.isfinite(interval):
         raise _bad("register: heartbeat_interval_s")
-    pool = doc.get("client_pool")
+    pools = _pair(doc.get("client_pool"), "client_pool")
+    canary = doc.get("canary_pool")
+    canary = [] if canary is None else _pair(canary, "canary_pool")
+    if any(net.num_addresses > CANARY_MAX for net in canary):
+        raise _bad("register: canary_pool larger than a /28 and a /124")
+    clamped = min(max(float(interval), INTERVAL_MIN), INTERVAL_MAX)
+    return Registration(node_id, credential, clamped, pools, doc, canary)
+
+
+def _pair(pool: Any, what: str) -> list[Network]:
+    """``{"ipv4": prefix, "ipv6": prefix}`` → the two networks."""
     if not isinstance(pool, dict):
-        raise _bad("register: client_pool")
+        raise _bad(f"register: {what}")
     pools = []
     for family, version in (("ipv4", 4), ("ipv6", 6)):
         try:
             net = ipaddress.ip_network(pool.get(family), strict=True)
         except (TypeError, ValueError):
-            raise _bad(f"register: client_pool.{family}") from None
+            raise _bad(f"register: {what}.{family}") from None
         if net.version != version:
-            raise _bad(f"register: client_pool.{family}")
+            raise _bad(f"register: {what}.{family}")
         pools.append(net)
-    clamped = min(max(float(interval), INTERVAL_MIN), INTERVAL_MAX)
-    return Registration(node_id, credential, clamped, pools, doc)
+    return pools
 
 
 @dataclass

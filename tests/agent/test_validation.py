@@ -14,7 +14,15 @@ import pytest
 
 from node_daemon import replies
 from node_daemon.bounded import BoundedClient, Fault, sanitize
-from node_daemon.peers import ZERO_KEY, client_pools, plan, reserved_hosts, valid_key
+from node_daemon.peers import (
+    ZERO_KEY,
+    canary_hosts,
+    client_pools,
+    is_canary,
+    plan,
+    reserved_hosts,
+    valid_key,
+)
 
 from .scripted import random_key, respell
 
@@ -57,12 +65,30 @@ def test_interval_clamped(given, used) -> None:
         {"node_credential": None},
         {"node_credential": "short"},
         {"node_credential": "c" * 40 + "\r\nX: y"},
+        {"canary_pool": []},
+        {"canary_pool": {"ipv4": "10.111.255.240/28"}},
+        {"canary_pool": {"ipv4": "10.111.255.0/24", "ipv6": "fd49::fff0/124"}},  # too wide
+        {"canary_pool": {"ipv4": "10.111.255.240/28", "ipv6": "fd49::/64"}},
+        {"canary_pool": {"ipv4": "fd49::fff0/124", "ipv6": "10.111.255.240/28"}},
     ],
 )
 def test_bad_registration_is_malformed(changes) -> None:
     with pytest.raises(Fault) as fault:
         _registration(**changes)
     assert fault.value.kind == "malformed"
+
+
+def test_canary_block_from_the_registration() -> None:
+    """Hosts of the block are the canary (never a user); without the field (an older
+    control plane) nothing is."""
+    assert _registration().canary == []
+    block = {"ipv4": "10.111.255.240/28", "ipv6": "fd49:4452:4100::f:fff0/124"}
+    hosts = canary_hosts(_registration(canary_pool=block).canary)
+    assert len(hosts) == 32
+    assert is_canary("10.111.255.240/32,fd49:4452:4100::f:fff0/128", hosts)
+    assert is_canary("fd49:4452:4100::f:ffff/128", hosts)
+    assert not is_canary("10.111.255.239/32,fd49:4452:4100::f:ffef/128", hosts)
+    assert not is_canary("10.111.255.240/32", frozenset()), "no block: every peer a user"
 
 
 @pytest.mark.parametrize(
