@@ -124,16 +124,24 @@ def link(a: Netns, a_if: str, b: Netns, b_if: str, mtu: int | None = None) -> No
         ns.ip("link", "set", ifname, "up")
 
 
-def start_wireguard(ns: Netns, ifname: str, timeout: float = 10, **kw) -> subprocess.Popen:
-    """Create ``ifname`` in ``ns`` with wireguard-go (userspace) and wait for its socket."""
+def start_wireguard(ns: Netns | None, ifname: str, timeout: float = 10, **kw) -> subprocess.Popen:
+    """Create ``ifname`` in ``ns`` (None: this process's namespace) with wireguard-go
+    (userspace) and wait for its socket."""
     env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
-    proc = ns.spawn("wireguard-go", "-f", ifname, env=env, **kw)
+    args = ("wireguard-go", "-f", ifname)
+    if ns is None:
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        proc = subprocess.Popen(args, start_new_session=True, env=env, **kw)
+    else:
+        proc = ns.spawn(*args, env=env, **kw)
     sock = WG_RUN_DIR / f"{ifname}.sock"
     deadline = time.monotonic() + timeout
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc.pid)
-            raise RuntimeError(f"wireguard-go did not create {ifname} in {ns.name}")
+            where = ns.name if ns else "this namespace"
+            raise RuntimeError(f"wireguard-go did not create {ifname} in {where}")
         time.sleep(0.05)
     return proc
 

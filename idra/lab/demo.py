@@ -6,8 +6,10 @@ every step held.
 3. a client joins and leaves while the others ping on: no loss;
 4. a stolen node token cannot touch another node: with node 1's NODE_TOKEN, node
    credential and signed identity document, every attack on node 2 is refused;
-5. one node's address gets listed → the canary drains it (after two runs) → its
-   clients move to healthy nodes → the reaper replaces it → the pool is whole again.
+5. the streaming service refuses node 1's address → the canary, probing through its own
+   tunnel to every node, drains it (after two runs) → its clients move to healthy nodes →
+   the reaper replaces it;
+6. one node's address gets listed (DNSBL) → the same story → the pool is whole again.
 """
 
 from __future__ import annotations
@@ -201,32 +203,49 @@ def _wg_key_of(node) -> str:
     return Netns(node.ns).run("wg", "show", node.wg, "public-key").stdout.strip()
 
 
+def _canary_args(state: LabState, *extra: str) -> list[str]:
+    return [
+        PYTHON, "-m", "idra.cli", "canary", "--api-url", state.api_url,
+        "--operator-token-file", str(S.LAB_DIR / "operator-token"),
+        "--ca-file", str(S.LAB_DIR / "pki/ca.pem"), "--nameserver", f"{S.SVC_V4}:53",
+        "--state-file", str(S.LAB_DIR / "canary.json"), "--json", *extra,
+    ]  # fmt: skip
+
+
+def streaming_refuses_node(state: LabState) -> Step:
+    """The streaming service refuses node 1's address: the canary probes through every
+    node (its own peer and tunnel, no --probe-source), drains it, the reaper replaces it."""
+    victim = state.nodes[0]
+    probes = S.LAB_DIR / "probes.yaml"
+    probes.write_text(
+        f"targets:\n  - name: streaming\n    url: http://{S.SVC_V4}:{S.STREAMING_PORT}/\n"
+        "    blocked: {status: [403], body: '(?i)proxy detected'}\n"
+    )
+    canary = _canary_args(state, "--probes", str(probes),
+                          "--whoami-url", f"http://{S.PUBLIC_V4}:{S.WEB_PORT}/")  # fmt: skip
+    return _replaced(state, victim, canary, "refused.json", "refused",
+                     "refused node drained through its tunnel, emptied, replaced")  # fmt: skip
+
+
 def blocked_node_replaced(state: LabState) -> Step:
     """A node's address is listed: canary, drain, clients move, reaper replaces."""
     victim = state.nodes[0]
-    (S.LAB_DIR / "listed.json").write_text(json.dumps({victim.public_v4: "listed"}))
-    canary = [
-        PYTHON,
-        "-m",
-        "idra.cli",
-        "canary",
-        "--api-url",
-        state.api_url,
-        "--operator-token-file",
-        str(S.LAB_DIR / "operator-token"),
-        "--ca-file",
-        str(S.LAB_DIR / "pki/ca.pem"),
-        "--nameserver",
-        f"{S.SVC_V4}:53",
-        "--state-file",
-        str(S.LAB_DIR / "canary.json"),
-        "--json",
-    ]
+    return _replaced(state, victim, _canary_args(state), "listed.json", "listed",
+                     "listed node drained, emptied, replaced")  # fmt: skip
+
+
+def _replaced(state: LabState, victim, canary: list[str], where: str, how: str,
+              name: str) -> Step:  # fmt: skip
+    """``victim``'s address goes into the lab file ``where``: two canary runs drain it
+    (and only it), its clients move, the reaper replaces it."""
+    (S.LAB_DIR / where).write_text(json.dumps({victim.public_v4: how}))
     runs = [
         json.loads(subprocess.run(canary, capture_output=True, text=True).stdout or "[]")
         for _ in range(2)
     ]
+    first = [r["node_id"] for r in runs[0] if r["drained"]]
     drained = [r["node_id"] for r in runs[-1] if r["drained"]]
+    seen_as = {r["node_id"]: r["verdict"] for r in runs[-1]}
     with world.api_client(state, "client") as api:
         moved = [c for c in state.clients if c.node_id == victim.node_id]
         for client in moved:
@@ -254,18 +273,20 @@ def blocked_node_replaced(state: LabState) -> Step:
         )
         state.__dict__.update(LabState.load().__dict__)
         healthy = _eventually(lambda: len(world.active_nodes(ops)) == len(state.nodes), 60)
-    (S.LAB_DIR / "listed.json").write_text("{}")
+    (S.LAB_DIR / where).write_text("{}")
     # a moved client's first handshake may precede its peer on the new node: WireGuard
     # retries after 5 s
     reachable = _eventually(lambda: all(_fetch(c, S.PUBLIC_V4) for c in state.clients), 20)
     replaced = victim.instance_id not in {n.instance_id for n in state.nodes}
-    ok = bool(drained) and replaced and healthy and reachable
+    only = drained == [victim.node_id] and not first
+    others = all(v == "clean" for n, v in seen_as.items() if n != victim.node_id)
+    ok = only and others and replaced and healthy and reachable
     return Step(
-        "listed node drained, emptied, replaced",
+        name,
         ok,
-        f"drained after 2 canary runs: {bool(drained)}; {len(moved)} clients moved; "
-        f"reaper: {reap.returncode == 0 and replaced}; pool healthy: {healthy}; "
-        f"clients online: {reachable}",
+        f"drained on the 2nd canary run (only it): {only}; others clean: {others}; "
+        f"{len(moved)} clients moved; reaper: {reap.returncode == 0 and replaced}; "
+        f"pool healthy: {healthy}; clients online: {reachable}",
     )
 
 
@@ -288,6 +309,7 @@ STORY = [
     isolation,
     join_and_leave,
     stolen_token_harmless,
+    streaming_refuses_node,
     blocked_node_replaced,
 ]
 

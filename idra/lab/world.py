@@ -3,7 +3,8 @@ outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
 
     internet (bridge 203.0.113.0/24, 2001:db8:1::/64; web server 198.51.100.80)
       ├── cp      203.0.113.2   reference control plane over TLS (lab CA)
-      ├── svc     203.0.113.3   DNS blocklist + "streaming" service
+      ├── svc     203.0.113.3   DNS blocklist (listed.json) + "streaming" service that
+      │                         refuses the addresses in refused.json
       ├── ops     203.0.113.4   where the canary and the reaper run
       ├── nodeN   203.0.113.1N  rendered nftables + sysctl, wireguard-go, node-daemon.pyz,
       │                         an IMDSv2 stand-in at 169.254.169.254 (signed identity)
@@ -107,15 +108,16 @@ def build_world(state: LabState) -> None:
     for dest in (f"{S.METADATA_V4}/32", "10.0.0.0/8"):
         internet.route(dest, "via", "192.0.2.50")
 
-    (S.LAB_DIR / "listed.json").write_text("{}")
+    for name in ("listed.json", "refused.json"):
+        (S.LAB_DIR / name).write_text("{}")
     whoami = ["-m", "idra.lab.services", "whoami", "--port", str(S.WEB_PORT)]
     _spawn(state, internet, "web", PYTHON, *whoami, ready=True)
     _spawn(state, vpc, "vpc-web", PYTHON, *whoami, ready=True)
 
     svc = _plug(state, "svc", S.SVC_V4, "2001:db8:1::3")
-    listed = S.LAB_DIR / "listed.json"
+    listed, refused = S.LAB_DIR / "listed.json", S.LAB_DIR / "refused.json"
     dnsbl = f"dnsbl --zone {S.DNSBL_ZONE} --listed {listed} --listen {S.SVC_V4}:53"
-    streaming = f"streaming --listed {listed} --listen {S.SVC_V4}:{S.STREAMING_PORT}"
+    streaming = f"streaming --listed {refused} --listen {S.SVC_V4}:{S.STREAMING_PORT}"
     for role, args in (("dnsbl", dnsbl), ("streaming", streaming)):
         _spawn(state, svc, role, PYTHON, "-m", "idra.lab.services", *args.split(), ready=True)
     _plug(state, "ops", S.OPS_V4, "2001:db8:1::4")

@@ -81,5 +81,32 @@ class OperatorApi:
         if response.status_code == 404 and not missing_ok:
             raise NotFound(f"{node_id}: no such node")
 
+    def canary_peer(self, node_id: str, public_key: str) -> dict[str, Any]:
+        """Set (idempotently) the canary's peer on a node; its endpoint, key and address."""
+        path = f"/v1/nodes/{node_id}/canary"
+        try:
+            response = self._call("POST", path, json={"public_key": public_key})
+        except ApiError as exc:
+            if "HTTP 409" in str(exc):
+                raise NotFound(f"{node_id}: not active any more") from None
+            raise
+        if response.status_code == 404:
+            raise NotFound(f"{node_id}: no such node")
+        try:
+            peer = response.json()
+            peer = {
+                "endpoint": str(peer["endpoint"]),
+                "public_key": str(peer["public_key"]),
+                "ipv4": str(peer["address"]["ipv4"]),
+                "ipv6": str(peer["address"]["ipv6"]),
+            }
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"POST {self.url}{path}: not a canary peer reply") from None
+        return peer
+
+    def remove_canary(self, node_id: str) -> None:
+        """Remove the canary's peer from a node; a node already gone is fine."""
+        self._call("DELETE", f"/v1/nodes/{node_id}/canary")
+
     def close(self) -> None:
         self._http.close()

@@ -52,22 +52,37 @@ class NodeReport:
 
 
 def load_state(path: Path | None) -> dict[str, int]:
+    """Confirmations so far: node id → consecutive listed runs."""
+    return _read(path)[0]
+
+
+def load_peers(path: Path | None) -> set[str]:
+    """The nodes on which the canary has set its peer (removed once they leave)."""
+    return _read(path)[1]
+
+
+def _read(path: Path | None) -> tuple[dict[str, int], set[str]]:
     if path is None or not path.exists():
-        return {}
+        return {}, set()
     try:
-        return {str(k): int(v) for k, v in json.loads(path.read_text())["listed_runs"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        data = json.loads(path.read_text())
+        listed = {str(k): int(v) for k, v in data["listed_runs"].items()}
+        peers = data.get("canary_peers", [])
+        if not isinstance(peers, list):
+            raise TypeError
+        return listed, {str(p) for p in peers}
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise ValueError(f"{path}: not a canary state file") from None
 
 
-def save_state(path: Path | None, listed_runs: dict[str, int]) -> None:
+def save_state(path: Path | None, listed_runs: dict[str, int], peers: Iterable[str] = ()) -> None:
     """Write the state atomically (temp file + rename)."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"listed_runs": listed_runs}, handle)
+        json.dump({"listed_runs": listed_runs, "canary_peers": sorted(peers)}, handle)
     Path(tmp).replace(path)
 
 

@@ -10,7 +10,10 @@ The probes file (YAML) lists targets and how each one says "blocked":
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -62,8 +65,8 @@ def load_probes(path: Path) -> list[Target]:
         raise ValueError(f"{path}: {where}: {error['msg']}") from None
 
 
-def probe(target: Target, source: str, timeout: float = 10.0) -> Check:
-    """GET ``target.url`` from local address ``source`` and apply the blocked rule."""
+def probe(target: Target, source: str | None = None, timeout: float = 10.0) -> Check:
+    """GET ``target.url`` (from local address ``source``) and apply the blocked rule."""
     transport = httpx.HTTPTransport(local_address=source, retries=1)
     try:
         with httpx.Client(transport=transport, timeout=timeout) as client:
@@ -76,3 +79,42 @@ def probe(target: Target, source: str, timeout: float = 10.0) -> Check:
     if rule.body and re.search(rule.body, response.text):
         return Check(target.name, Verdict.LISTED, "blocked page")
     return Check(target.name, Verdict.CLEAN, f"HTTP {response.status_code}")
+
+
+def egress(url: str, expected: str, timeout: float = 10.0) -> Check:
+    """Ask a "what is my IP" service which address it sees: clean only when it is
+    ``expected`` (the node's public address); anything else is an error, never a
+    listing. The address seen is not reported (it may be the canary host's)."""
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(retries=1), timeout=timeout) as client:
+            response = client.get(url)
+        response.raise_for_status()
+        seen = ipaddress.ip_address(response.text.strip()[:64])
+    except httpx.HTTPError as exc:
+        return Check("egress", Verdict.ERROR, type(exc).__name__)
+    except ValueError:
+        return Check("egress", Verdict.ERROR, "no address in the reply")
+    if seen != ipaddress.ip_address(expected):
+        return Check("egress", Verdict.ERROR, "seen as another address: not through the node")
+    return Check("egress", Verdict.CLEAN, "seen as the node")
+
+
+def through_node(targets: list[Target], whoami: str, expected: str) -> list[Check]:
+    """The egress check, then (only if traffic leaves as the node) every probe."""
+    seen = egress(whoami, expected)
+    if seen.verdict is not Verdict.CLEAN:
+        return [seen] + [Check(t.name, Verdict.ERROR, "egress not confirmed") for t in targets]
+    return [seen] + [probe(target) for target in targets]
+
+
+def main() -> int:
+    """Run inside a probe namespace: a JSON request on stdin, the checks as JSON out."""
+    request = json.load(sys.stdin)
+    targets = [Target.model_validate(t) for t in request["targets"]]
+    checks = through_node(targets, request["whoami"], request["expected"])
+    json.dump([vars(c) | {"verdict": c.verdict.value} for c in checks], sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

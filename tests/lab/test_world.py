@@ -35,7 +35,7 @@ def test_world_answers_then_leaves_nothing(lab_dir) -> None:
     assert get(f"http://{S.PUBLIC_V4}/") == S.OPS_V4
     assert get(f"http://[{S.PUBLIC_V6}]/") == "2001:db8:1::4"
     assert get(f"http://{S.SVC_V4}:{S.STREAMING_PORT}/").startswith("Now playing")
-    (lab_dir / "listed.json").write_text(json.dumps({S.OPS_V4: "listed"}))
+    (lab_dir / "refused.json").write_text(json.dumps({S.OPS_V4: "refused"}))
     assert "Proxy detected" in get(f"http://{S.SVC_V4}:{S.STREAMING_PORT}/")
 
     loaded = LabState.load()
