@@ -100,7 +100,7 @@ def test_nodes_registered_with_their_signed_identity(lab) -> None:
 def test_demo_holds_every_step(lab) -> None:
     demo = _lab("demo", "--keep")
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert demo.stdout.count("held") == 5
+    assert demo.stdout.count("held") == 6
     assert "9/9 attacks refused" in demo.stdout and "CHANGED" not in demo.stdout
     latency = re.search(r"first ping answered in ([0-9.]+) s", demo.stdout)
     assert latency and float(latency.group(1)) < 2, "the newcomer connects at once"
