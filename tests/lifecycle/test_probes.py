@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from idra.lab.services import streaming_handler
+from idra.lab.services import WhoAmI, streaming_handler
 from idra.lifecycle.dnsbl import Verdict
-from idra.lifecycle.probes import Target, load_probes, probe
+from idra.lifecycle.probes import Target, egress, load_probes, probe, through_node
 
 LISTED = "127.0.0.3"
 
@@ -51,3 +51,34 @@ def test_probes_file(tmp_path: Path) -> None:
     path.write_text("targets:\n  - {name: s, url: 'https://s.example/', blocked: {body: '('}}\n")
     with pytest.raises(ValueError, match=r"probes\.yaml: targets\.0\.blocked\.body"):
         load_probes(path)
+
+
+@pytest.fixture(scope="module")
+def whoami() -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WhoAmI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_egress_must_be_the_nodes_address(whoami) -> None:
+    assert egress(whoami, "127.0.0.1").verdict is Verdict.CLEAN
+    wrong = egress(whoami, "203.0.113.11")
+    assert wrong.verdict is Verdict.ERROR and "127.0.0.1" not in wrong.detail
+    assert egress("http://127.0.0.1:9/", "127.0.0.1", timeout=1).verdict is Verdict.ERROR
+
+
+def test_probes_that_did_not_leave_as_the_node_never_list(streaming, whoami) -> None:
+    """The streaming service refuses 127.0.0.1, but the traffic was not the node's: the
+    probe is an error, never a listing (it would drain the wrong node)."""
+    refusing = streaming_handler(lambda: {"127.0.0.1": "refused"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = _target(f"http://127.0.0.1:{server.server_address[1]}/", status=[403])
+    try:
+        elsewhere = through_node([target], whoami, "203.0.113.11")
+        as_node = through_node([target], whoami, "127.0.0.1")
+    finally:
+        server.shutdown()
+    assert [c.verdict for c in elsewhere] == [Verdict.ERROR, Verdict.ERROR]
+    assert [c.verdict for c in as_node] == [Verdict.CLEAN, Verdict.LISTED]
