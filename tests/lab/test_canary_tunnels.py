@@ -18,7 +18,7 @@ from idra.config import load_stack
 from idra.lab import state as S
 from idra.lab import world
 from idra.lab.state import LabState
-from idra.lifecycle.tunnel import NS_PREFIX
+from idra.lifecycle.tunnel import NS_PREFIX, sweep
 from idra.netns import Netns, run
 from tests.agent.conftest import pyz  # noqa: F401  (the packaged agent, session scoped)
 
@@ -210,3 +210,22 @@ def test_the_canary_peer_is_never_a_user_the_drained_node_is_reaped(lab) -> None
     state = json.loads((S.LAB_DIR / "canary" / "state.json").read_text())
     assert victim.node_id not in state["canary_peers"], "the departed node is forgotten"
     assert set(state["canary_peers"]) == set(reports)
+
+
+def test_sweep_removes_only_the_namespaces_of_a_canary_that_is_gone() -> None:
+    """A canary killed mid-probe leaves its namespace (and a process in it): the next
+    canary removes both, and never a namespace of a canary still running."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover, live = f"{NS_PREFIX}{gone.pid}-0badc0de", f"{NS_PREFIX}{os.getpid()}-0badc0de"
+    for name in (leftover, live):
+        run(["ip", "netns", "add", name])
+    stuck = subprocess.Popen(Netns(leftover).exec_args("sleep", "600"))
+    try:
+        assert sweep() == 1
+        assert stuck.wait(timeout=10) != 0, "the leftover's process was stopped"
+        assert leftover not in _namespaces() and live in _namespaces()
+    finally:
+        stuck.kill()
+        for name in (leftover, live):
+            run(["ip", "netns", "del", name], check=False)
