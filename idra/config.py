@@ -118,8 +118,8 @@ class StackConfig(BaseModel):
         cgnat = ipaddress.IPv4Network("100.64.0.0/10")
         if not (pool.is_private or (pool.version == 4 and pool.subnet_of(cgnat))):
             raise ValueError(f"{pool} is not a private range")
-        if pool.num_addresses < 4:
-            raise ValueError(f"{pool} is too small for a client pool")
+        if pool.num_addresses < (32 if pool.version == 4 else 4):
+            raise ValueError(f"{pool} is too small for a client pool (its top /28 is for canaries)")
         return pool
 
     @field_validator("ssh_bastion_cidrs")

@@ -36,6 +36,7 @@ BAD_VALUES = {
     "bad CIDR": ("idra:clientPoolIpv4", "10.96.0.0/33", "idra:clientPoolIpv4"),
     "host bits in CIDR": ("idra:clientPoolIpv4", "10.96.0.1/12", "idra:clientPoolIpv4"),
     "public client pool": ("idra:clientPoolIpv4", "8.8.0.0/16", "idra:clientPoolIpv4"),
+    "client pool below /27": ("idra:clientPoolIpv4", "10.96.0.0/28", "idra:clientPoolIpv4"),
     "port out of range": ("idra:wireguardPort", 70000, "idra:wireguardPort"),
     "port zero": ("idra:wireguardPort", 0, "idra:wireguardPort"),
     "pools overlap": ("idra:vpcCidr", "10.100.0.0/16", "idra:clientPoolIpv4"),

@@ -67,6 +67,7 @@ def test_canary_peer_reply_sync_and_idempotency(cp: ControlPlane) -> None:
     assert again.json() == body, "the same key again: the same answer"
     delta = _peers(cp, node_id, body["peers_version"]).json()
     assert delta["peers"] == delta["removed"] == [], "and nothing changed"
+    assert key not in cp.log.read_text() and "canary peer set" in cp.log.read_text()
 
 
 def test_the_same_key_has_the_same_address_on_every_node(cp: ControlPlane) -> None:
