@@ -174,10 +174,30 @@ def test_operator_token_only_in_the_steps_that_call_the_control_plane() -> None:
     assert "secrets." not in str(job.get("env", {}))
     for step in job["steps"]:
         holds = "secrets." in str(step)
-        assert holds == step.get("run", "").startswith("idra "), step.get("name")
+        calls = re.search(r"^\s*idra (canary|rollout|reap) ", step.get("run", ""), re.M)
+        assert holds == bool(calls), step.get("name")
         if holds:
-            assert step["env"] == {"OPERATOR_TOKEN": "${{ secrets.OPERATOR_TOKEN }}"}
+            assert step["env"]["OPERATOR_TOKEN"] == "${{ secrets.OPERATOR_TOKEN }}"
+            assert set(step["env"]) <= {"OPERATOR_TOKEN", "CANARY_WG_KEY"}
             assert "<(printf '%s' \"$OPERATOR_TOKEN\")" in step["run"], "never on disk"
+
+
+def test_the_canary_runs_as_root_with_its_key_and_probes_through_the_nodes() -> None:
+    """Root through sudo (namespaces, kernel WireGuard); its key from the environment's
+    secret in an owner-only file removed after the step; the probes file in the repo."""
+    job = _load(WORKFLOW)["jobs"]["canary-and-reaper"]
+    (step,) = [s for s in job["steps"] if s.get("name") == "Canary"]
+    assert step["shell"].startswith("sudo --preserve-env=") and step["shell"].endswith("{0}")
+    assert step["env"]["CANARY_WG_KEY"] == "${{ secrets.CANARY_WG_KEY }}"
+    command = step["run"]
+    assert "umask 077" in command and 'trap \'rm -rf "$RUNNER_TEMP/canary-key"' in command
+    assert '--key-file "$RUNNER_TEMP/canary-key/canary.key"' in command
+    probes = re.search(r"--probes (\S+)", command).group(1)
+    from idra.lifecycle.probes import load_probes
+
+    assert load_probes(REPO_ROOT / probes) == []
+    install = " ".join(s.get("run", "") for s in job["steps"])
+    assert "wireguard-tools" in install and "/usr/local/bin/idra" in install
 
 
 def test_reaper_reads_the_stacks_max_drain() -> None:

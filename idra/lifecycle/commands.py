@@ -112,14 +112,14 @@ def canary(api_url, operator_token_file, ca_file, as_json, zones, nameserver, pr
         raise BadInput(str(exc)) from None
     sources = dict(_pair(item) for item in probe_source)
     zones = zones or DEFAULT_ZONES
-    keys = _canary_key(key_file, state_file, targets, sources, whoami_url)
+    keys = _canary_key(key_file, state_file, probes, sources, whoami_url)
 
     def checks(node: dict) -> list[Check]:
         results = [check(node["public_ip"], zone, resolver) for zone in zones]
         source = sources.get(node["id"]) or sources.get(node["public_ip"])
         if source:
             results += [probe(target, source) for target in targets]
-        elif targets:
+        elif probes:  # the egress check alone still proves the tunnel
             results += through_tunnel(node)
         return results
 
@@ -172,10 +172,10 @@ def canary(api_url, operator_token_file, ca_file, as_json, zones, nameserver, pr
         sys.exit(1)
 
 
-def _canary_key(key_file: Path | None, state_file: Path | None, targets: list,
+def _canary_key(key_file: Path | None, state_file: Path | None, probes: Path | None,
                 sources: dict, whoami_url: str) -> tuple[str, str] | None:  # fmt: skip
     """The canary's (private, public) WireGuard key when probes go through tunnels."""
-    if not targets:
+    if probes is None:
         return None
     if key_file is None and state_file is None:
         if sources:
