@@ -255,6 +255,8 @@ def add_node(state: LabState, cfg: StackConfig, agent: Path) -> Node:
         "127.0.0.1:9586",
         "--sysctl-file",
         str(sysctl_file),
+        "--scan-interval",  # active peers counted as often as heartbeats
+        str(LAB_HEARTBEAT_S),
     )
     state.nodes.append(node)
     state.save()

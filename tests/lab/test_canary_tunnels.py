@@ -196,7 +196,9 @@ def test_the_canary_peer_is_never_a_user_the_drained_node_is_reaped(lab) -> None
     def drained() -> dict:
         return next(n for n in _nodes("draining") if n["id"] == victim.node_id)
 
-    _eventually(lambda: drained()["peers"] == 1, "a heartbeat counting the canary's peer")
+    seen = int(dump[0][4]) + 2 * world.LAB_HEARTBEAT_S + 1  # scan, then heartbeat
+    _eventually(lambda: drained()["last_heartbeat_at"] > seen, "a heartbeat after a scan")
+    assert drained()["peers"] == 1, "the canary's peer is on the node"
     assert drained()["active_peers"] == 0, "the canary's peer is not a user"
     reap = _in_ops("reap", *_connection(), "--fleet", "lab", "--json")
     assert reap.returncode == 0, reap.stdout + reap.stderr
