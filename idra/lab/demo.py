@@ -213,8 +213,7 @@ def _canary_args(state: LabState, *extra: str) -> list[str]:
 
 
 def streaming_refuses_node(state: LabState) -> Step:
-    """The streaming service refuses node 1's address: the canary probes through every
-    node (its own peer and tunnel, no --probe-source), drains it, the reaper replaces it."""
+    """The streaming service refuses a node: canary probes through tunnels, drain, replace."""
     victim = state.nodes[0]
     probes = S.LAB_DIR / "probes.yaml"
     probes.write_text(

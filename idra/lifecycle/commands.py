@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import os
 import re
@@ -113,6 +114,11 @@ def canary(api_url, operator_token_file, ca_file, as_json, zones, nameserver, pr
     sources = dict(_pair(item) for item in probe_source)
     zones = zones or DEFAULT_ZONES
     keys = _canary_key(key_file, state_file, probes, sources, whoami_url)
+    if tunnel_dns is not None:
+        try:
+            tunnel_dns = str(ipaddress.ip_address(tunnel_dns))
+        except ValueError:
+            raise BadInput(f"--tunnel-dns {tunnel_dns}: not an IP address") from None
 
     def checks(node: dict) -> list[Check]:
         results = [check(node["public_ip"], zone, resolver) for zone in zones]

@@ -126,7 +126,7 @@ def _remove(name: str) -> None:
 def sweep() -> int:
     """Remove the probe namespaces of canary processes that are gone; how many."""
     gone = []
-    for name in run(["ip", "netns", "list"]).stdout.split():
+    for name in run(["ip", "netns", "list"], check=False).stdout.split():
         match = _OURS.match(name)
         if match and not is_running(int(match.group(1))):
             gone.append(name)

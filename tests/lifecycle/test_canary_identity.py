@@ -86,3 +86,6 @@ def test_a_world_readable_key_exits_2_before_any_call(tmp_path: Path) -> None:
     assert key.read_text().strip() not in result.stderr
     bad_url = _canary(tmp_path, "--state-file", str(tmp_path / "s.json"), "--whoami-url", "x")
     assert bad_url.returncode == 2 and "--whoami-url x" in bad_url.stderr
+    key.chmod(0o600)
+    bad_dns = _canary(tmp_path, "--key-file", str(key), "--tunnel-dns", "1.1.1.1\nsearch x")
+    assert bad_dns.returncode == 2 and "--tunnel-dns" in bad_dns.stderr
