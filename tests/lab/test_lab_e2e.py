@@ -128,4 +128,4 @@ def test_down_leaves_nothing(lab) -> None:
     assert not S.LAB_DIR.exists()
     alive = [pid for pid in pids if is_running(pid)]
     assert not alive, f"processes left: {alive}"
-    assert "idra-lab" not in run(["ps", "-eo", "args"]).stdout
+    assert str(S.LAB_DIR) not in run(["ps", "-eo", "args"]).stdout, "a lab process is left"
