@@ -275,18 +275,21 @@ placed by its send time (`ping -D -O`), and the agent's actions (full and delta 
 registrations, drift repairs) by its log. `--log-dir DIR` keeps the agent log, the ping
 output and the per-window timeline (`timeline.json`); `--faults a,b` injects only those.
 
-**The earlier loss was the harness.** An earlier run (no `--max-peers` given to the
-agent) lost 151 of 2,973 pings (5.1 %). The per-window timeline put every lost ping in a
-`too_many_peers` window: that fault answers a full list of 2,000 peers with no allowed
-IPs, meant to exceed the agent's peer cap (the fault-injection test runs the agent with
-`--max-peers 1000`); under the default cap (2^20) it is a valid full list of unusable
-peers that leaves out every real one. The agent rejected the 2,000 (counted) and, as a
-full list requires, removed every live peer, the client too ("0 added, 0 updated, 2001
-removed, 2000 rejected"), so the client's session was gone until the next change re-added
-it and the client shook hands again. Reproduced on its own (`--faults too_many_peers`,
-1.5 min): 10 of 618 pings answered; with the cap (now `--max-peers 4000`, the fault sends
-4,001): 475 of 475, the reply refused as oversized and the peers kept. The soak now
-passes the cap; the agent was not changed."""
+**The earlier loss was the harness.** An earlier run of this seed (no `--max-peers`
+given to the agent) lost 151 of 2,973 pings (5.1 %) of the unchanged client. The fault
+`too_many_peers` answers a full list of peers without allowed IPs, meant to exceed the
+agent's peer cap (the fault-injection test runs the agent with `--max-peers 1000`); the
+soak gave no cap, so under the default (2^20) the reply was a valid full list of unusable
+peers that leaves out every real one. The agent rejected them (counted) and, as a full
+list requires, removed every live peer, the client too (agent log: "sync (full): 0 added,
+0 updated, 2001 removed, 2000 rejected"); the client's session was gone until the next
+change re-added it and the client shook hands again. Evidence: the same seed for 3
+minutes, default cap: 75 of 904 pings lost, 69 in the two `too_many_peers` windows (back
+to back, 1,857 peers removed) and 6 at the start of the window right after, none in any
+other window; `--faults too_many_peers` alone, 1.5 minutes: 10 of 618 answered, and with
+the cap 475 of 475 (the reply refused as oversized, peers kept). The soak now gives the
+agent `--max-peers 4000` (above its largest peer set) and the fault sends 4,001 peers:
+the run above lost none. The agent was not changed."""
 
 
 def section(r: dict) -> str:
