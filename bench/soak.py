@@ -11,6 +11,8 @@ docs/benchmarks.md (needs root; run under the netns lock).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import random
 import re
 import signal
@@ -34,6 +36,12 @@ from tests.agent.scripted import (
 )
 
 INTERVAL, BACKOFF_MAX, DEADLINE, BASE_PEERS = 1.0, 5.0, 3.0, 2000
+PING_INTERVAL = 0.2
+# The agent's peer cap: above the largest desired set (BASE_PEERS + 500 + the client),
+# below the scripted ``too_many_peers`` reply. Without it the agent's default cap (2^20)
+# takes that reply as a valid full list of unusable peers, one that leaves out every
+# real peer, and removes them all (the unchanged client too): not a fault, a change.
+MAX_PEERS = 4000
 CLIENT_IP = "10.96.0.2/32"
 HEADING = SOAK
 
@@ -53,15 +61,89 @@ def _dump(node: Netns, wg: str) -> dict[str, str]:
     return {f[0]: f[3] for f in (line.split("\t") for line in lines)}
 
 
+def _pings(out: str) -> list[tuple[float, bool]]:
+    """(send time, answered) per echo request, from ``ping -D -O`` output: a reply's send
+    time is its timestamp less the round trip; an unanswered one is reported just
+    before the next request goes out, one interval after it was sent."""
+    sent: dict[int, tuple[float, bool]] = {}
+    for line in out.splitlines():
+        m = re.match(r"\[(\d+\.\d+)\] (.*)", line)
+        if not m:
+            continue
+        ts, rest = float(m.group(1)), m.group(2)
+        if (seq := re.search(r"icmp_seq=(\d+) .*time=([\d.]+) ms", rest)) is not None:
+            sent[int(seq.group(1))] = (ts - float(seq.group(2)) / 1000, True)
+        elif (seq := re.search(r"no answer yet for icmp_seq=(\d+)", rest)) is not None:
+            sent.setdefault(int(seq.group(1)), (ts - PING_INTERVAL, False))
+    return [sent[seq] for seq in sorted(sent)]
+
+
+AGENT_EVENTS = {  # agent log line → event name (the timeline's agent actions)
+    "sync (full)": "full sync", "sync:": "delta sync", "registered": "register",
+    "drift repaired": "drift repair", "registering again": "credential refused",
+}  # fmt: skip
+
+
+def _agent_events(log: str) -> list[tuple[float, str, int]]:
+    """(time, event, peers removed) from the agent's text log (its times are UTC)."""
+    events = []
+    for line in log.splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \w+ (.*)", line)
+        if not m:
+            continue
+        when = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=dt.UTC)
+        for marker, name in AGENT_EVENTS.items():
+            if m.group(2).startswith(marker) or marker in m.group(2)[:40]:
+                removed = re.search(r"(\d+) removed", m.group(2))
+                events.append((when.timestamp(), name, int(removed.group(1)) if removed else 0))
+                break
+    return events
+
+
+def timeline(faults: list[tuple[float, str]], pings: list[tuple[float, bool]],
+             agent: list[tuple[float, str, int]]) -> list[dict]:  # fmt: skip
+    """One row per fault window (the fault and the healthy gap after it): pings sent and
+    lost in it, and the agent's actions in it."""
+    rows = []
+    for i, (start, fault) in enumerate(faults):
+        end = faults[i + 1][0] if i + 1 < len(faults) else float("inf")
+        inside = [ok for t, ok in pings if start <= t < end]
+        acts = [(name, removed) for t, name, removed in agent if start <= t < end]
+        rows.append({
+            "t": start - faults[0][0], "fault": fault, "sent": len(inside),
+            "lost": inside.count(False),
+            "actions": {n: sum(1 for a, _ in acts if a == n) for n in {a for a, _ in acts}},
+            "removed": sum(r for _, r in acts),
+        })  # fmt: skip
+    return rows
+
+
+def by_fault(rows: list[dict]) -> dict[str, tuple[int, int, int]]:
+    """Fault → (windows, windows with loss, pings lost)."""
+    result: dict[str, list[int]] = {}
+    for row in rows:
+        entry = result.setdefault(row["fault"], [0, 0, 0])
+        entry[0] += 1
+        entry[1] += row["lost"] > 0
+        entry[2] += row["lost"]
+    return {k: tuple(v) for k, v in sorted(result.items())}
+
+
 def _build(out: Path) -> Path:
     subprocess.run([sys.executable, str(REPO_ROOT / "agent" / "build.py"), "--out", str(out)],
                    check=True, capture_output=True)  # fmt: skip
     return out / "node-daemon.pyz"
 
 
-def soak(minutes: float, seed: int) -> dict:
+def soak(minutes: float, seed: int, kinds: list[str] | None = None,
+         max_peers: int | None = None, log_dir: Path | None = None) -> dict:  # fmt: skip
+    """``kinds``: only these faults (all by default); ``max_peers``: the agent's cap
+    (``MAX_PEERS`` when None; 0: the agent's default); ``log_dir``: keep the agent log,
+    the ping output and the timeline there."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible fault schedule, not secrets
     cp, imds = ScriptedControlPlane(), ScriptedImds()
+    max_peers = MAX_PEERS if max_peers is None else max_peers
+    cp.too_many = (max_peers or 2000) + 1
     with tempfile.TemporaryDirectory() as tmp, Topology("soak") as topo:
         work = Path(tmp)
         pyz = _build(work / "dist")
@@ -85,6 +167,7 @@ def soak(minutes: float, seed: int) -> dict:
              "--state-dir", str(work / "state"), "--heartbeat-interval", str(INTERVAL),
              "--backoff-max", str(BACKOFF_MAX), "--request-deadline", str(DEADLINE),
              "--max-reply-bytes", str(512 << 10),
+             *(["--max-peers", str(max_peers)] if max_peers else []),
              "--sysctl-file", str(work / "sysctl.conf"), "--metrics-addr", f"127.0.0.1:{port}"],
             stdout=(work / "agent.log").open("w"), stderr=subprocess.STDOUT,
             env={"SHIV_ROOT": str(work / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
@@ -110,18 +193,25 @@ def soak(minutes: float, seed: int) -> dict:
             client.route("10.96.0.0/12", "dev", cwg)
             client.run("ping", "-c", "3", "-i", "0.2", "10.96.0.1", check=False)
             ping = subprocess.Popen(
-                client.exec_args("ping", "-n", "-q", "-i", "0.2", "-W", "1", "10.96.0.1"),
-                stdout=subprocess.PIPE, text=True,
+                client.exec_args("ping", "-n", "-D", "-O", "-i", str(PING_INTERVAL), "-W", "1",
+                                 "10.96.0.1"),
+                stdout=(work / "ping.txt").open("w"),  # a file: a full pipe would stop ping
             )  # fmt: skip
             started = time.monotonic()
             end = started + minutes * 60
             rss: list[tuple[float, float]] = []
             injected: dict[str, int] = {}
+            faults: list[tuple[float, str]] = []  # (wall time, "cp:fault" / "imds:fault")
             changes = 0
+            servers = [(cp, "cp", CP_FAULTS), (imds, "imds", IMDS_FAULTS)]
             while time.monotonic() < end:
-                server, names = rng.choice([(cp, CP_FAULTS), (imds, IMDS_FAULTS)])
+                server, side, names = rng.choice(servers)
+                names = [n for n in names if kinds is None or n in kinds]
+                if not names:
+                    continue
                 fault = rng.choice(names)
                 injected[fault] = injected.get(fault, 0) + 1
+                faults.append((time.time(), f"{side}:{fault}"))
                 server.set_fault(fault)
                 fault_end = time.monotonic() + rng.uniform(0.5, 8)
                 while time.monotonic() < fault_end:  # peers change during faults too
@@ -148,11 +238,18 @@ def soak(minutes: float, seed: int) -> dict:
             converged = time.monotonic() - converge_started
             correct = _dump(node, wg) == want
             ping.send_signal(signal.SIGINT)
-            out, _ = ping.communicate(timeout=10)
+            ping.wait(timeout=10)
+            out = (work / "ping.txt").read_text()
             counts = re.search(r"(\d+) packets transmitted, (\d+) received", out)
             sent, received = int(counts.group(1)), int(counts.group(2))
-            faults = _metric(port, "idra_agent_faults_total") if alive else float("nan")
+            counted = _metric(port, "idra_agent_faults_total") if alive else float("nan")
             log = (work / "agent.log").read_text()
+            rows = timeline(faults, _pings(out), _agent_events(log))
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                (log_dir / "agent.log").write_text(log)
+                (log_dir / "ping.txt").write_text(out)
+                (log_dir / "timeline.json").write_text(json.dumps(rows, indent=1))
         finally:
             agent.terminate()
             agent.wait(10)
@@ -162,16 +259,44 @@ def soak(minutes: float, seed: int) -> dict:
     return {
         "minutes": minutes, "seed": seed, "alive": alive, "correct": correct,
         "converged_s": converged, "peers": len(desired), "changes": changes,
-        "injected": injected, "faults_counted": faults, "sent": sent, "received": received,
+        "injected": injected, "faults_counted": counted,
+        "loss_by_fault": by_fault(rows), "lossy_windows": [r for r in rows if r["lost"]],
+        "sent": sent, "received": received,
         "rss_first_min": max(first), "rss_max": max(mb for _, mb in rss),
         "rss_end": rss[-1][1], "tracebacks": log.count("Traceback"),
         "lines": len(log.splitlines()),
     }  # fmt: skip
 
 
+EXPLAINED = """\
+Fault names are counted over both scripted servers (the control plane's and the IMDSv2
+stand-in's). A fault window is the fault and the healthy gap after it; each ping is
+placed by its send time (`ping -D -O`), and the agent's actions (full and delta syncs,
+registrations, drift repairs) by its log. `--log-dir DIR` keeps the agent log, the ping
+output and the per-window timeline (`timeline.json`); `--faults a,b` injects only those.
+
+**The earlier loss was the harness.** An earlier run of this seed (no `--max-peers`
+given to the agent) lost 151 of 2,973 pings (5.1 %) of the unchanged client. The fault
+`too_many_peers` answers a full list of peers without allowed IPs, meant to exceed the
+agent's peer cap (the fault-injection test runs the agent with `--max-peers 1000`); the
+soak gave no cap, so under the default (2^20) the reply was a valid full list of unusable
+peers that leaves out every real one. The agent rejected them (counted) and, as a full
+list requires, removed every live peer, the client too (agent log: "sync (full): 0 added,
+0 updated, 2001 removed, 2000 rejected"); the client's session was gone until the next
+change re-added it and the client shook hands again. Evidence: the same seed for 3
+minutes, default cap: 75 of 904 pings lost, 69 in the two `too_many_peers` windows (back
+to back, 1,857 peers removed) and 6 at the start of the window right after, none in any
+other window; `--faults too_many_peers` alone, 1.5 minutes: 10 of 618 answered, and with
+the cap 475 of 475 (the reply refused as oversized, peers kept). The soak now gives the
+agent `--max-peers 4000` (above its largest peer set) and the fault sends 4,001 peers:
+the run above lost none. The agent was not changed."""
+
+
 def section(r: dict) -> str:
     yes = {True: "yes", False: "**no**"}
     counted = f"{sum(r['injected'].values())} / {r['faults_counted']:,.0f} failed calls"
+    lossy = "; ".join(f"{fault}: {n}, {lost}" for fault, (_, n, lost) in
+                      r["loss_by_fault"].items() if n)  # fmt: skip
     rss = f"{r['rss_first_min']:.1f} / {r['rss_max']:.1f} / {r['rss_end']:.1f} MiB"
     rows = [
         ["agent alive at the end", yes[r["alive"]]],
@@ -180,6 +305,7 @@ def section(r: dict) -> str:
         ["faults injected / counted by the agent", counted],
         ["peer-set changes during the run", r["changes"]],
         ["pings of the unchanged client answered", f"{r['received']:,} of {r['sent']:,}"],
+        ["fault windows with a lost ping (fault: windows, pings lost)", lossy or "none"],
         ["agent RSS: max in minute 1 / max / at the end", rss],
         ["tracebacks in the agent log / log lines", f"{r['tracebacks']} / {r['lines']:,}"],
     ]  # fmt: skip
@@ -192,7 +318,7 @@ def section(r: dict) -> str:
         "`tests/agent/scripted.py`, one random fault after another (0.5 to 8 s each, up to "
         "3 s healthy in between), the peer set changing by up to 20 adds and 20 removals "
         "every 0.2 to 1.5 s, and a real WireGuard client pinging the node every 0.2 s.",
-        "", table(["", "result"], rows), "", f"Faults injected: {kinds}.",
+        "", table(["", "result"], rows), "", f"Faults injected: {kinds}.", "", EXPLAINED,
     ])  # fmt: skip
 
 
@@ -212,9 +338,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--faults", help="comma-separated fault names: only these")
+    parser.add_argument("--max-peers", type=int, help=f"the agent's peer cap ({MAX_PEERS})")
+    parser.add_argument("--log-dir", type=Path, help="keep agent log, ping output, timeline")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the section")
     args = parser.parse_args()
-    result = soak(args.minutes, args.seed)
-    print(result)
+    kinds = args.faults.split(",") if args.faults else None
+    result = soak(args.minutes, args.seed, kinds, args.max_peers, args.log_dir)
+    print(json.dumps(result, indent=1, default=str))
+    if args.no_doc:
+        sys.exit(0 if result["alive"] and result["correct"] else 1)
     write_section(section(result))
     print(f"wrote {DOC}")
     sys.exit(0 if result["alive"] and result["correct"] else 1)

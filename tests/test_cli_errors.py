@@ -286,3 +286,16 @@ def test_node_daemon_ca_file_that_is_not_a_certificate(tmp_path: Path) -> None:
         "eu-west-1", "--public-ip", "203.0.113.1", "--state-dir", str(tmp_path / "s"), timeout=20,
     )  # fmt: skip
     one_line(result, 2, "--ca-file", "ca.pem", "not a PEM")
+
+
+@pytest.mark.parametrize("command", ["fetch-secret", "run"])
+@pytest.mark.parametrize("region", ["bad region", "eu-central-1x", ""])
+def test_node_daemon_bad_region(command: str, region: str, tmp_path: Path) -> None:
+    """A malformed --region is bad input (exit 2, one line), before any AWS call."""
+    args = {
+        "fetch-secret": ["--secret-id", "idra/staging/NODE_TOKEN", "--out", str(tmp_path / "t")],
+        "run": ["--api-url", "https://cp.example", "--token-file", str(tmp_path / "t")],
+    }[command]
+    result = run(NODE_DAEMON, command, *args, "--region", region, env=NO_AWS, timeout=30)
+    one_line(result, 2, "--region", "not an AWS region name")
+    assert not (tmp_path / "t").exists()

@@ -33,6 +33,14 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+def aws_region(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An AWS region name (``eu-central-1``, ``us-gov-west-1``; the stack file's rule),
+    else bad input (exit 2)."""
+    if value is not None and not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}", value):
+        raise click.BadParameter(f"{value!r}: not an AWS region name")
+    return value
+
+
 @click.group(cls=OneLineGroup)
 @option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
 @option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
@@ -71,7 +79,8 @@ def version() -> None:
 @option("--token-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("--interface", default="wg0", show_default=True)
 @option("--listen-port", type=click.IntRange(1, 65535), default=51820, show_default=True)
-@option("--region", default=None, help="Expected region (must match the identity document).")
+@option("--region", default=None, callback=aws_region,
+        help="Expected region (must match the identity document).")  # fmt: skip
 @option("--public-ip", default=None, help="Default: from instance metadata.")
 @option("--metrics-addr", default="127.0.0.1:9586", show_default=True)
 @option(
@@ -315,7 +324,7 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
 
 @main.command("fetch-secret")
 @option("--secret-id", required=True)
-@option("--region", required=True)
+@option("--region", required=True, callback=aws_region)
 @option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @option("--attempts", type=click.IntRange(1, 100), default=10, show_default=True,
         help="Tries, with exponential backoff (about 3 minutes for 10).")  # fmt: skip

@@ -318,6 +318,8 @@ def teardown(state: LabState | None) -> list[str]:
                 run(["rm", "-rf", "--one-file-system", str(path)])
         if kept.exists():
             removed.append(f"folder {S.LAB_DIR} (logs of failed runs kept in {kept})")
+        elif S.LAB_DIR.is_mount():  # a file system of its own (a tmpfs): emptied, it stays
+            removed.append(f"contents of {S.LAB_DIR}")
         else:
             S.LAB_DIR.rmdir()
             removed.append(f"folder {S.LAB_DIR}")

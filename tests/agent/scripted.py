@@ -173,6 +173,7 @@ class ScriptedControlPlane(Scripted):
         self.node_ids: set[str] = set()
         self.node_key: str | None = None
         self.registrations = 0
+        self.too_many = 2000  # peers in a ``too_many_peers`` reply: over the agent's cap
 
     def set_peers(self, desired: dict[str, list[str]]) -> None:
         with self.lock:
@@ -234,7 +235,8 @@ class ScriptedControlPlane(Scripted):
             if fault == "missing_keys":
                 return 200, {"version": self.version}
             if fault == "too_many_peers":
-                junk = [{"public_key": random_key(), "allowed_ips": []} for _ in range(2000)]
+                junk = [{"public_key": random_key(), "allowed_ips": []}
+                        for _ in range(self.too_many)]  # fmt: skip
                 return 200, {"version": self.version, "full": True, "peers": junk, "removed": []}
             since = query.get("since", [None])[0]
             if since is not None and int(since) == self.version:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,26 @@ def test_teardown_keeps_the_logs_of_a_failed_run(lab_dir) -> None:
     assert [p.relative_to(lab_dir) for p in lab_dir.rglob("*.log")] == [
         kept.relative_to(lab_dir) / "agent-node1.log"
     ]
+
+
+def test_teardown_empties_a_lab_dir_that_is_a_mount_point(tmp_path) -> None:
+    """/run/idra-lab as a tmpfs of its own: down (and demo's fresh start) empties it and
+    leaves the mount point (rmdir would fail: EBUSY). Run in a private mount namespace
+    with empty /run/netns and /run/wireguard, so no other lab is touched."""
+    lab = tmp_path / "idra-lab"
+    lab.mkdir()
+    script = (
+        "from idra.lab import world; import pathlib; "
+        f"pathlib.Path('{lab}/state.json').write_text('{{}}'); "
+        f"pathlib.Path('{lab}/logs').mkdir(); "
+        "print(world.teardown(None)[-1])"
+    )
+    mounts = " && ".join(f"mount -t tmpfs none {d}" for d in (lab, "/run/netns", "/run/wireguard"))
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mkdir -p /run/netns /run/wireguard && {mounts} && "
+         f'IDRA_LAB_DIR={lab} "$0" -c "$1" && ls -A {lab}', sys.executable, script],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"contents of {lab}"]
