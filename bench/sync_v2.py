@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import multiprocessing
 import random
 import secrets
 import socket
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -143,11 +145,8 @@ def _serve(tmp: Path, signer: IdentitySigner) -> tuple[subprocess.Popen, str, di
     raise RuntimeError((tmp / "cp.log").read_text())
 
 
-async def _fleet(url: str, tokens: dict[str, str], signer: IdentitySigner, nodes: int,
-                 changes: int, paced_s: float) -> dict:  # fmt: skip
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+async def _register(url: str, token: str, signer: IdentitySigner, nodes: int) -> list:
     gate = asyncio.Semaphore(32)
-    heard: dict[str, float] = {}  # peer key → when its node's held request answered
 
     async def register(http: httpx.AsyncClient, index: int) -> tuple[str, str]:
         document = IdentitySigner.document(f"i-{index:017x}")
@@ -155,12 +154,55 @@ async def _fleet(url: str, tokens: dict[str, str], signer: IdentitySigner, nodes
                 "public_ip": f"192.0.2.{index % 250 + 1}", "public_key": random_key(),
                 "listen_port": 51820, "agent_version": "bench"}  # fmt: skip
         async with gate:
-            reply = await http.post("/v1/nodes", json=body, headers=_bearer(tokens["node"]))
+            reply = await http.post("/v1/nodes", json=body, headers=_bearer(token))
         reply.raise_for_status()
         return reply.json()["node_id"], reply.json()["node_credential"]
 
+    async with httpx.AsyncClient(base_url=url, timeout=90) as http:
+        return await asyncio.gather(*(register(http, i) for i in range(nodes)))
+
+
+def _holders(url: str, fleet: list, heard: Any, stop: Any) -> None:
+    """The fleet's held long-polls, in a process of their own (so their CPU is not the
+    heartbeat generator's): every peer key a node is told about goes to ``heard`` with
+    the (system-wide monotonic) time its node's request was answered."""
+
+    async def hold(http: httpx.AsyncClient, node_id: str, credential: str) -> None:
+        headers = _bearer(credential)
+        path = f"/v1/nodes/{node_id}/peers"
+        version = (await http.get(path, headers=headers)).json()["version"]
+        while not stop.is_set():
+            try:
+                reply = await http.get(path, headers=headers,
+                                       params={"since": version, "wait": 55})  # fmt: skip
+            except httpx.HTTPError:
+                continue
+            now = time.perf_counter()
+            body = reply.json()
+            for key in [p["public_key"] for p in body["peers"]] + body["removed"]:
+                heard.put((key, now))
+            version = body["version"]
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=90) as http:
+            tasks = [asyncio.create_task(hold(http, *node)) for node in fleet]
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+async def _fleet(url: str, tokens: dict[str, str], fleet: list, changes: int, paced_s: float,
+                 heard_queue: Any) -> dict:  # fmt: skip
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    gate = asyncio.Semaphore(32)
+    heard: dict[str, float] = {}  # peer key → when its node's held request answered
+
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=90) as http:
-        fleet = await asyncio.gather(*(register(http, i) for i in range(nodes)))
         beats: list[float] = []
         errors = 0
 
@@ -179,26 +221,6 @@ async def _fleet(url: str, tokens: dict[str, str], signer: IdentitySigner, nodes
                 beats.append(time.perf_counter() - started)
 
         await asyncio.gather(*(beat(n, c, False) for n, c in fleet))
-        stop = asyncio.Event()
-
-        async def hold(node_id: str, credential: str) -> None:
-            headers = {"Authorization": f"Bearer {credential}"}
-            async with httpx.AsyncClient(base_url=url, timeout=90, headers=headers) as own:
-                version = (await own.get(f"/v1/nodes/{node_id}/peers")).json()["version"]
-                while not stop.is_set():
-                    try:
-                        reply = await own.get(f"/v1/nodes/{node_id}/peers",
-                                              params={"since": version, "wait": 55})  # fmt: skip
-                    except httpx.HTTPError:
-                        continue
-                    now = time.perf_counter()
-                    body = reply.json()
-                    for key in [p["public_key"] for p in body["peers"]] + body["removed"]:
-                        heard.setdefault(key, now)
-                    version = body["version"]
-
-        holders = [asyncio.create_task(hold(n, c)) for n, c in fleet]
-        await asyncio.sleep(5)  # every node holds its request
 
         async def paced() -> None:  # each node every 10 s, spread over the interval
             loop = asyncio.get_running_loop()
@@ -210,6 +232,14 @@ async def _fleet(url: str, tokens: dict[str, str], signer: IdentitySigner, nodes
                     await asyncio.sleep(10 / len(fleet))
             await asyncio.gather(*tasks)
 
+        async def told(key: str, since: float) -> float:
+            while key not in heard and time.perf_counter() - since < 10:
+                while not heard_queue.empty():
+                    peer, when = heard_queue.get_nowait()
+                    heard.setdefault(peer, when)
+                await asyncio.sleep(0.001)
+            return heard.pop(key, since + 10) - since
+
         beating = asyncio.create_task(paced())
         client = {"Authorization": f"Bearer {tokens['client']}"}
         connect, revoke = [], []
@@ -217,22 +247,12 @@ async def _fleet(url: str, tokens: dict[str, str], signer: IdentitySigner, nodes
             key = random_key()
             reply = await http.post("/v1/peers", json={"public_key": key}, headers=client)
             reply.raise_for_status()
-            answered = time.perf_counter()
-            while key not in heard and time.perf_counter() - answered < 10:
-                await asyncio.sleep(0.001)
-            connect.append(heard.pop(key, answered + 10) - answered)
+            connect.append(await told(key, time.perf_counter()))
             reply = await http.delete(f"/v1/peers/{key}", headers=client)
-            answered = time.perf_counter()
-            while key not in heard and time.perf_counter() - answered < 10:
-                await asyncio.sleep(0.001)
-            revoke.append(heard.pop(key, answered + 10) - answered)
+            revoke.append(await told(key, time.perf_counter()))
             await asyncio.sleep(random.uniform(0.05, 0.3))  # noqa: S311
         await beating
-        stop.set()
-        for task in holders:
-            task.cancel()
-        await asyncio.gather(*holders, return_exceptions=True)
-    return {"nodes": nodes, "connect": ms(connect), "revoke": ms(revoke),
+    return {"nodes": len(fleet), "connect": ms(connect), "revoke": ms(revoke),
             "heartbeat": ms(beats), "beats": len(beats), "errors": errors}  # fmt: skip
 
 
@@ -240,16 +260,33 @@ def fleet_figures(nodes: int, changes: int, paced_s: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         signer = IdentitySigner()
         process, url, tokens = _serve(Path(tmp), signer)
+        context = multiprocessing.get_context("spawn")
+        heard, stop = context.Queue(), context.Event()
+        holders = context.Process(target=_holders, args=(url, [], heard, stop))
         try:
-            return asyncio.run(_fleet(url, tokens, signer, nodes, changes, paced_s))
+            fleet = asyncio.run(_register(url, tokens["node"], signer, nodes))
+            holders = context.Process(target=_holders, args=(url, fleet, heard, stop))
+            holders.start()
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(600):  # until the server holds every node's request
+                if _metric(port, "idra_controlplane_long_polls_held", tokens["operator"]) >= nodes:
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the simulated nodes' long-polls were not all held")
+            return asyncio.run(_fleet(url, tokens, fleet, changes, paced_s, heard))
         finally:
+            stop.set()
+            if holders.pid is not None:
+                holders.join(30)
             process.terminate()
             process.wait(15)
 
 
-def _metric(port: int, name: str) -> float:
+def _metric(port: int, name: str, token: str | None = None) -> float:
+    headers = _bearer(token) if token else None
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2, headers=headers).text
     except httpx.HTTPError:
         return 0.0
     return sum(
