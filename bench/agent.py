@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import BIN, ControlPlane, cpu_seconds, inside, interface_bytes, memory_mb
+from bench.common import ControlPlane, cpu_seconds, inside, interface_bytes, memory_mb
 from bench.keys import random_key
 from idra.config import REPO_ROOT
 from idra.netns import Netns, Topology, unique_name
@@ -69,9 +69,7 @@ def measure(
     node_id = plane.register(instance, _keys(1)[0])
     keys = _keys(size)
     plane.add_peers(node_id, keys)
-    command = (
-        [sys.executable, "-m", "bench.memory_agent"] if in_memory else [str(BIN / "node-daemon")]
-    )
+    command = [sys.executable, "-m", "bench.memory_agent" if in_memory else "bench.as_packaged"]
     state = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     imds_url = plane.start_imds(topo, node_id, instance, state)
     started = time.monotonic()

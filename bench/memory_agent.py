@@ -7,23 +7,18 @@ HTTP client, validation, delta planning, state, metrics.
 
 from __future__ import annotations
 
-import sys
+import ipaddress
+import sqlite3
+import tempfile
+from collections.abc import Iterator
 
-# As in the packaged agent (node-daemon.pyz ships no rich): httpx imports its own CLI,
-# and with it rich (3.5 MiB), only where rich is installed, as in this dev environment.
-sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
-
-import ipaddress  # noqa: E402
-import sqlite3  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-
-import node_daemon.cli  # noqa: E402
-import node_daemon.host  # noqa: E402
-import node_daemon.wg  # noqa: E402
-from bench.keys import random_key  # noqa: E402
-from node_daemon.cli import main  # noqa: E402
-from node_daemon.wg import Device, PeerState  # noqa: E402
+import bench.as_packaged  # noqa: F401 - first: the packaged agent's imports, no rich
+import node_daemon.cli
+import node_daemon.host
+import node_daemon.wg
+from bench.keys import random_key
+from node_daemon.cli import main
+from node_daemon.wg import Device, PeerState
 
 
 class MemoryDriver:

@@ -28,6 +28,7 @@ def rss_mb() -> float:
 
 def profile(count: int, heap: bool = False) -> dict[str, float]:
     steps = {"python": rss_mb()}
+    import bench.as_packaged  # noqa: F401 - the packaged agent's imports (no rich)
     import node_daemon.cli  # noqa: F401 - the agent's own imports, as `node-daemon run`
     from node_daemon.api import NodeApi  # noqa: F401
     from node_daemon.daemon import Agent  # noqa: F401
