@@ -66,6 +66,9 @@ def measure(
     ifname = unique_name("wga")
     if not in_memory:
         topo.wireguard(ns, ifname)
+        # The node's tunnel addresses, as cloud-init sets them: the agent takes only the
+        # part of the control plane's pool inside the interface's own prefixes.
+        ns.addr(ifname, "10.96.0.1/12", "fd49:4452:4100::1/64")
     node_id = plane.register(instance, _keys(1)[0])
     keys = _keys(size)
     plane.add_peers(node_id, keys)
