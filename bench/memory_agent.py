@@ -1,4 +1,4 @@
-"""``node-daemon run`` with the WireGuard interface replaced by a dict, for peer counts
+"""``node-daemon run`` with the WireGuard interface replaced by a stand-in, for peer counts
 wireguard-go cannot hold (it stops at 65,536). Everything else is the real agent: CLI,
 HTTP client, validation, delta planning, state, metrics.
 

@@ -297,7 +297,7 @@ def _metric(port: int, name: str, token: str | None = None) -> float:
 
 
 def agent_figures(peers: int, idle_s: float) -> dict:
-    """``node-daemon run`` (the interface held in a dict: wireguard-go stops at 65,536
+    """``node-daemon run`` (the interface a stand-in: wireguard-go stops at 65,536
     peers) against the real control plane: peak RSS through a paged full sync of
     ``peers`` and two scans, then the bytes an idle minute costs on the wire."""
     from idra.lab import imds
@@ -513,7 +513,7 @@ def section(quick: bool, earlier: dict | None = None) -> str:
         f"{f['heartbeat']['p99']:.1f} | {f['heartbeat']['max']:.1f} |",
         "",
         f"{f['errors']} heartbeat errors. **Agent memory**: `node-daemon run` with the "
-        "interface held in one dict (wireguard-go stops at 65,536 peers), real control "
+        "interface a stand-in that keeps its peers in a file (wireguard-go stops at 65,536 peers), real control "
         f"plane, {m['peers']:,} peers through a paged full sync and two whole-interface "
         f"scans: peak {m['VmHWM']:.0f} MiB, {m['VmRSS']:.0f} MiB after.",
         "",
