@@ -513,7 +513,8 @@ def section(quick: bool, earlier: dict | None = None) -> str:
         f"{f['heartbeat']['p99']:.1f} | {f['heartbeat']['max']:.1f} |",
         "",
         f"{f['errors']} heartbeat errors. **Agent memory**: `node-daemon run` with the "
-        "interface a stand-in that keeps its peers in a file (wireguard-go stops at 65,536 peers), real control "
+        "interface a stand-in that keeps its peers in a file (wireguard-go stops at "
+        "65,536 peers), real control "
         f"plane, {m['peers']:,} peers through a paged full sync and two whole-interface "
         f"scans: peak {m['VmHWM']:.0f} MiB, {m['VmRSS']:.0f} MiB after.",
         "",
