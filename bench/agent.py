@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import BIN, ControlPlane, cpu_seconds, inside, interface_bytes, memory_mb
+from bench.common import ControlPlane, cpu_seconds, inside, interface_bytes, memory_mb
 from bench.keys import random_key
 from idra.config import REPO_ROOT
 from idra.netns import Netns, Topology, unique_name
@@ -66,12 +66,13 @@ def measure(
     ifname = unique_name("wga")
     if not in_memory:
         topo.wireguard(ns, ifname)
+        # The node's tunnel addresses, as cloud-init sets them: the agent takes only the
+        # part of the control plane's pool inside the interface's own prefixes.
+        ns.addr(ifname, "10.96.0.1/12", "fd49:4452:4100::1/64")
     node_id = plane.register(instance, _keys(1)[0])
     keys = _keys(size)
     plane.add_peers(node_id, keys)
-    command = (
-        [sys.executable, "-m", "bench.memory_agent"] if in_memory else [str(BIN / "node-daemon")]
-    )
+    command = [sys.executable, "-m", "bench.memory_agent" if in_memory else "bench.as_packaged"]
     state = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     imds_url = plane.start_imds(topo, node_id, instance, state)
     started = time.monotonic()

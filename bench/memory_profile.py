@@ -1,6 +1,6 @@
 """Where the agent's memory goes at a given peer count, step by step in a fresh process:
-the agent's imports, the full peer list as received (JSON bytes, then parsed), the
-planned state the agent keeps (peers and the address → owner index). Resident memory
+the agent's imports, then the state it keeps (peers and the address → owner index, its
+compact table) after a full list applied page by page as the agent does. Resident memory
 (RSS) after each step, and the Python heap still held (tracemalloc) at the end, since
 CPython keeps freed memory mapped.
 
@@ -28,35 +28,36 @@ def rss_mb() -> float:
 
 def profile(count: int, heap: bool = False) -> dict[str, float]:
     steps = {"python": rss_mb()}
+    import bench.as_packaged  # noqa: F401 - the packaged agent's imports (no rich)
     import node_daemon.cli  # noqa: F401 - the agent's own imports, as `node-daemon run`
     from node_daemon.api import NodeApi  # noqa: F401
     from node_daemon.daemon import Agent  # noqa: F401
-    from node_daemon.peers import owners_of, plan
+    from node_daemon.peers import plan
+    from node_daemon.state import PeerTable
+    from node_daemon.sync import PAGE
 
     steps["agent imports"] = rss_mb()
     if heap:  # tracing inflates RSS: heap figures come from a separate run
         tracemalloc.start()
     v4 = ipaddress.IPv4Network("10.96.0.0/12")
     v6 = ipaddress.IPv6Network("fd49:4452:4100::/64")
-    body = json.dumps({"version": 1, "full": True, "removed": [], "peers": [
-        {"public_key": random_key(),
-         "allowed_ips": [f"{v4.network_address + i + 2}/32", f"{v6.network_address + i + 2}/128"]}
-        for i in range(count)]}).encode()  # fmt: skip
-    steps["reply bytes"] = rss_mb()
-    reply = json.loads(body)
-    del body
+    live, peak = PeerTable(), 0.0
+    for first in range(0, count, PAGE):  # the full list as the agent gets it: in pages
+        body = json.dumps({"version": 1, "full": True, "removed": [], "peers": [
+            {"public_key": random_key(), "allowed_ips": [
+                f"{v4.network_address + i + 2}/32", f"{v6.network_address + i + 2}/128"]}
+            for i in range(first, min(count, first + PAGE))]}).encode()  # fmt: skip
+        reply = json.loads(body)
+        result = plan(reply["peers"], [], live, [v4, v6], full=False, owners=live.owners)
+        for key, ips in result.upserts.items():
+            live.put(key, ips)
+        peak = max(peak, rss_mb())
+        del body, reply, result
     gc.collect()
-    steps["reply parsed"] = rss_mb()
-    result = plan(reply["peers"], [], {}, [v4, v6], full=True, owners={})
-    live = dict(result.upserts)
-    steps["planned"] = rss_mb()
-    del reply, result
-    gc.collect()
-    owners = owners_of(live)
-    steps["owner index"] = rss_mb()
+    steps["state kept (paged full sync)"] = rss_mb()
     if heap:
         return {"heap kept": tracemalloc.get_traced_memory()[0] / 2**20}
-    assert len(owners) == 2 * count  # noqa: S101 - sanity of the measurement
+    assert len(live) == count and len(live.owners) == 2 * count  # noqa: S101 - sanity
     return steps
 
 

@@ -38,11 +38,11 @@ from node_daemon.peers import (
     canary_hosts,
     client_pools,
     is_canary,
-    owners_of,
     plan,
     reserved_hosts,
 )
 from node_daemon.replies import Peers
+from node_daemon.state import PeerTable
 from node_daemon.wg import Driver
 
 log = logging.getLogger("node-daemon")
@@ -92,8 +92,7 @@ class Agent:
         self.reserved: set[str] = set()
         self.canary: frozenset[str] = frozenset()  # canary block hosts: never a user
         self.integrity = host.Integrity(opts.sysctl_file, opts.interface_netns)
-        self.live: dict[str, str] = {}
-        self.owners: dict[str, str] = {}
+        self.live = PeerTable()  # key → allowed IPs, and the address → owner index
         self.draining = self.unauthorized = self.terminating = self.lifecycle_done = False
         self.ready_done = False
         self.hook_heartbeat_at = 0.0
@@ -142,8 +141,7 @@ class Agent:
             self.driver.configure(private, self.opts.listen_port)
             log.info("generated the node key")
         self.public_key = public
-        self.live = {key: peer.allowed_ips for key, peer in device.peers.items()}
-        self.owners = owners_of(self.live)
+        self.live = PeerTable((key, peer.allowed_ips) for key, peer in device.peers.items())
 
     def identify(self) -> None:
         """Instance id and region as the signed identity document says (what the control
@@ -221,7 +219,7 @@ class Agent:
     def plan(self, incoming: list, removed: list, *, full: bool) -> Plan:
         return plan(
             incoming, removed, self.live, self.pools, full=full, accept_new=not self.draining,
-            owners=self.owners, own_key=self.public_key, reserved=self.reserved,
+            owners=self.live.owners, own_key=self.public_key, reserved=self.reserved,
         )  # fmt: skip
 
     def _apply(self, result: Plan) -> None:
@@ -229,14 +227,9 @@ class Agent:
             return
         self.driver.apply(result.upserts, result.removes)
         for key in result.removes:
-            for ip in self.live.pop(key, "").split(","):
-                self.owners.pop(ip, None)
+            self.live.pop(key)
         for key, ips in result.upserts.items():
-            for ip in self.live.get(key, "").split(","):
-                if self.owners.get(ip) == key:
-                    del self.owners[ip]
-            self.live[key] = ips
-            self.owners.update(dict.fromkeys(ips.split(","), key))
+            self.live.put(key, ips)
         self.metrics.peer_changes.labels("added").inc(result.added)
         self.metrics.peer_changes.labels("updated").inc(result.updated)
         self.metrics.peer_changes.labels("removed").inc(len(result.removes))

@@ -50,37 +50,42 @@ def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, 
 
 
 def _paged(agent: Agent, api: NodeApi, page: Peers, limit: int | None) -> Plan:
-    total, listed, deferred = Plan(), set(), []
+    """The live peers the list names are marked in the agent's table (no set of keys)."""
+    total, deferred = Plan(), []
+    with agent.peers_lock:
+        agent.live.unmark()
     while True:
-        ready, later = _split(agent, page.peers, listed)
+        ready, later = _split(agent, page.peers)
         with agent.peers_lock:
             result = agent.plan(ready, [], full=False)
             agent._apply(result)
+            agent.live.mark(key for peer in page.peers if (key := _key_of(peer)) is not None)
         _merge(total, result)
-        listed.update(key for peer in page.peers if (key := _key_of(peer)) is not None)
         deferred += later
         if not page.next_cursor:
             break
         page = api.peers(agent.node_id, None, cursor=page.next_cursor, limit=limit)
     with agent.peers_lock:  # the list is complete: now (and only now) remove
-        goes = [key for key in agent.live if key not in listed]
+        goes = agent.live.unmarked()
         result = agent.plan(deferred, goes, full=False)
         agent._apply(result)
     _merge(total, result)
     return total
 
 
-def _split(
-    agent: Agent, peers: list[Any], listed: set[str]
-) -> tuple[list[Any], list[dict[str, Any]]]:
+def _split(agent: Agent, peers: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Peers to apply now, and those whose address a live peer not (yet) in the list
     holds: they wait until that peer is updated or removed at the end."""
     here = {_key_of(peer) for peer in peers}
     ready, later = [], []
     for peer in peers:
         key = _key_of(peer)
-        holders = {agent.owners.get(ip) for ip in _hosts(peer)} - {None, key}
-        if key is not None and holders and not holders <= (listed | here):
+        holders = {agent.live.owners.get(ip) for ip in _hosts(peer)} - {None, key}
+        if (
+            key is not None
+            and holders
+            and not all(holder in here or agent.live.marked(holder) for holder in holders)
+        ):
             later.append(peer)
         else:
             ready.append(peer)

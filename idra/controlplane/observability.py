@@ -1,7 +1,9 @@
 """``GET /healthz`` (no token) and ``GET /metrics`` (operator token, Prometheus text).
 
 Metrics are aggregates only: request counts by route template (never a raw path, so no
-node id or key becomes a label), latency, nodes by state, peers, change-log rows.
+node id or key becomes a label), latency, nodes by state, peers, change-log rows. A
+long-poll (a request with ``wait``) is held on purpose, up to a minute: its time goes to
+its own histogram, never into the request latency.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import sqlite3
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -53,8 +56,8 @@ class _StoreCollector:
 class _RequestMetrics:
     """ASGI middleware: count and time every HTTP request by route template and status."""
 
-    def __init__(self, app: Any, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app: Any, requests: Counter, latency: Histogram, held: Histogram) -> None:
+        self.app, self.requests, self.latency, self.held = app, requests, latency, held
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -73,7 +76,20 @@ class _RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(route, scope["method"], str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - start)
+            took = time.perf_counter() - start
+            if _long_poll(scope):
+                self.held.observe(took)
+            else:
+                self.latency.labels(route).observe(took)
+
+
+def _long_poll(scope: dict) -> bool:
+    """A request the API may hold: ``since`` and a positive ``wait`` in its query."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    try:
+        return "since" in query and float(query.get("wait", ["0"])[-1]) > 0
+    except ValueError:
+        return False  # refused with 400 at once
 
 
 def install(app: FastAPI, store: Store) -> CollectorRegistry:
@@ -88,8 +104,13 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     )  # fmt: skip
+    held = Histogram(
+        "idra_controlplane_long_poll_duration_seconds",
+        "Time a long-poll (GET …/peers?wait=) was held until answered.", registry=registry,
+        buckets=(0.01, 0.1, 0.5, 1, 5, 10, 30, 45, 60, 75),
+    )  # fmt: skip
     registry.register(_StoreCollector(store))
-    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
+    app.add_middleware(_RequestMetrics, requests=requests, latency=latency, held=held)
 
     @app.get("/healthz", include_in_schema=False, **requires("public"))
     def healthz() -> Response:

@@ -175,7 +175,6 @@ def serve(
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,
-        fd=sock.fileno(),
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         access_log=False,
@@ -184,7 +183,10 @@ def serve(
         log_config=None,  # our handlers: --log-format and --log-level of ``idra``
         timeout_graceful_shutdown=5,
     )
-    _Server(config, store.notifier).run()
+    # The socket itself, not its fd (uvicorn takes an fd for a unix socket): asyncio sets
+    # TCP_NODELAY only on sockets it knows are TCP (see _bind); without it every reply
+    # on a kept-alive connection waited for the client's delayed ACK, 40 ms.
+    _Server(config, store.notifier).run(sockets=[sock])
 
 
 class _Server(uvicorn.Server):
@@ -225,9 +227,10 @@ def _check_tls(cert: Path, key: Path) -> None:
 
 
 def _bind(host: str, port: int, listen: str) -> socket.socket:
-    """The listening socket, bound before the server starts (a busy port is one line)."""
+    """The listening socket, bound before the server starts (a busy port is one line).
+    Its protocol is named: asyncio sets TCP_NODELAY on accepted connections only then."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1" if host == "localhost" else host, port))

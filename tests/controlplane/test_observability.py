@@ -4,6 +4,8 @@ own text parser; aggregates only (no node id, key or address in a label)."""
 from __future__ import annotations
 
 import ipaddress
+import statistics
+import time
 import warnings
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -81,6 +83,41 @@ def test_metrics_in_prometheus_text(cp: ControlPlane) -> None:
     )
     for secret in (*nodes, *keys, "203.0.113.10", "10.96.0."):
         assert secret not in labels and secret not in reply.text
+
+
+def test_held_long_polls_have_their_own_histogram(cp: ControlPlane) -> None:
+    """A long-poll is held on purpose: its time never enters the request latency, so
+    that latency still says how fast the control plane answers."""
+    node_id = cp.register()
+    with cp.client(node_id) as node:
+        path = f"/v1/nodes/{node_id}/peers"
+        version = node.get(path).json()["version"]
+        assert node.get(path, params={"since": version, "wait": 1.2}).status_code == 200
+        assert node.get(path, params={"since": version}).status_code == 200
+    with cp.client("operator") as ops:
+        samples = _samples(ops.get("/metrics").text)
+    route = "/v1/nodes/{node_id}/peers"
+    latency = "idra_controlplane_request_duration_seconds"
+    assert _value(samples, latency + "_count", route=route) == 2  # the two not held
+    assert _value(samples, latency + "_bucket", route=route, le="1.0") == 2
+    held = "idra_controlplane_long_poll_duration_seconds"
+    assert _value(samples, held + "_count") == 1
+    assert _value(samples, held + "_bucket", le="1.0") == 0  # held its 1.2 s
+    assert _value(samples, held + "_sum") >= 1.2
+    requests = "idra_controlplane_requests_total"
+    assert _value(samples, requests, route=route, status="200") == 3  # all counted
+
+
+def test_replies_on_a_kept_alive_connection_are_not_delayed(cp: ControlPlane) -> None:
+    """TCP_NODELAY on accepted connections: without it uvicorn's reply (head and body
+    written apart) waited for the client's delayed ACK, 40 ms a request."""
+    with cp.client(None) as http:
+        took = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert http.get("/healthz").status_code == 200
+            took.append(time.perf_counter() - started)
+    assert statistics.median(took[1:]) < 0.02, took
 
 
 def test_healthz_is_503_when_the_database_does_not_answer(tmp_path) -> None:
