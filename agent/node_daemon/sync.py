@@ -44,6 +44,8 @@ def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, 
     else:  # a delta, a one-page list, or a control plane that does not page
         with agent.peers_lock:
             result = agent.plan(reply.peers, reply.removed, full=reply.full)
+            if reply.full:
+                _refuse_if_all_rejected(len(reply.peers), result)
             agent._apply(result)
     agent.version = reply.version
     return result, reply
@@ -51,7 +53,7 @@ def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, 
 
 def _paged(agent: Agent, api: NodeApi, page: Peers, limit: int | None) -> Plan:
     """The live peers the list names are marked in the agent's table (no set of keys)."""
-    total, deferred = Plan(), []
+    total, deferred, listed = Plan(), [], 0
     with agent.peers_lock:
         agent.live.unmark()
     while True:
@@ -62,15 +64,24 @@ def _paged(agent: Agent, api: NodeApi, page: Peers, limit: int | None) -> Plan:
             agent.live.mark(key for peer in page.peers if (key := _key_of(peer)) is not None)
         _merge(total, result)
         deferred += later
+        listed += len(page.peers)
         if not page.next_cursor:
             break
         page = api.peers(agent.node_id, None, cursor=page.next_cursor, limit=limit)
     with agent.peers_lock:  # the list is complete: now (and only now) remove
         goes = agent.live.unmarked()
         result = agent.plan(deferred, goes, full=False)
+        _merge(total, result)
+        _refuse_if_all_rejected(listed, total)
         agent._apply(result)
-    _merge(total, result)
     return total
+
+
+def _refuse_if_all_rejected(listed: int, result: Plan) -> None:
+    """A full list of which every entry is rejected is a broken reply (a renamed field,
+    a wrong pool), not an order to cut every user: refused, the peers stay."""
+    if listed and sum(result.rejected.values()) >= listed:
+        raise Fault("control_plane", "malformed", f"full list: all {listed} peers rejected")
 
 
 def _split(agent: Agent, peers: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:

@@ -12,7 +12,8 @@ Faults (``server.fault = name``; ``None`` = healthy):
   ``bad_register`` (interval and pool of the wrong type), ``bad_interval`` (0 s),
   ``wide_pool`` (pool ``0.0.0.0/0``, ``::/0``, and peers at metadata, loopback, the
   node's own and network addresses), ``bad_keys`` (all-zero key, the node's own key,
-  a second spelling of a live key).
+  a second spelling of a live key), ``all_rejected`` (a full list within the cap of
+  which no entry is usable: refused, the peers stay).
 - IMDS: ``refuse_token`` (401 on every read).
 """
 
@@ -32,7 +33,8 @@ POOL = {"ipv4": "10.96.0.0/12", "ipv6": "fd49:4452:4100::/64"}
 COMMON = ("down", "reset", "http_500", "http_503", "http_429", "http_400", "redirect",
           "html", "oversized", "trickle", "trickle_head")  # fmt: skip
 CP_FAULTS = (*COMMON, "list", "empty", "wrong_types", "missing_keys", "too_many_peers",
-             "forget", "bad_register", "bad_interval", "wide_pool", "bad_keys")  # fmt: skip
+             "forget", "bad_register", "bad_interval", "wide_pool", "bad_keys",
+             "all_rejected")  # fmt: skip
 IMDS_FAULTS = (*COMMON, "refuse_token")
 # the fault counter (idra_agent_faults_total{kind}) each fault must move; None: none
 EXPECTED_KIND = {
@@ -42,7 +44,8 @@ EXPECTED_KIND = {
     "trickle_head": "timeout", "list": "malformed", "empty": "malformed",
     "wrong_types": "malformed", "missing_keys": "malformed", "too_many_peers": "oversized",
     "forget": "not_found", "bad_register": "malformed", "bad_interval": None,
-    "wide_pool": None, "bad_keys": None, "refuse_token": "refused",
+    "wide_pool": None, "bad_keys": None, "all_rejected": "malformed",
+    "refuse_token": "refused",
 }  # fmt: skip
 
 
@@ -234,9 +237,9 @@ class ScriptedControlPlane(Scripted):
                 return 200, {"version": "x", "full": 1, "peers": {}, "removed": None}
             if fault == "missing_keys":
                 return 200, {"version": self.version}
-            if fault == "too_many_peers":
-                junk = [{"public_key": random_key(), "allowed_ips": []}
-                        for _ in range(self.too_many)]  # fmt: skip
+            if fault in ("too_many_peers", "all_rejected"):
+                count = self.too_many if fault == "too_many_peers" else 50
+                junk = [{"public_key": random_key(), "allowed_ips": []} for _ in range(count)]
                 return 200, {"version": self.version, "full": True, "peers": junk, "removed": []}
             since = query.get("since", [None])[0]
             if since is not None and int(since) == self.version:
