@@ -23,8 +23,14 @@ CREATE TABLE owners (ip BLOB PRIMARY KEY, peer INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
-def _raw(key: str) -> bytes:
-    return base64.b64decode(key)
+def _raw(key: object) -> bytes | None:
+    """A key's 32 raw bytes; None (matches no row) for anything but a canonical key, as
+    a hostile reply's ``removed`` list or page may hold."""
+    try:
+        raw = base64.b64decode(key, validate=True)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return raw if len(raw) == 32 and _b64(raw) == key else None
 
 
 def _addr(ip: str) -> bytes:

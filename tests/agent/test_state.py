@@ -31,6 +31,18 @@ def test_reads_and_writes_like_a_mapping_with_its_owner_index() -> None:
     assert table.owners.get("10.96.0.3/32") is None and table.owners.get("10.96.0.2/32") == b
 
 
+def test_a_malformed_key_is_simply_absent() -> None:
+    """A reply's ``removed`` or page may hold anything: no lookup raises or matches."""
+    a = random_key()
+    table = PeerTable([(a, "10.96.0.2/32")])
+    other_spelling = a[:-2] + chr(ord(a[-2]) + 1) + "="  # same bytes, non-canonical
+    for bad in ("abc", "!!!", "", a + "A", other_spelling, "A" * 44):
+        assert bad not in table and table.get(bad) is None and not table.marked(bad)
+        assert table.pop(bad, "none") == "none"
+    table.mark(["abc", a])
+    assert table.marked(a) and table.unmarked() == [] and len(table) == 1
+
+
 def test_an_address_handed_on_stays_with_its_new_owner() -> None:
     """An address moved to another peer in one batch: the old holder's later update or
     removal does not take it from the new one."""
