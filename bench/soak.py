@@ -30,6 +30,7 @@ from idra.netns import Netns, Topology, unique_name, wg_keypair
 from tests.agent.scripted import (
     CP_FAULTS,
     IMDS_FAULTS,
+    NODE_ADDRESSES,
     ScriptedControlPlane,
     ScriptedImds,
     random_key,
@@ -147,11 +148,7 @@ def soak(minutes: float, seed: int, kinds: list[str] | None = None,
     with tempfile.TemporaryDirectory() as tmp, Topology("soak") as topo:
         work = Path(tmp)
         pyz = _build(work / "dist")
-        node = topo.netns("node")
-        wg = unique_name("wgn")
-        topo.wireguard(node, wg)
-        node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
-        node.ip("link", "set", wg, "up")
+        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
         private, public = wg_keypair()
         desired = {public: [CLIENT_IP]}
         pool = [f"10.96.{8 + i // 250}.{i % 250 + 2}/32" for i in range(BASE_PEERS + 500)]

@@ -369,7 +369,7 @@ def agent_connect_figures(samples: int) -> dict:
     namespace, against the real control plane at a 10 s heartbeat: seconds from the
     ``POST``/``DELETE /v1/peers`` reply until ``wg show`` lists (or no longer lists) it."""
     from idra.lab import imds
-    from idra.netns import Topology, unique_name
+    from idra.netns import Topology
 
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as folder, Topology("bench") as topo:
@@ -380,11 +380,7 @@ def agent_connect_figures(samples: int) -> dict:
         process, url, tokens = _serve(tmp, signer)
         document = IdentitySigner.document("i-0a9e17be4c5ab0002")
         metadata = imds.serve(imds.Instance(document, signer.sign(document), "192.0.2.1"))
-        node = topo.netns("node")
-        wg = unique_name("wgb")
-        topo.wireguard(node, wg)
-        node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
-        node.ip("link", "set", wg, "up")
+        node, wg = topo.wireguard_node("10.96.0.1/12", "fd49:4452:4100::1/64", prefix="wgb")
         port = _free_port()
         agent = subprocess.Popen(
             [sys.executable, str(tmp / "node-daemon.pyz"), "run", "--api-url", url,

@@ -209,6 +209,15 @@ class Topology:
         self.processes.append(proc)
         return proc
 
+    def wireguard_node(self, *addresses: str, prefix: str = "wgn") -> tuple[Netns, str]:
+        """A ``node`` namespace with a wireguard-go interface holding ``addresses``, up."""
+        node = self.netns("node")
+        ifname = unique_name(prefix)
+        self.wireguard(node, ifname)
+        node.addr(ifname, *addresses)
+        node.ip("link", "set", ifname, "up")
+        return node, ifname
+
     def stop(self, proc: subprocess.Popen) -> None:
         """Stop one process started by :meth:`spawn` (and its session)."""
         stop_process(proc.pid)

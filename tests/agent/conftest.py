@@ -22,6 +22,7 @@ import pytest
 from idra.lab import imds
 from idra.lab.pki import IdentitySigner
 from idra.netns import Netns, Topology, unique_name, wg_keypair
+from tests.agent.scripted import NODE_ADDRESSES
 from tests.controlplane.conftest import ControlPlane, free_port, start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,11 +191,7 @@ def env(tmp_path):
     cp = start(tmp_path)
     topo = Topology("agent")
     try:
-        node = topo.netns("node")
-        wg = unique_name("wgn")
-        topo.wireguard(node, wg)
-        node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
-        node.ip("link", "set", wg, "up")
+        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
         instance = signed_instance(cp.signer, INSTANCE_ID)
         metadata = imds.serve(instance)
         url = f"http://127.0.0.1:{metadata.server_address[1]}"

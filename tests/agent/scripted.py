@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 POOL = {"ipv4": "10.96.0.0/12", "ipv6": "fd49:4452:4100::/64"}
+NODE_ADDRESSES = ("10.96.0.1/12", "fd49:4452:4100::1/64")  # the interface's own
 COMMON = ("down", "reset", "http_500", "http_503", "http_429", "http_400", "redirect",
           "html", "oversized", "trickle", "trickle_head")  # fmt: skip
 CP_FAULTS = (*COMMON, "list", "empty", "wrong_types", "missing_keys", "too_many_peers",

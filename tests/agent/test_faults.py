@@ -23,6 +23,7 @@ from .scripted import (
     CP_FAULTS,
     EXPECTED_KIND,
     IMDS_FAULTS,
+    NODE_ADDRESSES,
     ScriptedControlPlane,
     ScriptedImds,
     random_key,
@@ -40,11 +41,7 @@ def world(tmp_path: Path):
     cp, imds = ScriptedControlPlane(oversize=1 << 20), ScriptedImds()
     topo, env = Topology("flt"), None
     try:
-        node = topo.netns("node")
-        wg = unique_name("wgn")
-        topo.wireguard(node, wg)
-        node.addr(wg, "10.96.0.1/12", "fd49:4452:4100::1/64")
-        node.ip("link", "set", wg, "up")
+        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
         env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path, None, imds.url)
         yield env, cp, imds
     finally:
