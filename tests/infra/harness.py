@@ -8,7 +8,9 @@ tests can look for them where they must never appear.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import secrets
 
 import pulumi
@@ -61,5 +63,22 @@ def deploy(
     def program() -> pulumi.Output:
         return pulumi.Output.from_input(main()).apply(deployment.outputs.update)
 
-    program()
+    try:
+        program()
+    except Exception:
+        _forget_failed_futures()
+        raise
     return deployment
+
+
+def _forget_failed_futures() -> None:
+    """A failed deployment leaves hundreds of futures holding its error; asyncio would log
+    each one when Python exits and bury pytest's summary under them. Reset Pulumi's
+    runtime and collect them now, with asyncio's "never retrieved" log off."""
+    pulumi.runtime.settings.reset_options()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.disabled = True
+    try:
+        gc.collect()
+    finally:
+        asyncio_log.disabled = False
