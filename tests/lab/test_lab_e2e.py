@@ -26,15 +26,18 @@ def _lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def lab():
-    if S.LAB_DIR.exists() or any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
+def lab(tmp_path_factory):
+    if any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
         pytest.fail("a lab is already up on this machine: run 'idra lab down' first")
-    up = _lab("up", "--nodes", "2", "--clients", "3")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield json.loads((S.LAB_DIR / "state.json").read_text())
-    finally:
-        _lab("down")
+    with pytest.MonkeyPatch.context() as mp:  # a folder of its own, not a leftover's
+        mp.setattr(S, "LAB_DIR", tmp_path_factory.mktemp("e2e") / "idra-lab")
+        mp.setenv("IDRA_LAB_DIR", str(S.LAB_DIR))
+        up = _lab("up", "--nodes", "2", "--clients", "3")
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            yield json.loads((S.LAB_DIR / "state.json").read_text())
+        finally:
+            _lab("down")
 
 
 def _namespaces() -> list[str]:
