@@ -35,6 +35,11 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 30, **kw):
     return result
 
 
+def netns_names(*, check: bool = True) -> list[str]:
+    """The names of this machine's network namespaces (``ip netns list``)."""
+    return run(["ip", "netns", "list"], check=check).stdout.split()
+
+
 def parse_sysctl(text: str) -> dict[str, str]:
     """``key = value`` lines of a sysctl.conf, in order (comments and blanks skipped)."""
     settings = {}

@@ -41,11 +41,12 @@ def up(nodes: int, clients: int, stack: str, agent: Path | None) -> None:
     """Build the lab: internet, control plane, NODES exit nodes and CLIENTS clients."""
     _need_root()
     from idra.lab import world
+    from idra.netns import netns_names
 
     existing = LabState.load()
     if existing and existing.status == "up":
         raise LabError(f"a lab is already up ({S.LAB_DIR}); run 'idra lab down' first")
-    if existing or any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
+    if existing or any(n.startswith(S.NS_PREFIX) for n in netns_names()):
         console.print("cleaning a half-made lab first")
         world.teardown(existing)
     try:
@@ -59,12 +60,6 @@ def up(nodes: int, clients: int, stack: str, agent: Path | None) -> None:
         world.teardown(LabState.load())
         raise
     status.callback()
-
-
-def _namespaces() -> list[str]:
-    from idra.netns import run
-
-    return run(["ip", "netns", "list"]).stdout.split()
 
 
 @lab.command()

@@ -32,6 +32,7 @@ from idra.netns import (
     create_netns,
     delete_netns,
     link,
+    netns_names,
     parse_sysctl,
     run,
     start_wireguard,
@@ -305,7 +306,7 @@ def teardown(state: LabState | None) -> list[str]:
         for process in reversed(state.processes):
             stop_process(process.pid)
             removed.append(f"process {process.role}")
-    for name in run(["ip", "netns", "list"]).stdout.split():
+    for name in netns_names():
         if name.startswith(S.NS_PREFIX):
             delete_netns(name)
             removed.append(f"namespace {name}")

@@ -33,6 +33,7 @@ from idra.netns import (
     create_netns,
     delete_netns,
     is_running,
+    netns_names,
     run,
     start_wireguard,
     stop_process,
@@ -126,7 +127,7 @@ def _remove(name: str) -> None:
 def sweep() -> int:
     """Remove the probe namespaces of canary processes that are gone; how many."""
     gone = []
-    for name in run(["ip", "netns", "list"], check=False).stdout.split():
+    for name in netns_names(check=False):
         match = _OURS.match(name)
         if match and not is_running(int(match.group(1))):
             gone.append(name)

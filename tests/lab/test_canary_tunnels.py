@@ -19,18 +19,14 @@ from idra.lab import state as S
 from idra.lab import world
 from idra.lab.state import LabState
 from idra.lifecycle.tunnel import NS_PREFIX, sweep
-from idra.netns import Netns, run
+from idra.netns import Netns, netns_names, run
 from tests.agent.conftest import pyz  # noqa: F401  (the packaged agent, session scoped)
 
 OPS = S.NS_PREFIX + "ops"
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, pyz):  # noqa: F811
-    if any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
-        pytest.fail("a lab is already up on this machine: run 'idra lab down' first")
-    saved = S.LAB_DIR
-    S.LAB_DIR = tmp_path_factory.mktemp("lab") / "idra-lab"
+def lab(lab_dir, pyz):  # noqa: F811
     state = LabState(stack="staging", region=load_stack("staging").regions[0], agent=str(pyz))
     try:
         state.save()
@@ -52,20 +48,11 @@ def lab(tmp_path_factory, pyz):  # noqa: F811
         yield state
     finally:
         world.teardown(LabState.load())
-        S.LAB_DIR = saved
-
-
-def _namespaces() -> list[str]:
-    return run(["ip", "netns", "list"]).stdout.split()
-
-
-def _env() -> dict[str, str]:
-    return os.environ | {"IDRA_LAB_DIR": str(S.LAB_DIR)}
 
 
 def _in_ops(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(Netns(OPS).exec_args(sys.executable, "-m", "idra.cli", *args),
-                          capture_output=True, text=True, timeout=timeout, env=_env())  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def _connection() -> list[str]:
@@ -125,7 +112,7 @@ def test_a_target_blocking_nobody_drains_nobody(lab) -> None:
     public = _canary_public_key()
     assert all(public in _peers_on(node) for node in lab.nodes), "its peer is on every node"
     assert key.read_text().strip() not in err + json.dumps(reports), "the key is never shown"
-    assert not [n for n in _namespaces() if n.startswith(NS_PREFIX)], "tunnels torn down"
+    assert not [n for n in netns_names() if n.startswith(NS_PREFIX)], "tunnels torn down"
     assert {n["state"] for n in _nodes()} == {"active"}
 
 
@@ -149,7 +136,7 @@ def test_a_node_whose_tunnel_cannot_come_up_is_an_error_not_drained(lab) -> None
         ops.run("nft", "delete", "table", "inet", "canarytest")
         (S.LAB_DIR / "refused.json").write_text("{}")
     assert {n["state"] for n in _nodes()} == {"active"}
-    assert not [n for n in _namespaces() if n.startswith(NS_PREFIX)], "torn down on failure"
+    assert not [n for n in netns_names() if n.startswith(NS_PREFIX)], "torn down on failure"
 
 
 def test_probe_source_still_overrides(lab) -> None:
@@ -226,7 +213,7 @@ def test_sweep_removes_only_the_namespaces_of_a_canary_that_is_gone() -> None:
     try:
         assert sweep() == 1
         assert stuck.wait(timeout=10) != 0, "the leftover's process was stopped"
-        assert leftover not in _namespaces() and live in _namespaces()
+        assert leftover not in netns_names() and live in netns_names()
     finally:
         stuck.kill()
         for name in (leftover, live):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from idra.lab import state as S
-from idra.netns import WG_RUN_DIR, Netns, is_running, run
+from idra.netns import WG_RUN_DIR, Netns, is_running, netns_names, run
 
 IDRA = [sys.executable, "-m", "idra.cli", "lab"]
 
@@ -26,22 +26,13 @@ def _lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    if any(n.startswith(S.NS_PREFIX) for n in _namespaces()):
-        pytest.fail("a lab is already up on this machine: run 'idra lab down' first")
-    with pytest.MonkeyPatch.context() as mp:  # a folder of its own, not a leftover's
-        mp.setattr(S, "LAB_DIR", tmp_path_factory.mktemp("e2e") / "idra-lab")
-        mp.setenv("IDRA_LAB_DIR", str(S.LAB_DIR))
-        up = _lab("up", "--nodes", "2", "--clients", "3")
-        try:
-            assert up.returncode == 0, up.stdout + up.stderr
-            yield json.loads((S.LAB_DIR / "state.json").read_text())
-        finally:
-            _lab("down")
-
-
-def _namespaces() -> list[str]:
-    return run(["ip", "netns", "list"]).stdout.split()
+def lab(lab_dir):
+    up = _lab("up", "--nodes", "2", "--clients", "3")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield json.loads((lab_dir / "state.json").read_text())
+    finally:
+        _lab("down")
 
 
 def _children(pid: int) -> list[int]:
@@ -126,7 +117,7 @@ def test_down_leaves_nothing(lab) -> None:
     state = json.loads((S.LAB_DIR / "state.json").read_text())
     pids = [p["pid"] for p in state["processes"]]
     assert _lab("down").returncode == 0
-    assert not [n for n in _namespaces() if n.startswith(S.NS_PREFIX)]
+    assert not [n for n in netns_names() if n.startswith(S.NS_PREFIX)]
     assert not list(WG_RUN_DIR.glob(f"{S.WG_PREFIX}*")) if WG_RUN_DIR.exists() else True
     assert not S.LAB_DIR.exists()
     alive = [pid for pid in pids if is_running(pid)]

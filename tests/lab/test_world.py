@@ -11,7 +11,7 @@ import pytest
 from idra.lab import state as S
 from idra.lab import world
 from idra.lab.state import LabState
-from idra.netns import Netns, is_running, run
+from idra.netns import Netns, is_running, netns_names, run
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def lab_dir(tmp_path, monkeypatch):
 
 
 def _lab_namespaces() -> list[str]:
-    return [n for n in run(["ip", "netns", "list"]).stdout.split() if n.startswith(S.NS_PREFIX)]
+    return [n for n in netns_names() if n.startswith(S.NS_PREFIX)]
 
 
 def test_world_answers_then_leaves_nothing(lab_dir) -> None:

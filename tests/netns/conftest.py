@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from idra.config import StackConfig, load_stack
-from idra.netns import Netns, Topology, run, unique_name, wg_keypair
+from idra.netns import Netns, Topology, netns_names, unique_name, wg_keypair
 from idra.render import render_node_files
 
 PROBE = Path(__file__).with_name("probe.py")
@@ -202,6 +202,6 @@ def lab() -> Lab:
             assert lab.ping(client.ns, cfg.tunnel_address(4).split("/")[0], count=3) > 0
         yield lab
     names = {ns.name for ns in (router, node, vpc, *(c.ns for c in clients))}
-    left = set(run(["ip", "netns", "list"]).stdout.split())
+    left = set(netns_names())
     assert not names & left, "namespaces left behind"
     assert not any(Path(f"/var/run/wireguard/{c.wg}.sock").exists() for c in clients)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from idra.netns import Topology, run, unique_name
+from idra.netns import Topology, netns_names, unique_name
 
 
 def test_everything_removed_after_a_failure() -> None:
@@ -18,5 +18,5 @@ def test_everything_removed_after_a_failure() -> None:
         names = [a.name, b.name]
         raise RuntimeError("boom")
     assert proc.poll() is not None
-    assert not set(names) & set(run(["ip", "netns", "list"]).stdout.split())
+    assert not set(names) & set(netns_names())
     assert not Path(f"/var/run/wireguard/{ifname}.sock").exists()
