@@ -5,6 +5,8 @@ wireguard-go in a namespace.
 - A paged full list that never ends: each attempt stops once the listed peers pass
   ``--max-peers`` (a ``too_many_peers`` fault), the peers stay, the agent retries with
   backoff; the interface never holds more than ``--max-peers`` and memory stays flat.
+- Peers waiting for the end of a list (their address handed on from a peer not
+  listed) hold at most two pages of addresses; the rest come with another full list.
 - The reply cap follows ``--max-peers`` (256 bytes a peer) and a next page is read
   only as far as its page size needs.
 """
@@ -28,33 +30,46 @@ MAX_PEERS, PAGE = 600, 100
 CLIENT = {random_key(): ["10.96.0.2/32"]}
 
 
-class EndlessControlPlane(ScriptedControlPlane):
-    """Once ``endless`` is set, every peers request is a page of new peers with a next
-    page (``page_peers`` a page, from ``limit``), for ever."""
+class HostileControlPlane(ScriptedControlPlane):
+    """Pages its full lists (``paged``: the desired peers, ``limit`` a page), or with
+    ``endless`` answers every peers request with a page of new peers and a next page
+    (``page_peers`` a page, default the agent's ``limit``), for ever."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.endless = False
-        self.page_peers: int | None = None  # None: as many as the agent's limit
-        self.pages = self.listed = 0
+        self.endless = self.paged = False
+        self.page_peers: int | None = None
+        self.pages = self.listed = self.starts = 0
 
     def answer(self, method, path, query, body, headers):
-        if not (self.endless and method == "GET" and path.endswith("/peers") and self.node_ids):
+        paging = self.endless or self.paged
+        if not (paging and method == "GET" and path.endswith("/peers") and self.node_ids):
             return super().answer(method, path, query, body, headers)
-        count = self.page_peers or int(query.get("limit", [PAGE])[0])
+        limit = int(query.get("limit", [PAGE])[0])
+        cursor = query.get("cursor", [None])[0]
+        if self.paged:
+            if cursor is None and query.get("since") == [str(self.version)]:
+                return super().answer(method, path, query, body, headers)  # no change
+            self.starts += cursor is None
+            offset = int(cursor.split(".")[1]) if cursor else 0
+            peers = self._peers()[offset : offset + limit]
+            after = offset + limit
+            next_cursor = f"{self.version}.{after}" if after < len(self.desired) else None
+            return 200, {"version": self.version, "full": True, "peers": peers, "removed": [],
+                         "next_cursor": next_cursor}  # fmt: skip
         peers = []
-        for _ in range(count):
+        self.pages += 1
+        for _ in range(self.page_peers or limit):
             n = self.listed = self.listed + 1
             address = f"10.{97 + n // 65536}.{n // 256 % 256}.{n % 256}/32"
             peers.append({"public_key": random_key(), "allowed_ips": [address]})
-        self.pages += 1
         return 200, {"version": self.version, "full": True, "peers": peers, "removed": [],
                      "next_cursor": f"{self.version}.{self.listed}"}  # fmt: skip
 
 
 @pytest.fixture
 def world(tmp_path: Path):
-    cp, imds, topo, env = EndlessControlPlane(), ScriptedImds(), Topology("bnd"), None
+    cp, imds, topo, env = HostileControlPlane(), ScriptedImds(), Topology("bnd"), None
     try:
         node, wg = topo.wireguard_node(*NODE_ADDRESSES)
         env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path, None, imds.url)
@@ -146,3 +161,24 @@ def test_reply_caps_follow_max_peers(world, pyz: Path) -> None:
     assert set(CLIENT) <= live, "the peers stay"
     assert len(live) <= MAX_PEERS
     assert env.agent.poll() is None
+
+
+def test_waiting_peers_are_bounded_and_still_converge(world, pyz: Path) -> None:
+    """300 addresses handed on from unlisted peers to new ones, 100 peers a page: at most
+    200 wait for the end of the list, the other 100 come with a second full list."""
+    env, cp, imds = world
+    addresses = [[f"10.98.{n // 250}.{n % 250 + 1}/32"] for n in range(300)]
+    old = {random_key(): ips for ips in addresses}
+    cp.set_peers(CLIENT | old)
+    start_agent(env, pyz, cp, imds)
+    eventually(lambda: len(env.dump()) == 301, what="the old peers")
+    new = {random_key(): ips for ips in addresses}
+    cp.paged = True
+    cp.set_peers(CLIENT | new)
+    eventually(lambda: set(env.dump()) == set(CLIENT | new), what="the new peers")
+    assert cp.starts == 2, "a second full list for the peers past the bound"
+    assert "100 listed peers left for the next full sync" in env.log.read_text()
+    assert (
+        env.metric("idra_agent_peers_rejected_total", 'reason="allowed IP owned by another peer"')
+        == 0
+    )
