@@ -161,8 +161,9 @@ def test_deleted_node_is_retired_and_empties_its_interface(env: Env, pyz: Path) 
     client = env.add_client()
     assert env.ping(client) == 3
     node_id = _nodes(env)[0]["id"]
-    with env.cp.client("operator") as ops:
-        assert ops.delete(f"/v1/nodes/{node_id}").status_code == 204
+    with env.cp.client("operator") as ops:  # as `idra nodes delete --force` does it
+        reply = ops.delete(f"/v1/nodes/{node_id}", params={"terminated": "true"})
+        assert reply.status_code == 204
     eventually(lambda: env.dump() == {}, what="an empty interface")
     assert env.metric("idra_agent_retired") == 1
     assert env.metric("idra_agent_peers") == 0
