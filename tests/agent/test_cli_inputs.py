@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,18 @@ def test_version(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == node_daemon.__version__
     assert result.stderr == ""
+
+
+def test_metrics_address_in_use(env) -> None:
+    """With everything else right (a real interface), a taken metrics port is exit 2
+    naming the flag, not a traceback from the metrics server."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = node_daemon_cli(
+            *run_args(env.tmp, **{"--api-url": env.cp.url, "--interface": env.wg,
+                                  "--imds-url": env.imds_url, "--metrics-addr": address}),
+            "--driver", "uapi", "--interface-netns", env.node.name,
+        )  # fmt: skip
+    one_line(result, f"--metrics-addr {address}", "in use")
