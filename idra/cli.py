@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from idra import __version__
-from idra.cliutil import LOG_FORMATS, LOG_LEVELS, BadInput, setup_logging
+from idra.cliutil import LOG_FORMATS, LOG_LEVELS, BadInput, cwd_option, setup_logging
 from idra.config import ConfigError, load_stack, stack_file
 from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
@@ -24,7 +24,10 @@ from idra.render import write_node_files
 from node_daemon.oneline import OneLineGroup
 
 
-@click.group(cls=OneLineGroup, context_settings={"auto_envvar_prefix": "IDRA"})
+@click.group(
+    cls=OneLineGroup,
+    context_settings={"auto_envvar_prefix": "IDRA", "help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="idra")
 @click.option(
     "--log-format", type=click.Choice(LOG_FORMATS), default="text", envvar="IDRA_LOG_FORMAT",
@@ -48,14 +51,7 @@ def main(log_format: str, log_level: str) -> None:
     help="Folder to write sysctl.conf, nftables.nft, user-data.yaml, node-daemon.initd.",
 )
 @click.option("--region", default=None, help="Region to render for (default: the stack's first).")
-@click.option(
-    "--cwd",
-    "--root",
-    "cwd",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path(),
-    help="Folder holding Pulumi.<stack>.yaml (default: the current folder, as Pulumi).",
-)
+@cwd_option
 def render(stack: str, out: Path, region: str | None, cwd: Path) -> None:
     """Render a node's boot configuration for STACK into OUT (all files or none)."""
     try:

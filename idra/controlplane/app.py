@@ -140,6 +140,7 @@ NODE_FIELDS = (
     "agent_version",
     "identity_refusals",
     "identity_refused_at",
+    "registered_at",
 )
 
 
@@ -273,6 +274,14 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
         return {"nodes": [_listed(n) for n in store.nodes(state)]}
+
+    @app.get("/v1/nodes/{node_id}", **requires("operator", 404))
+    def node(node_id: str) -> dict:
+        """One node, as an element of ``GET /v1/nodes``."""
+        try:
+            return _listed(store.node(node_id))
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:
