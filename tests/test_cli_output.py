@@ -174,3 +174,57 @@ def test_help_with_h() -> None:
     for args in ([], ["nodes"], ["nodes", "drain"]):
         result = subprocess.run([IDRA, *args, "-h"], capture_output=True, text=True)
         assert result.returncode == 0 and result.stdout.startswith("Usage: idra"), result
+
+
+def _state(cp: ControlPlane, node: str) -> tuple[str, str | None]:
+    with cp.client("operator") as ops:
+        found = ops.get(f"/v1/nodes/{node}").json()
+    return found["state"], found["drain_reason"]
+
+
+def test_drain_and_delete_ask_on_a_terminal(cp: ControlPlane) -> None:
+    node = cp.register("i-ask", region="eu-central-1")
+    said_no = on_a_terminal(cp, "nodes", "drain", node, answer="n\n")
+    assert f"will drain {node} (eu-central-1, active, 0 active peers)" in said_no
+    assert "Drain 1 node? [y/N]" in said_no and "not confirmed" in said_no
+    assert _state(cp, node) == ("active", None)
+    said_yes = on_a_terminal(cp, "nodes", "drain", node, "--reason", "outdated", answer="y\n")
+    assert f"{node} draining (outdated)" in said_yes
+    assert _state(cp, node) == ("draining", "outdated")
+    assert "not confirmed" in on_a_terminal(cp, "nodes", "delete", node, answer="\n")
+    assert _state(cp, node)[0] == "draining", "the default answer is no"
+    assert f"{node} deleted" in on_a_terminal(cp, "nodes", "delete", node, answer="y\n")
+
+
+def test_a_drain_tells_the_reason_the_node_really_has(cp: ControlPlane) -> None:
+    """A node already draining keeps its reason (only compromised overrides): the
+    command says so instead of echoing the reason it was given."""
+    node = cp.register("i-kept")
+    assert idra(cp, "nodes", "drain", node, "--reason", "blocked", "--yes").returncode == 0
+    again = idra(cp, "nodes", "drain", node, "--reason", "outdated", "--yes")
+    assert again.returncode == 0
+    assert again.stdout.strip() == f"{node} draining (blocked); already draining, reason " \
+        "kept (only compromised overrides)"  # fmt: skip
+    assert _state(cp, node) == ("draining", "blocked")
+    worse = idra(cp, "nodes", "drain", node, "--reason", "compromised", "--yes")
+    assert worse.stdout.strip() == f"{node} draining (compromised)"
+
+
+def test_bulk_drain_by_selector_shows_first(cp: ControlPlane) -> None:
+    eu = [cp.register(f"i-bulk{n}", region="eu-central-1") for n in range(2)]
+    us = cp.register("i-bulkus", region="us-east-1")
+    plan = idra(cp, "nodes", "drain", "--region", "eu-central-1", "--dry-run", "--json")
+    assert sorted(n["id"] for n in json.loads(plan.stdout)) == sorted(eu)
+    assert {_state(cp, n)[0] for n in [*eu, us]} == {"active"}, "a dry run changes nothing"
+    refused = idra(cp, "nodes", "drain", "--region", "eu-central-1")
+    assert refused.returncode == 2 and all(f"will drain {n}" in refused.stderr for n in eu)
+    assert {_state(cp, n)[0] for n in eu} == {"active"}
+    young = idra(cp, "nodes", "drain", "--region", "eu-central-1", "--older-than", "1h", "--yes")
+    assert young.returncode == 0 and "no node matches" in young.stderr
+    time.sleep(1.1)
+    done = idra(cp, "nodes", "drain", "--region", "eu-central-1", "--older-than", "1s", "--yes",
+                "--reason", "outdated", "-o", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(n["id"] for n in json.loads(done.stdout)) == sorted(eu)
+    assert [_state(cp, n) for n in eu] == [("draining", "outdated")] * 2
+    assert _state(cp, us) == ("active", None), "another region is not touched"
