@@ -7,6 +7,7 @@ Every flag also reads an environment variable: ``IDRA_<COMMAND>_<FLAG>`` (for ex
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from idra.lifecycle import commands as lifecycle_commands
 from idra.lifecycle.rollout import rollout_command
 from idra.nodes import nodes
 from idra.render import write_node_files
+from node_daemon.logsetup import LIBRARIES
 from node_daemon.oneline import OneLineGroup
 
 
@@ -37,9 +39,16 @@ from node_daemon.oneline import OneLineGroup
     "--log-level", type=click.Choice(LOG_LEVELS), default="info", envvar="IDRA_LOG_LEVEL",
     show_default=True, show_envvar=True,
 )  # fmt: skip
-def main(log_format: str, log_level: str) -> None:
+@click.option(
+    "--log-libraries", is_flag=True, envvar="IDRA_LOG_LIBRARIES", show_envvar=True,
+    help="Also log the libraries (httpx, httpcore, botocore, urllib3) at --log-level.",
+)  # fmt: skip
+def main(log_format: str, log_level: str, log_libraries: bool) -> None:
     """IDRA exit nodes: render node configuration, run the control plane, lab and lifecycle."""
     setup_logging(log_format, log_level)
+    if log_libraries:
+        for name in LIBRARIES:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @main.command()

@@ -270,9 +270,9 @@ def test_control_plane_logs_as_json(tmp_path: Path, monkeypatch) -> None:
     finally:
         server.process.terminate()
         server.process.wait(10)
-    lines = server.log.read_text().splitlines()
-    assert lines[0].startswith("control plane on")  # stdout, merged here
-    entries = [json.loads(line) for line in lines[1:]]
+    entries = [json.loads(line) for line in server.log.read_text().splitlines()]
+    assert entries[0]["message"].startswith("control plane on")  # stdout, merged here
+    assert entries[0]["event"] == "listening"
     assert any(e["message"].startswith("node registered") for e in entries)
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
 
@@ -382,3 +382,38 @@ def test_destructive_commands_need_yes_off_a_terminal(cp: ControlPlane, verb: st
     assert lines[-1].startswith("Error:") and "--yes" in lines[-1] and len(lines) == 2
     with cp.client("operator") as client:
         assert client.get(f"/v1/nodes/{node}").json()["state"] == "active"
+
+
+def test_json_logs_hold_errors_and_progress_with_fields(cp: ControlPlane) -> None:
+    """``--log-format json``: the error line and the canary's progress lines are JSON
+    objects too, with ``event``, ``node_id`` and ``region``."""
+    failed = run(IDRA, "--log-format", "json", "nodes", "show", "node-nope", *ops(cp))
+    (error,) = [json.loads(line) for line in failed.stderr.splitlines()]
+    assert failed.returncode == 1 and error["level"] == "error" and error["event"] == "error"
+    assert error["message"] == "node-nope: no such node"
+    usage = run(IDRA, "--log-format", "json", "nodes", "list", "--state", "gone", *ops(cp))
+    assert usage.returncode == 2 and json.loads(usage.stderr)["message"].startswith(
+        "idra nodes list: "
+    )
+
+    from tests.lifecycle.dns_server import start as start_dns
+
+    node = cp.register("i-jsonlog", region="eu-central-1", public_ip="203.0.113.78")
+    dns, _, _, address = start_dns("zen.test.example")
+    try:
+        result = run(IDRA, "--log-format", "json", "canary", *ops(cp), "--dnsbl",
+                     "zen.test.example", "--nameserver", address, "--json")  # fmt: skip
+    finally:
+        dns.stop()
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    mine = [e for e in entries if e.get("node_id") == node]
+    assert mine and mine[0]["event"] == "canary.checked" and mine[0]["region"] == "eu-central-1"
+    assert mine[0]["verdict"] == "clean" and mine[0]["message"].startswith("checked ")
+
+
+def test_debug_logs_leave_the_libraries_out_unless_asked(cp: ControlPlane) -> None:
+    quiet = run(IDRA, "--log-level", "debug", "nodes", "list", *ops(cp))
+    assert quiet.returncode == 0 and "httpcore" not in quiet.stderr
+    loud = run(IDRA, "--log-level", "debug", "--log-libraries", "nodes", "list", *ops(cp))
+    assert loud.returncode == 0 and "httpcore" in loud.stderr

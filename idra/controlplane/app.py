@@ -251,10 +251,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
         if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
-            log.warning("node %s drained: integrity mismatch", node_id)
+            log.warning("node %s drained: integrity mismatch", node_id,
+                        extra={"event": "node.compromised", "node_id": node_id})  # fmt: skip
         elif body.state == "draining" and before["state"] == "active":
             store.drain(node_id, "terminating")  # the node drains itself (AWS notice)
-            log.info("node %s draining itself: terminating", node_id)
+            log.info("node %s draining itself: terminating", node_id,
+                     extra={"event": "node.terminating", "node_id": node_id})  # fmt: skip
         node = store.node(node_id)
         return {
             "drain": node["state"] == "draining",
@@ -268,7 +270,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             store.drain(body.id, body.reason)
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        log.info("node %s draining: %s", body.id, body.reason)
+        log.info("node %s draining: %s", body.id, body.reason,
+                 extra={"event": "node.drain", "node_id": body.id})  # fmt: skip
         return {"id": body.id, "state": "draining"}
 
     @app.get("/v1/nodes", **requires("operator", 400))

@@ -25,7 +25,6 @@ from idra.cliutil import (
     connection_options,
     cwd_option,
     make_api,
-    now_utc,
     output_options,
     parse_duration,
     plural,
@@ -159,7 +158,8 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
         except (ApiError, OSError, ValueError) as exc:
             if every is None:
                 raise Failed(str(exc)) from None
-            log.error("canary pass failed, next in %ss: %s", every, exc)
+            log.error("canary pass failed, next in %ss: %s", every, exc,
+                      extra={"event": "canary.pass_failed"})  # fmt: skip
             failed = True
         else:
             out.print(f"canary: {plural(len(reports), 'active node')}", CANARY_COLUMNS,
@@ -206,7 +206,8 @@ def _remove_peers(api, node_ids: set[str]) -> set[str]:
         try:
             api.remove_canary(node_id)
         except ApiError as exc:
-            log.warning("canary peer of %s not removed yet: %s", node_id, exc)
+            log.warning("canary peer of %s not removed yet: %s", node_id, exc,
+                        extra={"event": "canary.peer_kept", "node_id": node_id})  # fmt: skip
             continue
         done.add(node_id)
     return done
@@ -233,9 +234,11 @@ class _progress:
         if self._bar:
             self._bar.advance(self._task)
             return
-        verdict = canary_mod.NodeReport(node["id"], node["public_ip"], found).verdict
-        click.echo(f"{now_utc()} checked {self.done}/{self.total} {node['id']}: {verdict}",
-                   err=True)  # fmt: skip
+        verdict = canary_mod.NodeReport(node["id"], node["public_ip"], found).verdict.value
+        fields = {"event": "canary.checked", "node_id": node["id"], "region": node.get("region"),
+                  "verdict": verdict, "done": self.done, "total": self.total}  # fmt: skip
+        log.info("checked %d/%d %s: %s", self.done, self.total, node["id"], verdict,
+                 extra=fields)  # fmt: skip
 
     def __exit__(self, *_: object) -> None:
         if self._bar:
