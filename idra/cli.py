@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from idra import __version__
+from idra import __version__, contexts
 from idra.cliutil import LOG_FORMATS, LOG_LEVELS, BadInput, cwd_option, setup_logging
 from idra.config import ConfigError, load_stack, stack_file
 from idra.controlplane.serve import controlplane
@@ -22,6 +22,7 @@ from idra.lifecycle import commands as lifecycle_commands
 from idra.lifecycle.rollout import rollout_command
 from idra.nodes import nodes
 from idra.render import write_node_files
+from idra.status import status
 from node_daemon.logsetup import LIBRARIES
 from node_daemon.oneline import OneLineGroup
 
@@ -43,12 +44,29 @@ from node_daemon.oneline import OneLineGroup
     "--log-libraries", is_flag=True, envvar="IDRA_LOG_LIBRARIES", show_envvar=True,
     help="Also log the libraries (httpx, httpcore, botocore, urllib3) at --log-level.",
 )  # fmt: skip
-def main(log_format: str, log_level: str, log_libraries: bool) -> None:
-    """IDRA exit nodes: render node configuration, run the control plane, lab and lifecycle."""
+@click.option(
+    "--context", "context_name", default=None, envvar="IDRA_CONTEXT", show_envvar=True,
+    help="Named defaults (API URL, token file, CA file, stack) from ~/.config/idra/config.yaml "
+    "[default: its current-context].",
+)  # fmt: skip
+@click.pass_context
+def main(ctx: click.Context, log_format: str, log_level: str, log_libraries: bool,
+         context_name: str | None) -> None:  # fmt: skip
+    """IDRA exit nodes: render node configuration, run the control plane, lab and lifecycle.
+
+    Flags and IDRA_* variables beat the selected context (idra context -h)."""
     setup_logging(log_format, log_level)
     if log_libraries:
         for name in LIBRARIES:
             logging.getLogger(name).setLevel(logging.NOTSET)
+    ctx.meta["idra.context"] = context_name
+    if ctx.invoked_subcommand in USES_CONTEXT:
+        _, settings = contexts.selected(contexts.load(), context_name)
+        ctx.default_map = contexts.default_map(ctx.command, settings)
+
+
+# The commands that take their defaults from the context (not the server, lab, context).
+USES_CONTEXT = ("nodes", "canary", "reap", "rollout", "status", "render")
 
 
 @main.command()
@@ -73,12 +91,14 @@ def render(stack: str, out: Path, region: str | None, cwd: Path) -> None:
         click.echo(path)
 
 
+main.add_command(contexts.context)
 main.add_command(controlplane)
 main.add_command(lab)
 main.add_command(nodes)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 main.add_command(rollout_command)
+main.add_command(status)
 
 
 if __name__ == "__main__":
