@@ -63,3 +63,34 @@ def test_the_stack_key_table_is_the_schema() -> None:
     listed = {key for row in table.splitlines()[2:] for key in re.findall(
         r"`([A-Za-z0-9]+)`", row.split("|")[1])}  # fmt: skip
     assert listed == _stack_keys()
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_diagram_names_only_commands_that_exist() -> None:
+    """Every ``idra …`` / ``node-daemon …`` the Mermaid diagram names is a real command."""
+    import click
+
+    from idra.cli import main as idra
+    from node_daemon.cli import main as node_daemon
+
+    text = (REPO_ROOT / "README.md").read_text()
+    diagram = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    named = re.findall(r"\b(idra|node-daemon)((?: [a-z][a-z-]+)+)", diagram)
+    assert len(named) >= 9, named
+    for program, words in named:
+        command: click.Command = idra if program == "idra" else node_daemon
+        for word in words.split():
+            if not isinstance(command, click.Group):
+                break
+            assert word in command.commands, f"README diagram: {program}{words}"
+            command = command.commands[word]
+
+
+def test_readme_set_up_is_two_commands() -> None:
+    block = _readme_section("Set up").split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    assert [c for c in commands if c] == ["./scripts/demo", "./scripts/test"]
