@@ -62,6 +62,7 @@ def main(ctx: click.Context, log_format: str, log_level: str, log_libraries: boo
     ctx.meta["idra.context"] = context_name
     if ctx.invoked_subcommand in USES_CONTEXT:
         _, settings = contexts.selected(contexts.load(), context_name)
+        settings = contexts.with_stack_url(settings, Path.cwd())
         ctx.default_map = contexts.default_map(ctx.command, settings)
 
 

@@ -11,7 +11,8 @@ or the file's ``current-context``::
         stack: staging
 
 The file names token *files* only; a token in it is refused. A flag or an ``IDRA_*``
-variable beats the context.
+variable beats the context. A context with a ``stack`` and no ``api-url`` takes the
+stack's ``idra:controlPlaneUrl`` from ``Pulumi.<stack>.yaml`` in the current folder.
 """
 
 from __future__ import annotations
@@ -88,6 +89,20 @@ def selected(document: dict[str, Any], name: str | None) -> tuple[str | None, di
         known = ", ".join(sorted(contexts)) or "none"
         raise BadInput(f"--context {name}: no such context in {config_path()} (known: {known})")
     return name, dict(contexts[name])
+
+
+def with_stack_url(settings: dict[str, str], root: Path) -> dict[str, str]:
+    """A context naming a stack but no ``api-url`` takes the stack's ``controlPlaneUrl``
+    (from ``Pulumi.<stack>.yaml`` in ``root``, when that file is there)."""
+    from idra.config import ConfigError, load_stack, stack_file
+
+    stack = settings.get("stack")
+    if not stack or "api-url" in settings or not stack_file(stack, root).is_file():
+        return settings
+    try:
+        return settings | {"api-url": load_stack(stack, root).control_plane_url}
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def default_map(command: click.Command, settings: dict[str, str]) -> dict[str, Any]:
@@ -190,4 +205,4 @@ def set_context(name: str, **values: str | None) -> None:
     click.echo(f"context {name} saved ({_save(document)})")
 
 
-__all__ = ["config_path", "context", "default_map", "load", "selected"]
+__all__ = ["config_path", "context", "default_map", "load", "selected", "with_stack_url"]

@@ -131,3 +131,20 @@ def test_status_per_region(cp: ControlPlane, tmp_path: Path) -> None:
     assert table[1].split()[:3] == ["region", "active", "draining"]
     row = next(line for line in table if line.startswith("ap-south-1 "))
     assert "4 active" in row and "s ago" in row
+
+
+def test_a_context_with_a_stack_takes_its_control_plane_url(tmp_path: Path) -> None:
+    from idra.config import REPO_ROOT
+
+    text = (REPO_ROOT / "Pulumi.staging.yaml").read_text()
+    url = "https://127.0.0.1:1"
+    text = text.replace("https://api.staging.idra.example/", url)
+    (tmp_path / "Pulumi.staging.yaml").write_text(text)
+    (tmp_path / "t").write_text("token")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"current-context: s\ncontexts:\n  s:\n    stack: staging\n"
+                      f"    operator-token-file: {tmp_path / 't'}\n")  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IDRA_")}
+    result = subprocess.run([IDRA, "nodes", "list"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env=base | {"IDRA_CONFIG": str(config)})  # fmt: skip
+    assert result.returncode == 1 and f"GET {url}/v1/nodes" in result.stderr, result.stderr
