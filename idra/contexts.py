@@ -152,8 +152,16 @@ def list_contexts(out: Output) -> None:
     out.print(f"{config_path()}: {plural(len(rows), 'context')}", COLUMNS, rows)
 
 
+def _names(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion: the contexts in the file."""
+    try:
+        return [n for n in load()["contexts"] if str(n).startswith(incomplete)]
+    except click.ClickException:
+        return []
+
+
 @context.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_names)
 def use(name: str) -> None:
     """Make NAME the current context."""
     document = load()
@@ -163,7 +171,7 @@ def use(name: str) -> None:
 
 
 @context.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=_names)
 @output_options
 def show(name: str | None, out: Output) -> None:
     """The settings of NAME (default: the selected context: --context, IDRA_CONTEXT or

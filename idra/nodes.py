@@ -184,17 +184,22 @@ def drain(api_url, operator_token_file, ca_file, node_ids, reason, regions, olde
                   [as_data(n) for n in targets])  # fmt: skip
         return
     _confirm("drain", targets, yes)
-    drained = []
-    for node in targets:
-        _call(api, "drain", node["id"], reason)
-        drained.append(_call(api, "node", node["id"]))
+    drained, failed = [], []
+    for node in targets:  # one failure does not stop the others
+        try:
+            api.drain(node["id"], reason)
+            drained.append(api.node(node["id"]))
+        except ApiError as exc:
+            failed.append(str(exc))
     if out.data:
         out.print_data([as_data(n) for n in drained])
-        return
-    for node in drained:
-        kept = node.get("drain_reason") != reason
-        note = "; already draining, reason kept (only compromised overrides)" if kept else ""
-        click.echo(f"{node['id']} draining ({node.get('drain_reason')}){note}")
+    else:
+        for node in drained:
+            kept = node.get("drain_reason") != reason
+            note = "; already draining, reason kept (only compromised overrides)" if kept else ""
+            click.echo(f"{node['id']} draining ({node.get('drain_reason')}){note}")
+    if failed:
+        raise Failed(f"{len(failed)} of {len(targets)} not drained: {'; '.join(failed)}")
 
 
 @nodes.command()

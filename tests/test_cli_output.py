@@ -228,3 +228,11 @@ def test_bulk_drain_by_selector_shows_first(cp: ControlPlane) -> None:
     assert sorted(n["id"] for n in json.loads(done.stdout)) == sorted(eu)
     assert [_state(cp, n) for n in eu] == [("draining", "outdated")] * 2
     assert _state(cp, us) == ("active", None), "another region is not touched"
+
+
+def test_drain_with_an_unknown_id_drains_none(cp: ControlPlane) -> None:
+    """Every ID is looked up before any drain: one unknown id, nothing done."""
+    node = cp.register("i-allornone")
+    result = idra(cp, "nodes", "drain", node, "node-nope", "--yes")
+    assert result.returncode == 1 and "node-nope: no such node" in result.stderr
+    assert _state(cp, node) == ("active", None)

@@ -148,3 +148,12 @@ def test_a_context_with_a_stack_takes_its_control_plane_url(tmp_path: Path) -> N
     result = subprocess.run([IDRA, "nodes", "list"], capture_output=True, text=True, timeout=60,
                             cwd=tmp_path, env=base | {"IDRA_CONFIG": str(config)})  # fmt: skip
     assert result.returncode == 1 and f"GET {url}/v1/nodes" in result.stderr, result.stderr
+
+
+def test_context_names_complete_in_the_shell(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("contexts:\n  prod-eu: {stack: production}\n  staging: {}\n")
+    words = {"_IDRA_COMPLETE": "bash_complete", "COMP_WORDS": "idra context use pr",
+             "COMP_CWORD": "3"}  # fmt: skip
+    reply = idra(config, **words)
+    assert reply.stdout.split() == ["plain,prod-eu"]
