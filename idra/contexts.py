@@ -18,6 +18,7 @@ stack's ``idra:controlPlaneUrl`` from ``Pulumi.<stack>.yaml`` in the current fol
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -198,8 +199,6 @@ def show(name: str | None, out: Output) -> None:
 @click.option("--stack", default=None)
 def set_context(name: str, **values: str | None) -> None:
     """Create or change context NAME (given settings only); the first becomes current."""
-    import re
-
     if not re.fullmatch(NAME, name):
         raise BadInput(f"NAME {name!r}: letters, digits, '.', '-', '_'")
     document = load()

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from idra.cliutil import (
     BadInput,
@@ -27,7 +28,7 @@ from idra.cliutil import (
     parse_duration,
     plural,
 )
-from idra.config import ConfigError, load_stack
+from idra.config import ConfigError, load_stack, stack_file
 from idra.lifecycle.api import ApiError
 
 
@@ -98,6 +99,10 @@ def status(api_url, operator_token_file, ca_file, stack, max_drain, silent_after
     """The fleet per region: nodes active/draining, users, heartbeat freshness, identity
     refusals, nodes past their drain deadline."""
     stale = parse_duration(silent_after, "--silent-after").total_seconds()
+    # a context's stack counts only where its file is; a stack given here must be there
+    source = click.get_current_context().get_parameter_source("stack")
+    if source is ParameterSource.DEFAULT_MAP and not stack_file(stack, cwd.resolve()).is_file():
+        stack = None
     if max_drain is None and stack:
         try:
             deadline = float(load_stack(stack, cwd.resolve()).max_drain_seconds)

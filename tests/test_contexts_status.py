@@ -157,3 +157,18 @@ def test_context_names_complete_in_the_shell(tmp_path: Path) -> None:
              "COMP_CWORD": "3"}  # fmt: skip
     reply = idra(config, **words)
     assert reply.stdout.split() == ["plain,prod-eu"]
+
+
+def test_status_with_a_context_stack_from_any_folder(cp: ControlPlane, tmp_path: Path) -> None:
+    """A context's stack gives the drain deadline where its file is, and is no error
+    elsewhere; a --stack given on the command line must exist."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"contexts:\n  c:\n    api-url: {cp.url}\n    operator-token-file: "
+                      f"{token_file(cp)}\n    stack: staging\ncurrent-context: c\n")  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IDRA_")}
+    env = base | {"IDRA_CONFIG": str(config)}
+    run = {"capture_output": True, "text": True, "timeout": 60, "env": env}
+    elsewhere = subprocess.run([IDRA, "status"], cwd=tmp_path, **run)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    explicit = subprocess.run([IDRA, "status", "--stack", "staging"], cwd=tmp_path, **run)
+    assert explicit.returncode == 2 and "no such stack file" in explicit.stderr
