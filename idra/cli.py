@@ -2,7 +2,9 @@
 
 Every flag also reads an environment variable: ``IDRA_<COMMAND>_<FLAG>`` (for example
 ``IDRA_REAP_MAX_DRAIN``), and the shared ones ``IDRA_API_URL``,
-``IDRA_OPERATOR_TOKEN_FILE``, ``IDRA_CA_FILE``, ``IDRA_LOG_FORMAT``, ``IDRA_LOG_LEVEL``.
+``IDRA_OPERATOR_TOKEN_FILE``, ``IDRA_CA_FILE``, ``IDRA_CONTEXT``, ``IDRA_LOG_FORMAT``,
+``IDRA_LOG_LEVEL``, ``IDRA_LOG_LIBRARIES``. Flags and variables beat the selected context
+(:mod:`idra.contexts`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from idra.lifecycle.rollout import rollout_command
 from idra.nodes import nodes
 from idra.render import write_node_files
 from idra.status import status
-from node_daemon.logsetup import LIBRARIES
+from node_daemon.logsetup import LIBRARIES, line
 from node_daemon.oneline import OneLineGroup
 
 
@@ -87,7 +89,8 @@ def render(stack: str, out: Path, region: str | None, cwd: Path) -> None:
         paths = write_node_files(cfg, out, region)
     except (ConfigError, OSError) as exc:
         raise BadInput(str(exc)) from None
-    click.echo(f"stack file: {stack_file(stack, cwd.resolve())}", err=True)
+    click.echo(line(f"stack file: {stack_file(stack, cwd.resolve())}", event="render.stack"),
+               err=True)  # fmt: skip
     for path in paths:
         click.echo(path)
 

@@ -28,6 +28,7 @@ from idra.cliutil import (
     plural,
 )
 from idra.lifecycle.api import ApiError, OperatorApi
+from node_daemon.logsetup import line
 
 REASONS = ("manual", "blocked", "compromised", "outdated")
 COLUMNS = (
@@ -77,11 +78,14 @@ def _call(api: OperatorApi, method: str, *args: Any) -> Any:
 def _confirm(verb: str, targets: list[dict[str, Any]], yes: bool) -> None:
     """Show what will happen (stderr); then ask on a terminal, or need ``--yes``."""
     for node in targets:
-        click.echo(
-            f"will {verb} {node['id']} ({node.get('region')}, {node.get('state')}, "
-            f"{plural(node.get('active_peers') or 0, 'active peer')})",
-            err=True,
-        )
+        text = (f"will {verb} {node['id']} ({node.get('region')}, {node.get('state')}, "
+                f"{plural(node.get('active_peers') or 0, 'active peer')})")  # fmt: skip
+        fields = {
+            "event": f"nodes.{verb}.plan",
+            "node_id": node["id"],
+            "region": node.get("region"),
+        }
+        click.echo(line(text, **fields), err=True)
     if yes:
         return
     if not sys.stdin.isatty():
@@ -175,7 +179,8 @@ def drain(api_url, operator_token_file, ca_file, node_ids, reason, regions, olde
     else:
         targets = [_call(api, "node", node_id) for node_id in node_ids]
     if not targets:
-        click.echo("nodes drain: no node matches; nothing done", err=True)
+        click.echo(line("nodes drain: no node matches; nothing done", event="nodes.drain.none"),
+                   err=True)  # fmt: skip
         if out.data:
             out.print_data([])
         return

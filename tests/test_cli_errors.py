@@ -418,3 +418,12 @@ def test_debug_logs_leave_the_libraries_out_unless_asked(cp: ControlPlane) -> No
     assert quiet.returncode == 0 and "httpcore" not in quiet.stderr
     loud = run(IDRA, "--log-level", "debug", "--log-libraries", "nodes", "list", *ops(cp))
     assert loud.returncode == 0 and "httpcore" in loud.stderr
+
+
+def test_json_logs_hold_the_drain_plan(cp: ControlPlane) -> None:
+    node = cp.register("i-jsonplan", region="eu-central-1")
+    result = run(IDRA, "--log-format", "json", "nodes", "drain", node, *ops(cp))
+    plan, error = (json.loads(line) for line in result.stderr.splitlines())
+    assert result.returncode == 2 and error["event"] == "error" and "--yes" in error["message"]
+    assert plan["event"] == "nodes.drain.plan" and plan["node_id"] == node
+    assert plan["region"] == "eu-central-1"
