@@ -60,7 +60,7 @@ def _node_id(value: str) -> str:
 
 
 def _node_ids(_ctx: Any, _param: Any, values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_node_id(v) for v in values)
+    return tuple(dict.fromkeys(_node_id(v) for v in values))  # each once, in order
 
 
 def as_data(node: dict[str, Any]) -> dict[str, Any]:
