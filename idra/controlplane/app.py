@@ -140,6 +140,7 @@ NODE_FIELDS = (
     "agent_version",
     "identity_refusals",
     "identity_refused_at",
+    "registered_at",
 )
 
 
@@ -250,10 +251,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
         if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
-            log.warning("node %s drained: integrity mismatch", node_id)
+            log.warning("node %s drained: integrity mismatch", node_id,
+                        extra={"event": "node.compromised", "node_id": node_id})  # fmt: skip
         elif body.state == "draining" and before["state"] == "active":
             store.drain(node_id, "terminating")  # the node drains itself (AWS notice)
-            log.info("node %s draining itself: terminating", node_id)
+            log.info("node %s draining itself: terminating", node_id,
+                     extra={"event": "node.terminating", "node_id": node_id})  # fmt: skip
         node = store.node(node_id)
         return {
             "drain": node["state"] == "draining",
@@ -267,12 +270,21 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             store.drain(body.id, body.reason)
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        log.info("node %s draining: %s", body.id, body.reason)
+        log.info("node %s draining: %s", body.id, body.reason,
+                 extra={"event": "node.drain", "node_id": body.id})  # fmt: skip
         return {"id": body.id, "state": "draining"}
 
     @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
         return {"nodes": [_listed(n) for n in store.nodes(state)]}
+
+    @app.get("/v1/nodes/{node_id}", **requires("operator", 404))
+    def node(node_id: str) -> dict:
+        """One node, as an element of ``GET /v1/nodes``."""
+        try:
+            return _listed(store.node(node_id))
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:

@@ -17,6 +17,7 @@ from idra.controlplane.app import Settings, create_app
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
 from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
+from node_daemon.logsetup import line
 
 
 class BadInput(click.ClickException):
@@ -171,7 +172,8 @@ def serve(
             "no --iid-cert-file: every node registration will be refused"
         )
     app = create_app(store, settings)
-    print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
+    banner = f"control plane on {'https' if tls_cert else 'http'}://{listen}"
+    print(line(banner, logger="idra.controlplane", event="listening"), flush=True)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,

@@ -77,6 +77,7 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
             "operator", lambda c: c.post("/node/drain", json={"id": drained, "reason": "manual"}),
         ),
         "GET /v1/nodes": ("operator", lambda c: c.get("/v1/nodes")),
+        "GET /v1/nodes/A": ("operator", lambda c: c.get(f"/v1/nodes/{a}")),
         "POST /v1/nodes/A/canary": (
             "operator", lambda c: c.post(f"/v1/nodes/{a}/canary", json={"public_key": wg_key()}),
         ),
