@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controlplane.conftest import ControlPlane, free_port, start
+from tests.controlplane.conftest import ControlPlane, free_port, start, write_token
 
 BIN = Path(sys.executable).parent
 IDRA, NODE_DAEMON = str(BIN / "idra"), str(BIN / "node-daemon")
@@ -114,7 +114,7 @@ def test_control_plane_unreachable(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, *args: str, timeout: float = 20):
     tokens = []
     for kind in ("node", "operator", "client"):
-        (tmp_path / f"{kind}.token").write_text(f"{kind}-token-0123456789abcdef")
+        write_token(tmp_path / f"{kind}.token", f"{kind}-token-0123456789abcdef")
         tokens += [f"--{kind}-token-file", str(tmp_path / f"{kind}.token")]
     return [IDRA, "controlplane", "serve", *tokens, *args]
 

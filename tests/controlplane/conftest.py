@@ -33,6 +33,14 @@ def wg_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 
 
+def write_token(path: Path, token: str) -> Path:
+    """A token file only its owner can read (``serve`` refuses any other)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,8 +145,10 @@ def start(
     port: int | None = None,
     tokens: dict[str, str] | None = None,
 ) -> ControlPlane:
-    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server."""
-    tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
+    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
+    Every test starts it here, so its flags are in one place."""
+    kinds = ("node", "operator", "client", "metrics")
+    tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in kinds}
     key_file = tmp / "iid.key"
     signer = IdentitySigner.load(key_file) if key_file.exists() else IdentitySigner()
     signer.write_key(key_file)
@@ -147,8 +157,7 @@ def start(
     for prefix in TEST_RANGES:
         args += ["--allow-public-ip-range", prefix]
     for kind, token in tokens.items():
-        (tmp / f"{kind}.token").write_text(token)
-        args += [f"--{kind}-token-file", str(tmp / f"{kind}.token")]
+        args += [f"--{kind}-token-file", str(write_token(tmp / f"{kind}.token", token))]
     verify: ssl.SSLContext | bool = True
     if tls:
         ca, cert, key = make_ca_and_server(tmp / "pki", ["127.0.0.1"])
