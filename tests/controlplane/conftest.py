@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import resource
 import secrets
 import socket
 import ssl
@@ -144,9 +145,11 @@ def start(
     tls: bool = False,
     port: int | None = None,
     tokens: dict[str, str] | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> ControlPlane:
     """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
-    Every test starts it here, so its flags are in one place."""
+    Every test starts it here, so its flags are in one place. ``open_files``: its
+    RLIMIT_NOFILE (soft, hard)."""
     kinds = ("node", "operator", "client", "metrics")
     tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in kinds}
     key_file = tmp / "iid.key"
@@ -181,6 +184,9 @@ def start(
         ],
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files))
+        if open_files
+        else None,
     )
     deadline = time.monotonic() + 20
     while True:
