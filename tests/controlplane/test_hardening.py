@@ -119,7 +119,8 @@ def test_serve_refuses_bad_identity_options(tmp_path, args: list[str], message: 
     cert, key = signer.write_cert(tmp_path / "c.pem"), signer.write_key(tmp_path / "k.pem")
     args = [a.replace("CERT", str(cert)).replace("KEY", str(key)) for a in args]
     for kind in ("node", "operator", "client"):
-        args += [f"--{kind}-token-file", str(write_token(tmp_path / kind, f"{kind}-token-long"))]
+        token = write_token(tmp_path / kind, f"{kind}-token-long-enough")
+        args += [f"--{kind}-token-file", str(token)]
     result = subprocess.run(
         [sys.executable, "-m", "idra.cli", "controlplane", "serve", "--db",
          str(tmp_path / "db"), "--listen", "127.0.0.1:1", *args],
