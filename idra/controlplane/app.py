@@ -114,7 +114,7 @@ class Settings:
     confirm: Callable[[Identity, str], str | None] | None = None
     # besides global unicast, public_ip may lie in these (labs and tests only)
     extra_public_ranges: list[Network] = field(default_factory=list)
-    max_long_polls: int = 2048  # held at once, in total (and longpoll.PER_NODE per node)
+    max_long_polls: int = 4096  # held at once, in total (and longpoll.PER_NODE per node)
 
 
 class AwsUnavailable(RuntimeError):
