@@ -133,6 +133,21 @@ def test_junk_methods_leave_the_method_label_set_bounded(edge_cp: ControlPlane) 
     assert counts[0] == counts[1], "no new series for new junk"
 
 
+def test_an_incomplete_request_head_over_16_kib_is_400(edge_cp: ControlPlane) -> None:
+    """h11 buffers at most 16 KiB of a head still coming (a head that arrives in one
+    read is parsed at once)."""
+    sock = connect(edge_cp, send=PARTIAL + b"X-Big: ")
+    sock.setblocking(True)
+    sock.settimeout(5)
+    with contextlib.suppress(OSError):  # the server may close while we still send
+        for _ in range(20):
+            sock.sendall(b"x" * 1024)
+            time.sleep(0.01)
+    reply = sock.recv(4096)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+
+
 # -- slowloris ------------------------------------------------------------------------
 
 
