@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from idra.config import REPO_ROOT
-from tests.controlplane.conftest import ControlPlane, free_port, start
+from tests.controlplane.conftest import ControlPlane, free_port, start, write_token
 
 BIN = Path(sys.executable).parent
 IDRA, NODE_DAEMON = str(BIN / "idra"), str(BIN / "node-daemon")
@@ -115,7 +115,7 @@ def test_control_plane_unreachable(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, *args: str, timeout: float = 20):
     tokens = []
     for kind in ("node", "operator", "client"):
-        (tmp_path / f"{kind}.token").write_text(f"{kind}-token-0123456789abcdef")
+        write_token(tmp_path / f"{kind}.token", f"{kind}-token-0123456789abcdef")
         tokens += [f"--{kind}-token-file", str(tmp_path / f"{kind}.token")]
     return [IDRA, "controlplane", "serve", *tokens, *args]
 
@@ -135,10 +135,47 @@ def test_serve_bad_tls_cert(tmp_path: Path, cert: str) -> None:
     assert not (tmp_path / "cp.db").exists(), "nothing created on bad input"
 
 
-@pytest.mark.parametrize("listen", ["nohost:8443", "127.0.0.1:99999", "127.0.0.1"])
-def test_serve_bad_listen(tmp_path: Path, listen: str) -> None:
+@pytest.mark.parametrize(
+    ("listen", "text"),
+    [("nohost:8443", "IP address"), ("127.0.0.1:99999", "port out of range"),
+     ("127.0.0.1:0", "port out of range"), ("127.0.0.1", "expected HOST:PORT")],
+)  # fmt: skip
+def test_serve_bad_listen(tmp_path: Path, listen: str, text: str) -> None:
     one_line(run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), "--listen", listen)), 2,
-             "--listen")  # fmt: skip
+             "--listen", text)  # fmt: skip
+
+
+def test_serve_iid_cert_file_that_is_not_a_certificate(tmp_path: Path) -> None:
+    (tmp_path / "hostname").write_text("node-1\n")
+    args = ["--iid-cert-file", str(tmp_path / "hostname"), "--aws-account", "000000000000"]
+    result = run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), *args))
+    line = one_line(result, 2, "--iid-cert-file", str(tmp_path / "hostname"), "not a PEM")
+    assert "cryptography" not in line and "http" not in line
+
+
+@pytest.mark.parametrize("option", ["--metrics-token-file", "--node-token-file"])
+def test_serve_token_file_others_can_read(tmp_path: Path, option: str) -> None:
+    args = _serve(tmp_path, "--db", str(tmp_path / "cp.db"))
+    write_token(tmp_path / "metrics.token", "metrics-token-0123456789abcdef")
+    args += ["--metrics-token-file", str(tmp_path / "metrics.token")]
+    token = Path(args[args.index(option) + 1])
+    token.chmod(0o644)
+    one_line(run(*args), 2, option, str(token), "0644", "chmod 600")
+
+
+def test_serve_metrics_token_equal_to_another(tmp_path: Path) -> None:
+    args = _serve(tmp_path, "--db", str(tmp_path / "cp.db"))
+    args += ["--metrics-token-file", str(tmp_path / "operator.token")]
+    one_line(run(*args), 2, "tokens must all differ")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--header-timeout", "0"), ("--header-timeout", "11"), ("--max-connections", "3"),
+     ("--max-connections-per-client", "0"), ("--max-long-polls", "0")],
+)  # fmt: skip
+def test_serve_bad_limits(tmp_path: Path, flag: str, value: str) -> None:
+    one_line(run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), flag, value)), 2, flag)
 
 
 def test_serve_busy_port_is_one_line(tmp_path: Path) -> None:

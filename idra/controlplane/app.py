@@ -26,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane import auth, longpoll, observability
+from idra.controlplane import auth, edge, longpoll, observability
 from idra.controlplane.auth import requires
 from idra.controlplane.identity import Identity, IdentityRefused, Verifier
 from idra.controlplane.longpoll import CURSOR, MAX_WAIT_S
@@ -114,6 +114,7 @@ class Settings:
     confirm: Callable[[Identity, str], str | None] | None = None
     # besides global unicast, public_ip may lie in these (labs and tests only)
     extra_public_ranges: list[Network] = field(default_factory=list)
+    max_long_polls: int = 4096  # held at once, in total (and longpoll.PER_NODE per node)
 
 
 class AwsUnavailable(RuntimeError):
@@ -152,6 +153,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         tokens=settings.tokens,
         node_credential_ok=store.credential_ok,
     )
+    app.add_middleware(edge.MethodGate)  # outside the Guard: junk methods end first
+    holds = longpoll.Holds(settings.max_long_polls)
 
     def schema() -> dict:
         if not app.openapi_schema:
@@ -219,7 +222,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             "canary_pool": {"ipv4": str(canary_v4), "ipv6": str(canary_v6)},
         }
 
-    @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400))
+    @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400, 429))
     async def peers(
         node_id: str,
         since: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
@@ -238,9 +241,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
                 )
             if since is None or not wait:
                 return await run_in_threadpool(store.peers_since, node_id, since, limit)
-            return await longpoll.changes(store, node_id, since, min(wait, MAX_WAIT_S), limit)
+            wait = min(wait, MAX_WAIT_S)
+            return await longpoll.changes(store, node_id, since, wait, limit, holds)
         except NotFound:
             raise HTTPException(404, "no such node") from None
+        except longpoll.TooMany as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
 
     @app.post("/v1/nodes/{node_id}/heartbeat", **requires("node", 400))
     def heartbeat(node_id: str, body: Heartbeat) -> dict:
