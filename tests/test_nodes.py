@@ -91,12 +91,15 @@ def test_list_filter_show_drain_delete(cp: ControlPlane) -> None:
     refused = idra(cp, "delete", eu)
     assert refused.returncode == 1 and "still active" in refused.stderr
     assert eu in listed(cp), "an active node is not deleted without --force"
-    assert idra(cp, "delete", us).returncode == 0
-    assert us not in listed(cp)
-    gone = idra(cp, "delete", us)
+    running = idra(cp, "delete", us)
+    assert running.returncode == 1 and "still runs" in running.stderr, "it heartbeats"
+    assert us in listed(cp), "deleting it would leave its instance serving (see --force)"
+    assert idra(cp, "drain", silent).returncode == 0
+    assert idra(cp, "delete", silent).returncode == 0, "never heard from: nothing runs"
+    assert silent not in listed(cp)
+    gone = idra(cp, "delete", silent)
     assert gone.returncode == 1 and "no such node" in gone.stderr
-    assert idra(cp, "delete", eu, "--force").returncode == 0
-    assert set(listed(cp)) == {silent}
+    assert set(listed(cp)) == {eu, us}
 
 
 def test_table_has_full_ids_and_a_timestamp_off_a_terminal(cp: ControlPlane) -> None:

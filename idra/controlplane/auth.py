@@ -33,8 +33,8 @@ ERRORS = {
     401: "Missing or wrong credential for this call (checked before the body is read)",
     403: "Instance identity refused (signature, account, region, auto-scaling group)",
     404: "No such node or peer",
-    409: "Instance already bound to another node credential, retired, key in use, "
-    "or (canary) node not active",
+    409: "Instance already bound to a node credential, retired, key in use, "
+    "(canary) node not active, or (delete) node still runs",
     413: "Body larger than 64 KiB",
     503: "No capacity, or the AWS check is unavailable: retry later",
 }

@@ -102,6 +102,13 @@ def controlplane() -> None:
 )
 @click.option("--stack", default=None, help="Stack name, for --verify-with-aws.")
 @click.option(
+    "--insecure-skip-aws-verify",
+    "skip_aws",
+    is_flag=True,
+    help="Labs and tests only: no AWS check, so any instance of the allowed accounts and "
+    "regions that holds NODE_TOKEN can join the pool.",
+)
+@click.option(
     "--allow-public-ip-range",
     "extra_ranges",
     multiple=True,
@@ -126,6 +133,7 @@ def serve(
     regions,
     verify_with_aws,
     stack,
+    skip_aws,
     extra_ranges,
 ) -> None:
     """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
@@ -158,20 +166,31 @@ def serve(
     if verify_with_aws:
         if not stack:
             raise BadInput("--verify-with-aws needs --stack")
+        if skip_aws:
+            raise BadInput("--verify-with-aws and --insecure-skip-aws-verify exclude each other")
         from idra.controlplane.aws import AwsConfirm
 
         settings.confirm = AwsConfirm(stack)
+    elif not skip_aws:
+        raise BadInput(
+            "AWS verification is the default: give --verify-with-aws --stack S "
+            "(or, in labs and tests only, --insecure-skip-aws-verify)"
+        )
     try:
         store = Store(db, pool, keep_changes, change_retention)
     except sqlite3.Error as exc:
         raise BadInput(f"--db {db}: {exc}") from None
     sock = _bind(host, port, listen)
+    log = logging.getLogger("idra.controlplane")
     if settings.verifier is None:
-        logging.getLogger("idra.controlplane").warning(
-            "no --iid-cert-file: every node registration will be refused"
-        )
+        log.warning("no --iid-cert-file: every node registration will be refused")
     app = create_app(store, settings)
     print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
+    if skip_aws:
+        log.warning(
+            "--insecure-skip-aws-verify: any instance of the allowed accounts and regions "
+            "that holds NODE_TOKEN can join the pool (labs and tests only)"
+        )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,

@@ -299,7 +299,7 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regi
     api = make_api(api_url, operator_token_file, ca_file)
     if fleet_kind == "aws" and not stack:
         raise BadInput("--fleet aws needs --stack (or IDRA_STACK)")
-    fleet = _fleet(fleet_kind, stack)
+    fleet = fleet_for(fleet_kind, stack)
     try:
         decisions = reap_once(api, fleet, limit, regions=regions, dry_run=dry_run)
     except ApiError as exc:
@@ -319,7 +319,8 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regi
                      "their rows say why")  # fmt: skip
 
 
-def _fleet(kind: str, stack: str | None) -> Fleet:
+def fleet_for(kind: str, stack: str | None) -> Fleet:
+    """The fleet backend (``reap``, ``nodes delete --force``)."""
     if kind == "aws":
         import boto3
 
@@ -329,4 +330,4 @@ def _fleet(kind: str, stack: str | None) -> Fleet:
     return LabFleet()
 
 
-__all__ = ["canary", "parse_duration", "reap"]
+__all__ = ["canary", "fleet_for", "parse_duration", "reap"]

@@ -145,7 +145,7 @@ def test_trust_on_first_use_then_only_with_the_credential(cp: ControlPlane) -> N
     with cp.client("operator") as ops:
         record = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["id"] == node)
     assert record["identity_refusals"] == 3 and record["identity_refused_at"]
-    assert (record["state"], record["drain_reason"]) == ("draining", "compromised"), (
+    assert (record["state"], record["drain_reason"]) == ("draining", "identity_lost"), (
         "refused, shown, and the reaper replaces it: never silently stuck"
     )
     assert cp.register(instance, credential=credential) == node, "its own agent still can"
