@@ -136,14 +136,19 @@ def start(
     tls: bool = False,
     port: int | None = None,
     tokens: dict[str, str] | None = None,
+    aws: tuple[str, ...] = ("--insecure-skip-aws-verify",),
+    entry: tuple[str, ...] = ("-m", "idra.cli"),
+    env: dict[str, str] | None = None,
 ) -> ControlPlane:
-    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server."""
+    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
+    ``aws``: how it checks instances with AWS (as documented, the tests say it out loud);
+    ``entry``: what the interpreter runs (``tests/controlplane/moto_serve.py``: with moto)."""
     tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
     key_file = tmp / "iid.key"
     signer = IdentitySigner.load(key_file) if key_file.exists() else IdentitySigner()
     signer.write_key(key_file)
     args = ["--iid-cert-file", str(signer.write_cert(tmp / "iid.pem"))]
-    args += ["--aws-account", LAB_ACCOUNT, "--insecure-skip-aws-verify"]  # as documented
+    args += ["--aws-account", LAB_ACCOUNT, *aws]
     for prefix in TEST_RANGES:
         args += ["--allow-public-ip-range", prefix]
     for kind, token in tokens.items():
@@ -159,8 +164,7 @@ def start(
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "idra.cli",
+            *entry,
             "controlplane",
             "serve",
             "--db",
@@ -172,6 +176,7 @@ def start(
         ],
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
+        env=None if env is None else os.environ | env,
     )
     deadline = time.monotonic() + 20
     while True:
