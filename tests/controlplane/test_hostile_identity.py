@@ -18,6 +18,10 @@ import pytest
 from click.testing import CliRunner
 from moto import mock_aws
 
+from idra.controlplane.app import AwsUnavailable
+from idra.controlplane.aws import NEGATIVE_TTL_S, POSITIVE_TTL_S, AwsConfirm
+from idra.controlplane.identity import Identity
+from idra.lab.pki import LAB_ACCOUNT
 from idra.nodes import nodes
 
 from .conftest import ControlPlane, start, wg_key
@@ -294,3 +298,31 @@ def test_aws_answers_are_cached_and_calls_rate_limited(aws_cp) -> None:
     assert calls() == 12
     assert cp.register(spare, REGION, spare_ip), "other instances are not held up"
     assert calls() == 14
+
+
+def test_cache_lifetimes_and_the_total_limit(moto_group) -> None:
+    """In process, on a clock of our own: an admission is kept 5 min, a refusal 30 s, and
+    the whole process asks AWS no faster than its total limit."""
+    now, calls = [0.0], []
+
+    def client(service: str, region: str):
+        made = boto3.client(service, region_name=region)
+        made.meta.events.register("before-call", lambda model, **_: calls.append(model.name))
+        return made
+
+    confirm = AwsConfirm(STACK, client=client, clock=lambda: now[0], total=(2, 1.0))
+    (own, own_ip), (other, other_ip) = moto_group["own"][0], moto_group["other"][0]
+
+    def check(instance_id: str, public_ip: str) -> str | None:
+        return confirm(Identity(instance_id, REGION, LAB_ACCOUNT), public_ip)
+
+    assert check(own, own_ip) is None and len(calls) == 2
+    assert "not idra-" in check(other, other_ip) and len(calls) == 4
+    with pytest.raises(AwsUnavailable, match="rate limited"):
+        check("i-0123456789abcdef0", own_ip)
+    assert len(calls) == 4, "the total limit: no call made"
+    now[0] = NEGATIVE_TTL_S + 1
+    assert "not idra-" in check(other, other_ip) and len(calls) == 6, "a refusal expires"
+    assert check(own, own_ip) is None and len(calls) == 6, "an admission is still cached"
+    now[0] = POSITIVE_TTL_S + 1
+    assert check(own, own_ip) is None and len(calls) == 8, "and expires too"
