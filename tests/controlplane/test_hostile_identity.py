@@ -32,7 +32,7 @@ MOTO_SERVE = Path(__file__).with_name("moto_serve.py")
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
+def cp(tmp_path_factory, backend):
     """One server for the module: each test looks only at its own nodes."""
     server = start(tmp_path_factory.mktemp("cp"))
     yield server
@@ -209,7 +209,7 @@ def test_delete_force_terminates_through_the_fleet_first(cp: ControlPlane, moto_
     refused = delete(ours)
     assert refused.exit_code == 1 and "still active" in refused.output
     foreign = delete(theirs, "--force", "--stack", STACK)
-    assert foreign.exit_code == 1 and "not terminated" in foreign.output
+    assert foreign.exit_code == 1 and "not terminated" in foreign.output, foreign.output
     done = delete(ours, "--force", "--stack", STACK)
     assert done.exit_code == 0, done.output
     assert "terminated; deleted" in done.output
