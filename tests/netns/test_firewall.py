@@ -47,6 +47,13 @@ def test_wireguard_port_open_other_ports_closed(idra: Lab) -> None:
     assert idra.probe(idra.router, "udp", NODE_V4, 9999) == ROUTER_V4
 
 
+def test_loopback_open_on_the_node(idra: Lab) -> None:
+    """The node's own services reach each other over loopback (the agent's metrics, the
+    node exporter): the input policy drops everything else."""
+    assert idra.probe(idra.node, "tcp", "127.0.0.1") == "127.0.0.1"
+    assert idra.probe(idra.node, "tcp", "::1") == "::1"
+
+
 @pytest.mark.parametrize(("node", "router"), [(NODE_V4, ROUTER_V4), (NODE_V6, ROUTER_V6)])
 def test_ssh_only_from_bastion(idra: Lab, node: str, router: str) -> None:
     outsider = idra.clients[0].ns  # reaches the node over the router from 192.0.2.18
@@ -119,6 +126,17 @@ def test_link_local_v6_destination_dropped(idra: Lab) -> None:
         check=False,
     )
     assert member.returncode == 0, member.stderr
+
+
+@pytest.mark.parametrize(("public", "node"), [(PUBLIC_V4, NODE_V4), (PUBLIC_V6, NODE_V6)])
+def test_only_the_tunnel_is_forwarded_to_the_uplink(lab: Lab, public: str, node: str) -> None:
+    """A host on another interface of the node (not the tunnel) cannot use the node as
+    its router to the internet: the forward accept names its input interface."""
+    lab.load(BASELINE)
+    assert lab.probe(lab.stranger, "tcp", public) == node, "baseline must forward it"
+    lab.load(lab.ruleset())
+    assert lab.probe(lab.stranger, "tcp", public) is None
+    assert lab.probe(lab.stranger, "udp", public) is None
 
 
 @pytest.mark.parametrize("version", [4, 6])
