@@ -20,6 +20,7 @@ run is undone by the next one (which says so).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import fnmatch
 import json
 import os
@@ -36,6 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 LIST_NAME = "mutants.yaml"
 JOURNAL = REPO / ".mutants-journal.json"  # the original text while a mutant is applied
+LOCK = REPO / ".mutants.lock"  # held by the run that applies mutants
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist"}
 TIMEOUT_S = 300  # one mutant's tests; a hang counts as a kill, reported as such
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -137,6 +139,17 @@ def restore_journal() -> bool:
     return True
 
 
+def take_lock() -> object | None:
+    """The lock file, held (until exit); None if another run holds it."""
+    handle = LOCK.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -170,7 +183,7 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
     seconds = time.monotonic() - started
     if proc.returncode == 0:
         return "SURVIVED", "", seconds
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, re.MULTILINE)
+    failed = re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", out, re.MULTILINE)
     if proc.returncode == 1 and failed:
         return "killed", failed[0], seconds
     tail = "\n".join(out.strip().splitlines()[-15:])
@@ -191,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
+    lock = take_lock()
+    if lock is None:
+        print("error: another scripts/mutants run is applying mutants here", file=sys.stderr)
+        return 1
     restore_journal()
     mutants, problems = load_all(find_lists())
     if args.names:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import pytest
+
 from node_daemon.api import NodeApi
 from node_daemon.daemon import Agent, Options
 from node_daemon.metrics import Metrics
@@ -94,3 +96,27 @@ def test_a_draining_agent_adds_no_peer_the_control_plane_offers(tmp_path: Path) 
     for full in (True, False):
         result = agent.plan(offered, [], full=full)
         assert result.added == 0 and set(result.upserts) == {live}, "drain: no new peer"
+
+
+@pytest.mark.parametrize(
+    ("ips", "reason"),
+    [
+        (["10.96.0.0/24"], "allowed IP not a single host"),
+        (["10.200.0.1/32"], "allowed IP outside the client pool"),
+        (["10.96.0.2/32", "10.96.0.2/32"], "duplicate allowed IP"),
+        ([], "no allowed IPs"),
+        (["10.96.0.300/32"], "bad allowed IP"),
+    ],
+)
+def test_a_bad_address_rejects_its_peer_alone(ips: list[str], reason: str) -> None:
+    good = random_key()
+    result = plan([_peer(random_key(), *ips), _peer(good, "10.96.0.9/32")], [], {}, NETS,
+                  full=True)  # fmt: skip
+    assert result.rejected == {reason: 1} and list(result.upserts) == [good]
+
+
+def test_a_key_listed_twice_is_rejected_both_times() -> None:
+    twice = random_key()
+    result = plan([_peer(twice, "10.96.0.2/32"), _peer(twice, "10.96.0.3/32")], [], {}, NETS,
+                  full=True)  # fmt: skip
+    assert result.rejected == {"duplicate public key": 2} and not result.upserts
