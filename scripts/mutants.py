@@ -3,16 +3,17 @@
 Every ``mutants.yaml`` in the repository (kept next to the code it mutates) lists named
 mutants: in ``file`` (relative to the list's folder), the text ``from`` (found exactly
 once) becomes ``to``; at least one of ``tests`` (pytest node ids, fastest first) must
-then fail. For each mutant this prints "killed by <test>" or "SURVIVED"; it exits 1 if
-any survives, or if a ``from`` no longer matches its file exactly once (a refactor that
-moved a guard must update its mutant).
+then fail (``timeout``: seconds each may take, for a mutant that makes one hang). For
+each mutant this prints "killed by <test>" or "SURVIVED"; it exits 1 if any survives,
+or if a ``from`` no longer matches its file exactly once (a refactor that moved a guard
+must update its mutant).
 
 Mutants are applied in place, one at a time, and always restored: on success, failure,
 Ctrl-C or SIGTERM. The original text is first written to a journal, so even a killed
 run is undone by the next one (which says so).
 
     scripts/mutants                 every mutant
-    scripts/mutants NAME...         these (shell-style patterns: 'firewall-*')
+    scripts/mutants NAME...         these (shell-style patterns: 'fw-*')
     scripts/mutants --list          names, files and tests; nothing run
     scripts/mutants --check         only that every list parses and every pattern matches
 """
@@ -34,10 +35,10 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # --root changes it (the tool's own tests)
 LIST_NAME = "mutants.yaml"
-JOURNAL = REPO / ".mutants-journal.json"  # the original text while a mutant is applied
-LOCK = REPO / ".mutants.lock"  # held by the run that applies mutants
+JOURNAL_NAME = ".mutants-journal.json"  # the original text while a mutant is applied
+LOCK_NAME = ".mutants.lock"  # held by the run that applies mutants
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist"}
 TIMEOUT_S = 300  # one mutant's tests; a hang counts as a kill, reported as such
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -55,14 +56,15 @@ class Mutant:
     replace: str
     tests: tuple[str, ...]
     source: Path  # the list it comes from
+    timeout: int | None = None  # seconds a test may take (a mutant that makes it hang)
 
     def where(self) -> str:
         return f"{self.source.relative_to(REPO)}: {self.name}"
 
 
-def find_lists(root: Path = REPO) -> list[Path]:
+def find_lists() -> list[Path]:
     found = []
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(REPO):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
         if LIST_NAME in files:
             found.append(Path(folder) / LIST_NAME)
@@ -83,7 +85,7 @@ def load(source: Path) -> list[Mutant]:
         label = f"{where}: entry {index + 1}"
         if not isinstance(entry, dict):
             raise ListError(f"{label}: not a mapping")
-        unknown = set(entry) - {"name", "file", "from", "to", "tests", "why"}
+        unknown = set(entry) - {"name", "file", "from", "to", "tests", "why", "timeout"}
         missing = {"name", "file", "from", "to", "tests"} - set(entry)
         if unknown or missing:
             raise ListError(f"{label}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
@@ -94,12 +96,17 @@ def load(source: Path) -> list[Mutant]:
             raise ListError(f"{label} ({name}): tests must be a non-empty list of node ids")
         if not all(isinstance(entry[k], str) for k in ("file", "from", "to")):
             raise ListError(f"{label} ({name}): file, from and to must be strings")
+        timeout = entry.get("timeout")
+        if timeout is not None and not (isinstance(timeout, int) and timeout > 0):
+            raise ListError(f"{label} ({name}): timeout must be a positive whole number")
         if entry["from"] == entry["to"]:
             raise ListError(f"{label} ({name}): from and to are the same")
         path = (source.parent / entry["file"]).resolve()
         if not path.is_relative_to(REPO) or not path.is_file():
             raise ListError(f"{label} ({name}): no file {entry['file']}")
-        mutants.append(Mutant(name, path, entry["from"], entry["to"], tuple(tests), source))
+        mutants.append(
+            Mutant(name, path, entry["from"], entry["to"], tuple(tests), source, timeout)
+        )
     return mutants
 
 
@@ -128,20 +135,21 @@ def load_all(lists: list[Path]) -> tuple[list[Mutant], list[str]]:
 
 def restore_journal() -> bool:
     """Undo a mutant a killed run left applied; True if there was one."""
-    if not JOURNAL.exists():
+    journal = REPO / JOURNAL_NAME
+    if not journal.exists():
         return False
-    entry = json.loads(JOURNAL.read_text())
+    entry = json.loads(journal.read_text())
     path = Path(entry["path"])
     path.write_text(entry["text"])
     os.utime(path, ns=(entry["mtime_ns"], entry["mtime_ns"]))
-    JOURNAL.unlink()
+    journal.unlink()
     print(f"restored {path.relative_to(REPO)} (a mutant from an interrupted run)")
     return True
 
 
 def take_lock() -> object | None:
     """The lock file, held (until exit); None if another run holds it."""
-    handle = LOCK.open("w")
+    handle = (REPO / LOCK_NAME).open("w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -158,7 +166,8 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
     """Apply, run the mutant's tests, restore. Returns (verdict, detail, seconds)."""
     original = mutant.path.read_text()
     mtime = mutant.path.stat().st_mtime_ns
-    JOURNAL.write_text(json.dumps({"path": str(mutant.path), "text": original,
+    journal = REPO / JOURNAL_NAME
+    journal.write_text(json.dumps({"path": str(mutant.path), "text": original,
                                    "mtime_ns": mtime}))  # fmt: skip
     started = time.monotonic()
     proc = None
@@ -166,6 +175,8 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
         mutant.path.write_text(original.replace(mutant.find, mutant.replace, 1))
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "--no-header",
                    "-p", "no:cacheprovider", *pytest_args, *mutant.tests]  # fmt: skip
+        if mutant.timeout:
+            command.insert(-len(mutant.tests), f"--timeout={mutant.timeout}")
         env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}  # no mutated bytecode kept
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -176,7 +187,7 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
     finally:
         mutant.path.write_text(original)
         os.utime(mutant.path, ns=(mtime, mtime))
-        JOURNAL.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -191,6 +202,7 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global REPO  # one run, one tree
     parser = argparse.ArgumentParser(
         prog="scripts/mutants", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -200,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check lists and patterns")
     parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                         help="passed on to each pytest run (repeatable)")  # fmt: skip
+    parser.add_argument("--root", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    REPO = args.root.resolve()
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
