@@ -21,6 +21,7 @@ run is undone by the next one (which says so).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import fnmatch
 import json
@@ -162,6 +163,19 @@ def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Interrupt a pytest run still going (its fixtures tear down: namespaces, agents),
+    then kill what is left of its process group."""
+    if proc.poll() is not None:
+        return  # it finished by itself
+    proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what the interrupted run left behind
+    proc.wait()
+
+
 def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
     """Apply, run the mutant's tests, restore. Returns (verdict, detail, seconds)."""
     original = mutant.path.read_text()
@@ -178,19 +192,20 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
         if mutant.timeout:
             command.insert(-len(mutant.tests), f"--timeout={mutant.timeout}")
         env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}  # no mutated bytecode kept
+        # its own session: a Ctrl-C reaches us, and we stop it after restoring the file
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # fmt: skip
         try:
             out, _ = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return "killed", f"timed out after {TIMEOUT_S} s", time.monotonic() - started
+            return "killed", f"a hang (over {TIMEOUT_S} s)", time.monotonic() - started
     finally:
         mutant.path.write_text(original)
         os.utime(mutant.path, ns=(mtime, mtime))
         journal.unlink(missing_ok=True)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            _stop(proc)
     seconds = time.monotonic() - started
     if proc.returncode == 0:
         return "SURVIVED", "", seconds

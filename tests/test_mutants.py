@@ -5,6 +5,7 @@ file is restored every time, also when the run is interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,6 +49,15 @@ def _project(tmp_path: Path, mutants: str) -> Path:
     (tmp_path / "test_guard.py").write_text(TESTS)
     (tmp_path / "mutants.yaml").write_text(mutants)
     return tmp_path
+
+
+def _kill_processes_in(root: Path) -> None:
+    """Kill the processes working in ``root`` (what a killed run left: its pytest)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "cwd").resolve() == root.resolve():
+                    os.kill(int(proc.name), signal.SIGKILL)
 
 
 def test_every_list_in_the_repository_applies() -> None:
@@ -113,16 +123,16 @@ def test_interrupted_run_restores_the_file(tmp_path: Path) -> None:
 def test_a_killed_run_is_undone_by_the_next(tmp_path: Path) -> None:
     root = _project(tmp_path, SLOW)
     run = subprocess.Popen([sys.executable, str(SCRIPT), "--root", str(root)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while (root / "guard.py").read_text() == GUARD:
             assert time.monotonic() < deadline and run.poll() is None
             time.sleep(0.05)
-    finally:  # SIGKILL to the run and its pytest: no finally runs, the journal holds it
-        os.killpg(run.pid, signal.SIGKILL)
+    finally:  # SIGKILL: no finally runs, the journal holds the original
+        run.kill()
         run.wait()
+        _kill_processes_in(root)  # its pytest, in a session of its own
     assert (root / "guard.py").read_text() != GUARD
     listed = _run(root, "--check")
     assert "restored guard.py (a mutant from an interrupted run)" in listed.stdout
