@@ -160,10 +160,10 @@ def test_bad_peers_rejected_one_by_one(env: Env, tmp_path: Path) -> None:
 
 
 def test_outage_keeps_peers_then_recovers(env: Env) -> None:
-    """The control plane gone for OUTAGE_S (``IDRA_TEST_OUTAGE_S``; production's worst
-    case is hours): peers kept, sessions unaffected, retries backed off. The bounds come
-    from the agent's own timings: a cycle every INTERVAL s, retries with full jitter up
-    to BACKOFF_MAX s (a mean near BACKOFF_MAX / 2 once the cap is reached)."""
+    """The control plane gone for OUTAGE_S seconds (``IDRA_TEST_OUTAGE_S``, 10 by
+    default): peers kept, sessions unaffected, retries backed off. The bound comes from
+    the agent's own timings, set here: without backoff it would retry every cycle
+    (``interval``); with full jitter up to ``backoff_max`` it retries about once a second."""
     interval, backoff_max = 0.2, 2.0
     env.start_agent(None, "--heartbeat-interval", str(interval), "--backoff-max",
                     str(backoff_max))  # fmt: skip
