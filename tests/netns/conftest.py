@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,13 @@ class Lab:
         """What the server at host:port saw as our source address; None if unreachable."""
         result = ns.run(sys.executable, str(PROBE), kind, host, str(port), check=False)
         return result.stdout.strip() or None
+
+    def unreachable(self, ns: Netns, host: str, port: int = 8080) -> bool:
+        """No answer over TCP nor UDP. Both probes run at once: a dropped probe costs
+        its whole timeout."""
+        with ThreadPoolExecutor(2) as pool:
+            answers = pool.map(lambda kind: self.probe(ns, kind, host, port), ("tcp", "udp"))
+            return list(answers) == [None, None]
 
     def ping(self, ns: Netns, host: str, count: int = 1, interval: float = 0.2) -> int:
         """Number of echo replies received."""

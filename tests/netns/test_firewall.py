@@ -100,8 +100,7 @@ def test_private_and_metadata_destinations_dropped(lab: Lab, target: str) -> Non
     lab.load(BASELINE)
     assert lab.probe(client, "tcp", target) is not None, "baseline must reach the target"
     lab.load(lab.ruleset())
-    assert lab.probe(client, "tcp", target) is None
-    assert lab.probe(client, "udp", target) is None
+    assert lab.unreachable(client, target)
     assert _counter(lab, "forward_blocked_destination") > 0
 
 
@@ -112,8 +111,7 @@ def test_link_local_v6_destination_dropped(idra: Lab) -> None:
     the ruleset's blocked set (checked live) is the second line of defence.
     """
     client = idra.clients[0]
-    assert idra.probe(client.ns, "udp", f"{UPLINK_LINK_LOCAL}%{client.wg}") is None
-    assert idra.probe(client.ns, "tcp", f"{UPLINK_LINK_LOCAL}%{client.wg}") is None
+    assert idra.unreachable(client.ns, f"{UPLINK_LINK_LOCAL}%{client.wg}")
     assert idra.probe(idra.node, "tcp", f"{UPLINK_LINK_LOCAL}%eth0") is not None, "neighbour up"
     member = idra.node.run(
         "nft",
@@ -135,8 +133,7 @@ def test_only_the_tunnel_is_forwarded_to_the_uplink(lab: Lab, public: str, node:
     lab.load(BASELINE)
     assert lab.probe(lab.stranger, "tcp", public) == node, "baseline must forward it"
     lab.load(lab.ruleset())
-    assert lab.probe(lab.stranger, "tcp", public) is None
-    assert lab.probe(lab.stranger, "udp", public) is None
+    assert lab.unreachable(lab.stranger, public)
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -146,8 +143,7 @@ def test_client_to_client_dropped(lab: Lab, version: int) -> None:
     lab.load(BASELINE)
     assert lab.probe(one.ns, "tcp", target) is not None, "baseline must reach the client"
     lab.load(lab.ruleset())
-    assert lab.probe(one.ns, "tcp", target) is None
-    assert lab.probe(one.ns, "udp", target) is None
+    assert lab.unreachable(one.ns, target)
 
 
 @pytest.mark.parametrize("public", [PUBLIC_V4, PUBLIC_V6])
@@ -168,8 +164,7 @@ def test_unsolicited_inbound_to_client_dropped(lab: Lab, version: int) -> None:
     lab.load(BASELINE)
     assert lab.probe(lab.router, "tcp", target) is not None, "baseline must reach the client"
     lab.load(lab.ruleset())
-    assert lab.probe(lab.router, "tcp", target) is None
-    assert lab.probe(lab.router, "udp", target) is None
+    assert lab.unreachable(lab.router, target)
 
 
 @pytest.mark.parametrize("public", [PUBLIC_V4, PUBLIC_V6])
