@@ -3,7 +3,7 @@ scripted IMDSv2 stand-in that take turns failing in every way listed in
 tests/agent/scripted.py, each several times, while a real WireGuard client pings through
 the node. The agent never exits, no ping of the unchanged client is lost, every fault
 is counted, and after each fault the interface matches the control plane's peers within
-one backoff bound."""
+one backoff bound. And a draining agent adds no peer that a control plane still offers."""
 
 from __future__ import annotations
 
