@@ -27,7 +27,7 @@ from idra.netns import Netns, Topology, netns_names, unique_name, wg_keypair
 from idra.render import render_node_files
 
 PROBE = Path(__file__).with_name("probe.py")
-PORTS = ("22", "25", "8080", "9999")
+PORTS = ("22", "25", "68", "546", "8080", "9999")  # 68, 546: DHCP and DHCPv6 clients
 NODE_V4, NODE_V6 = "203.0.113.10", "2001:db8:1::10"
 ROUTER_V4, ROUTER_V6 = "203.0.113.1", "2001:db8:1::1"
 UPLINK_LINK_LOCAL = "fe80::5"  # a neighbour on the node's uplink segment
@@ -87,9 +87,13 @@ class Lab:
     def load(self, ruleset: str) -> None:
         self.node.run("nft", "-f", "-", input=ruleset)
 
-    def probe(self, ns: Netns, kind: str, host: str, port: int = 8080) -> str | None:
-        """What the server at host:port saw as our source address; None if unreachable."""
-        result = ns.run(sys.executable, str(PROBE), kind, host, str(port), check=False)
+    def probe(
+        self, ns: Netns, kind: str, host: str, port: int = 8080, *source: str | int
+    ) -> str | None:
+        """What the server at host:port saw as our source address; None if unreachable.
+        ``source`` (UDP): the source port, and address, to send from."""
+        args = (kind, host, str(port), *map(str, source))
+        result = ns.run(sys.executable, str(PROBE), *args, check=False)
         return result.stdout.strip() or None
 
     def unreachable(self, ns: Netns, host: str, port: int = 8080) -> bool:

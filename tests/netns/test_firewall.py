@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import re
 import subprocess
 import time
@@ -45,6 +46,23 @@ def test_wireguard_port_open_other_ports_closed(idra: Lab) -> None:
     assert idra.probe(idra.router, "udp", NODE_V6, 9999) is None
     idra.load(BASELINE)
     assert idra.probe(idra.router, "udp", NODE_V4, 9999) == ROUTER_V4
+
+
+def test_dhcp_replies_reach_the_node(idra: Lab) -> None:
+    """Lease renewals: a DHCP server's reply on the uplink reaches the node's client
+    port; from another source port it does not."""
+    assert idra.probe(idra.router, "udp", NODE_V4, 68, 67, ROUTER_V4) == ROUTER_V4
+    assert idra.probe(idra.router, "udp", NODE_V4, 68, 9067, ROUTER_V4) is None
+
+
+def test_dhcpv6_replies_reach_the_node_from_link_local_only(idra: Lab) -> None:
+    """DHCPv6 servers answer from their link-local address, to the client's: that
+    reaches the node's client port; the same from a global address does not."""
+    links = json.loads(idra.node.run("ip", "-j", "-6", "addr", "show", "eth0").stdout)
+    local = next(a["local"] for a in links[0]["addr_info"] if a["local"].startswith("fe80:"))
+    server = f"{UPLINK_LINK_LOCAL}%n0"
+    assert idra.probe(idra.router, "udp", f"{local}%n0", 546, 547, server) is not None
+    assert idra.probe(idra.router, "udp", NODE_V6, 546, 547, ROUTER_V6) is None
 
 
 def test_loopback_open_on_the_node(idra: Lab) -> None:
