@@ -154,6 +154,31 @@ def test_only_the_tunnel_is_forwarded_to_the_uplink(lab: Lab, public: str, node:
     assert lab.unreachable(lab.stranger, public)
 
 
+def test_spoofed_source_dropped(lab: Lab) -> None:
+    """A client whose peer holds an address outside the pool (an agent bug, a tampered
+    peer list) still cannot send from it: the source check drops it."""
+    client, spoofed = lab.clients[0], "10.200.0.5"
+    key = client.ns.run("wg", "show", client.wg, "public-key").stdout.strip()
+    tun = lab.cfg.tunnel_interface
+    allowed = f"{client.v4}/32,{client.v6}/128"
+    lab.node.run("wg", "set", tun, "peer", key, "allowed-ips", f"{allowed},{spoofed}/32")
+    lab.node.route(f"{spoofed}/32", "dev", tun)
+    lab.router.route(f"{spoofed}/32", "via", NODE_V4)
+    client.ns.addr(client.wg, f"{spoofed}/32")
+    try:
+        lab.load(BASELINE)
+        assert lab.probe(client.ns, "udp", PUBLIC_V4, 8080, 40000, spoofed) is not None
+        lab.load(lab.ruleset())
+        dropped = _counter(lab, "forward_spoofed_source")
+        assert lab.probe(client.ns, "udp", PUBLIC_V4, 8080, 40001, spoofed) is None
+        assert _counter(lab, "forward_spoofed_source") > dropped
+    finally:
+        client.ns.ip("addr", "del", f"{spoofed}/32", "dev", client.wg)
+        lab.router.ip("route", "del", f"{spoofed}/32")
+        lab.node.ip("route", "del", f"{spoofed}/32")
+        lab.node.run("wg", "set", tun, "peer", key, "allowed-ips", allowed)
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_client_to_client_dropped(lab: Lab, version: int) -> None:
     one, two = lab.clients
