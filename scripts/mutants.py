@@ -42,6 +42,8 @@ JOURNAL_NAME = ".mutants-journal.json"  # the original text while a mutant is ap
 LOCK_NAME = ".mutants.lock"  # held by the run that applies mutants
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "dist"}
 TIMEOUT_S = 300  # one mutant's tests; a hang counts as a kill, reported as such
+STOP_WAIT_S = 15  # an interrupted pytest's teardown (namespaces, agents), then SIGKILL
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -170,7 +172,7 @@ def _stop(proc: subprocess.Popen) -> None:
         return  # it finished by itself
     proc.send_signal(signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
+        proc.wait(timeout=STOP_WAIT_S)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # what the interrupted run left behind
     proc.wait()
@@ -192,10 +194,23 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
         if mutant.timeout:
             command.insert(-len(mutant.tests), f"--timeout={mutant.timeout}")
         env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}  # no mutated bytecode kept
-        # its own session: a Ctrl-C reaches us, and we stop it after restoring the file
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)  # fmt: skip
+        # its own session: a Ctrl-C reaches us, and we stop it after restoring the file;
+        # a signal while it starts waits until ``proc`` is known (nothing left orphaned)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                # the child inherits the blocked mask: it must take SIGINT itself
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, blocked),
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             out, _ = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -230,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     REPO = args.root.resolve()
+    if not REPO.is_dir():
+        print(f"error: --root {args.root}: no such folder", file=sys.stderr)
+        return 2
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS - {signal.SIGINT}:
         signal.signal(signum, _terminate)
     lock = take_lock()
     if lock is None:

@@ -111,7 +111,7 @@ def test_interrupted_run_restores_the_file(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline and run.poll() is None, run.stderr
                 time.sleep(0.05)
             run.send_signal(signum)
-            _, err = run.communicate(timeout=30)
+            _, err = run.communicate(timeout=60)  # its pytest's teardown, at most 15 s
         finally:
             run.kill()
             run.wait()
