@@ -23,12 +23,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from idra.cliutil import (
     BadInput,
+    Column,
     Failed,
+    Output,
     connection_options,
-    json_option,
+    cwd_option,
     make_api,
-    print_json,
-    print_table,
+    output_options,
 )
 from idra.config import ConfigError, load_stack
 from idra.lifecycle.api import ApiError, OperatorApi
@@ -191,7 +192,8 @@ def rollout(
 
 @click.command("rollout")
 @connection_options
-@json_option
+@output_options
+@cwd_option
 @click.option("--stack", required=True, help="Stack: its regions and groups (Pulumi.<stack>.yaml).")
 @click.option("--region", "regions", multiple=True, help="Only these regions of the stack.")
 @click.option(
@@ -208,11 +210,12 @@ def rollout(
 )
 @click.option("--agent-version", default=None, help="Also roll nodes on another agent version.")
 @click.option("--dry-run", is_flag=True, help="Show what would be drained; change nothing.")
-def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regions, max_draining,
-                    max_draining_percent, agent_version, dry_run) -> None:  # fmt: skip
+def rollout_command(api_url, operator_token_file, ca_file, out: Output, cwd, stack, regions,
+                    max_draining, max_draining_percent, agent_version,
+                    dry_run) -> None:  # fmt: skip
     """Drain nodes on an old launch template (or agent), a bounded number at a time."""
     try:
-        cfg = load_stack(stack)
+        cfg = load_stack(stack, cwd.resolve())
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     for region in regions:
@@ -232,9 +235,11 @@ def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regio
                         dry_run=dry_run)  # fmt: skip
     except (ApiError, BotoCoreError, ClientError) as exc:
         raise Failed(str(exc)) from None
-    if as_json:
-        print_json([s.as_dict() for s in steps])
-        return
-    rows = [(s.node_id, s.region, f"{s.action} (dry run)" if dry_run else s.action, s.why)
-            for s in steps]  # fmt: skip
-    print_table("idra rollout", ("node", "region", "action", "why"), rows)
+    rows = [s.as_dict() for s in steps]
+    if dry_run and not out.data:
+        rows = [r | {"action": f"{r['action']} (dry run)"} for r in rows]
+    out.print("idra rollout", _COLUMNS, rows)
+
+
+_COLUMNS = tuple(Column(key.replace("node_id", "node"), lambda s, k=key: s[k])
+                 for key in ("node_id", "region", "action", "why"))  # fmt: skip
