@@ -20,6 +20,9 @@ from tests.controlplane.conftest import start
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "lifecycle.yml"
 PULUMI_ACTION = REPO_ROOT / ".github" / "actions" / "pulumi" / "action.yml"
+# The running interpreter's environment (a venv, a CI image, a distro's python), never
+# a path of this checkout.
+CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 
 
 def test_every_workflow_is_schema_valid() -> None:
@@ -27,7 +30,7 @@ def test_every_workflow_is_schema_valid() -> None:
     assert len(files) >= 2
     result = run(
         [
-            str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")),
+            CHECK_JSONSCHEMA,
             "--builtin-schema",
             "vendor.github-workflows",
             *files,
@@ -40,7 +43,7 @@ def test_every_workflow_is_schema_valid() -> None:
 def test_pulumi_action_is_schema_valid() -> None:
     result = run(
         [
-            str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")),
+            CHECK_JSONSCHEMA,
             "--builtin-schema",
             "vendor.github-actions",
             str(PULUMI_ACTION),

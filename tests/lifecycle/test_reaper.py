@@ -9,7 +9,7 @@ import sys
 
 from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.fleet import AwsFleet
-from idra.lifecycle.reaper import reap
+from idra.lifecycle.reaper import decide, reap
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
 
@@ -206,3 +206,35 @@ def test_identity_lost_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
     ]
     assert rebooted not in instances(aws) and healthy in instances(aws)
     assert _node_ids(cp) == {nodes[healthy]}
+
+
+# -- the decision alone (no server, no AWS): what the mutation check runs -----------------
+
+NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+
+
+def _decide(**node) -> tuple[str, str]:
+    decision = decide({"id": "node-1", "state": "draining"} | node, NOW, HOURS)
+    return decision.action, decision.why
+
+
+def test_only_a_draining_node_is_ever_terminated() -> None:
+    for state in ("active", "retired", None):
+        assert _decide(state=state, drain_reason="compromised", active_peers=0)[0] == "wait"
+
+
+def test_users_keep_a_blocked_or_manual_node_until_the_drain_time_is_over() -> None:
+    started = (NOW - HOURS + dt.timedelta(minutes=1)).isoformat()
+    for reason in ("blocked", "manual", None):
+        assert _decide(drain_reason=reason, active_peers=2, drain_started_at=started) == (
+            "wait", "2 active peers",
+        )  # fmt: skip
+        assert _decide(drain_reason=reason, active_peers=0)[0] == "terminate"
+        over = (NOW - HOURS).isoformat()
+        assert _decide(drain_reason=reason, active_peers=2, drain_started_at=over)[0] == (
+            "terminate"
+        )
+
+
+def test_a_compromised_node_goes_at_once_with_users_on_it() -> None:
+    assert _decide(drain_reason="compromised", active_peers=40)[0] == "terminate"
