@@ -18,25 +18,30 @@ from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, StackConfig
 from idra.render import render_node_files
 from infra.settings import tags
 
-ROOT_DEVICE = "/dev/xvda"  # Alpine's cloud images
 
-
-def ami_id(cfg: StackConfig, region: str, provider: aws.Provider) -> pulumi.Input[str]:
-    """The region's pinned image: its id from ``amiIds``, else the one image of the
-    Alpine owner with exactly the pinned name. No ``most_recent``: a newer image never
-    matches, and two matches fail the preview instead of picking one."""
+def image(cfg: StackConfig, region: str, provider: aws.Provider) -> aws.ec2.AwaitableGetAmiResult:
+    """The region's pinned image (its id and root device come from EC2): the id given in
+    ``amiIds``, else the one image of the Alpine owner with exactly the pinned name. No
+    ``most_recent``: a newer image never matches, and two matches fail the preview instead
+    of picking one. ``include_deprecated``: Alpine deprecates its images after a while; the
+    pinned one must still be found (AWS hides deprecated images from lookups otherwise)."""
     if region in cfg.ami_ids:
-        return cfg.ami_ids[region]
-    return aws.ec2.get_ami_output(
-        owners=[cfg.ami_owner],
-        most_recent=False,
-        filters=[
+        filters = [aws.ec2.GetAmiFilterArgs(name="image-id", values=[cfg.ami_ids[region]])]
+        owners = None
+    else:
+        filters = [
             aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=[cfg.architecture]),
             aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-        ],
+        ]
+        owners = [cfg.ami_owner]
+    return aws.ec2.get_ami_output(
+        owners=owners,
+        most_recent=False,
+        include_deprecated=True,
+        filters=filters,
         opts=pulumi.InvokeOptions(provider=provider),
-    ).id
+    )
 
 
 def user_data(cfg: StackConfig, region: str) -> str:
@@ -52,11 +57,14 @@ def launch_template(
     instance_profile_arn: pulumi.Input[str],
     provider: aws.Provider,
 ) -> aws.ec2.LaunchTemplate:
+    # The provider's default_tags reach neither the instances nor their volumes and
+    # interfaces: those get the stack's tags here (the reaper checks them on instances).
     instance_tags = tags(cfg, Name=f"idra-{cfg.stack}-{region}")
+    pinned = image(cfg, region, provider)
     return aws.ec2.LaunchTemplate(
         f"{region}-node",
         description=f"IDRA {cfg.stack} exit node",
-        image_id=ami_id(cfg, region, provider),
+        image_id=pinned.id,
         instance_type=cfg.instance_types[0],
         user_data=user_data(cfg, region),
         update_default_version=True,
@@ -69,7 +77,7 @@ def launch_template(
         ),
         block_device_mappings=[
             aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=ROOT_DEVICE,
+                device_name=pinned.root_device_name,
                 ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
                     volume_size=cfg.root_volume_gb,
                     volume_type="gp3",
@@ -92,7 +100,6 @@ def launch_template(
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
             for kind in ("instance", "volume", "network-interface")
         ],
-        tags=tags(cfg),
         opts=pulumi.ResourceOptions(provider=provider),
     )
 
@@ -117,6 +124,7 @@ def auto_scaling_group(
         health_check_type="EC2",
         health_check_grace_period=cfg.health_check_grace_seconds,
         protect_from_scale_in=True,
+        default_instance_warmup=cfg.instance_warmup_seconds,
         mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
             launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
                 launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
@@ -140,6 +148,7 @@ def auto_scaling_group(
                 default_result="ABANDON",
             )
         ],
+        # The AWS provider applies no default_tags to groups: the stack's tags, propagated.
         tags=[
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
             for key, value in tags(cfg, Name=f"idra-{cfg.stack}-{region}").items()
@@ -148,6 +157,8 @@ def auto_scaling_group(
     )
     # The same hook as its own resource too: `initial_lifecycle_hooks` only acts when the
     # group is created, this one applies later changes (and adds it to an older group).
+    # Hook names are fixed: a replaced hook must go before its successor takes the name.
+    hook_opts = pulumi.ResourceOptions(provider=provider, delete_before_replace=True)
     aws.autoscaling.LifecycleHook(
         f"{region}-ready",
         name=LAUNCH_HOOK,
@@ -155,7 +166,7 @@ def auto_scaling_group(
         lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
         heartbeat_timeout=cfg.launch_hook_timeout_seconds,
         default_result="ABANDON",
-        opts=opts,
+        opts=hook_opts,
     )
     aws.autoscaling.LifecycleHook(
         f"{region}-drain",
@@ -164,7 +175,7 @@ def auto_scaling_group(
         lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
         heartbeat_timeout=cfg.termination_hook_timeout_seconds,
         default_result="CONTINUE",
-        opts=opts,
+        opts=hook_opts,
     )
     _scale_on_load(cfg, region, group, opts)
     return group

@@ -92,6 +92,8 @@ class AwsTemplates:
             return {}
         template_id, version = self.current(region)
         ours = self._members(region, instance_ids)
+        if not ours:  # an empty id list would make EC2 list every instance of the region
+            return {}
         tags: dict[str, dict[str, str]] = {}
         ec2 = self._client("ec2", region)
         for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=sorted(ours)):

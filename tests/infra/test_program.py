@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pulumi
@@ -21,16 +22,6 @@ ASG = "aws:autoscaling/group:Group"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 SECRET = "aws:secretsmanager/secret:Secret"
 VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
-UNTAGGABLE = {
-    "aws:ec2/routeTableAssociation:RouteTableAssociation",
-    "aws:kms/alias:Alias",
-    "aws:secretsmanager/secretVersion:SecretVersion",
-    "aws:iam/rolePolicy:RolePolicy",
-    "aws:autoscaling/lifecycleHook:LifecycleHook",
-    "aws:autoscaling/policy:Policy",
-    "random:index/randomPassword:RandomPassword",
-    "pulumi:providers:aws",
-}
 
 
 def staging_with(changes: dict[str, str | None] | None = None) -> dict[str, str]:
@@ -137,11 +128,51 @@ def test_two_images_with_the_pinned_name_stop_the_preview() -> None:
         deploy("staging", staging_with(), images=(*IMAGES, twin))
 
 
-def test_ami_ids_per_region_skip_the_lookup() -> None:
-    config = staging_with({"idra:amiIds": json.dumps({"eu-central-1": "ami-0fedcba9876543210"})})
-    deployment = deploy("staging", config)
-    assert not [token for token, _ in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
-    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == "ami-0fedcba9876543210"
+def test_ami_ids_per_region_are_looked_up_by_id() -> None:
+    """An id pinned in ``amiIds`` is still asked of EC2 (by id), for its root device."""
+    pinned = IMAGES[0].id_in("eu-central-1")
+    deployment = deploy(
+        "staging", staging_with({"idra:amiIds": json.dumps({"eu-central-1": pinned})})
+    )
+    (lookup,) = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert lookup["filters"] == [{"name": "image-id", "values": [pinned]}]
+    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == pinned
+
+
+def test_a_deprecated_pinned_image_is_still_found() -> None:
+    """Alpine deprecates its images; EC2 then hides them from lookups unless
+    ``include_deprecated`` is set, and the next preview would fail."""
+    images = tuple(replace(i, deprecated=True) for i in IMAGES)
+    deployment = deploy("staging", staging_with(), images=images)
+    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == IMAGES[1].id_in("eu-central-1")
+
+
+def test_root_device_is_the_images_own() -> None:
+    images = (IMAGES[0], replace(IMAGES[1], root_device="/dev/sda1"), IMAGES[2])
+    template = deploy("staging", staging_with(), images=images).one(LT, "eu-central-1")
+    (root,) = template.inputs["blockDeviceMappings"]
+    assert root["deviceName"] == "/dev/sda1"
+
+
+def test_providers_refuse_other_accounts_and_tag_everything(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    assert cfg.aws_account_id == ACCOUNTS[deployment.stack]
+    for provider in deployment.of_type("pulumi:providers:aws"):
+        assert json.loads(provider.inputs["allowedAccountIds"]) == [cfg.aws_account_id]
+        tags = json.loads(provider.inputs["defaultTags"])["tags"]
+        assert tags == {"environment": cfg.stack, "role": "exit-node", "project": "idra"}
+
+
+def test_stateful_resources_are_protected(deployment: Deployment) -> None:
+    """A key or secret is never deleted or replaced by an update; fixed names go first."""
+    options = deployment.options
+    stateful = ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey", SECRET)
+    found = [key for key in options if key[0] in stateful]
+    assert len(found) == 1 + 3 + (len(load_stack(deployment.stack).regions) - 1)
+    assert all(options[key]["protect"] for key in found)
+    fixed_names = (SECRET, "aws:kms/alias:Alias", "aws:autoscaling/lifecycleHook:LifecycleHook")
+    assert all(options[k]["delete_before_replace"] for k in options if k[0] in fixed_names)
+    assert not any(options[k]["protect"] for k in options if k[0] not in stateful)
 
 
 def test_user_data_is_the_rendered_file_and_valid(deployment: Deployment, tmp_path: Path) -> None:
@@ -243,6 +274,7 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         assert (asg.inputs["minSize"], asg.inputs["maxSize"]) == (cfg.min_size, cfg.max_size)
         assert "desiredCapacity" not in asg.inputs  # left to the scaling policies
         assert asg.inputs["healthCheckGracePeriod"] == cfg.health_check_grace_seconds
+        assert asg.inputs["defaultInstanceWarmup"] == cfg.instance_warmup_seconds
         assert "instanceRefresh" not in asg.inputs  # serving nodes are rolled through drain
         overrides = asg.inputs["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
         assert [o["instanceType"] for o in overrides] == cfg.instance_types
@@ -299,15 +331,21 @@ def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment)
         assert f"{ROLE_POLICY}::{asg.region}-node-lifecycle" in needs
 
 
-def test_everything_tagged_with_environment_and_role(deployment: Deployment) -> None:
+def test_instances_carry_the_stack_tags(deployment: Deployment) -> None:
+    """Resources get the stack's tags from the provider's default_tags; those never reach
+    instances, so the group and the template's tag specifications carry them (the reaper
+    checks them before it terminates anything)."""
+    stack_tags = {"environment": deployment.stack, "role": "exit-node", "project": "idra"}
+    for asg in deployment.of_type(ASG):
+        propagated = {t["key"]: t["value"] for t in asg.inputs["tags"] if t["propagateAtLaunch"]}
+        assert propagated.items() >= stack_tags.items()
+    for template in deployment.of_type(LT):
+        specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
+        assert sorted(specs) == ["instance", "network-interface", "volume"]
+        assert all(tags.items() >= stack_tags.items() for tags in specs.values())
     for resource in deployment.resources:
-        if resource.typ in UNTAGGABLE:
-            continue
-        tags = resource.inputs.get("tags")
-        if resource.typ == ASG:
-            tags = {t["key"]: t["value"] for t in tags if t["propagateAtLaunch"]}
-        assert tags, f"{resource.typ} {resource.name} has no tags"
-        assert tags["environment"] == deployment.stack and tags["role"] == "exit-node"
+        if resource.typ not in (ASG, LT):
+            assert set(resource.inputs.get("tags") or {}) <= {"Name"}, resource.name
 
 
 def test_dual_stack_public_subnets_across_zones(deployment: Deployment) -> None:

@@ -215,3 +215,18 @@ def test_rollout_command_on_the_stacks_group(cp, aws) -> None:
     drained = {n["instance_id"] for n in api.nodes("draining")}
     assert drained == set(members), "the stack's group only, never the other group"
     assert {n["drain_reason"] for n in api.nodes("draining")} == {"outdated"}
+
+
+def test_no_active_node_in_the_group_is_no_work(cp, aws) -> None:
+    """Every active record names an instance outside the stack's group: nothing to look up
+    (EC2's DescribeInstances with an empty id list would list the whole region)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    for instance in instances(aws, OTHER):
+        cp.heartbeat(cp.register(instance, region=REGION), active_peers=1)
+    _new_template(ec2)
+    templates = AwsTemplates(
+        lambda service, region: aws if service == "autoscaling" else ec2, {REGION: GROUP}
+    )
+    api = OperatorApi(cp.url, cp.tokens["operator"])
+    assert rollout(api, templates, regions=[REGION]) == []
+    assert api.nodes("draining") == []
