@@ -124,6 +124,15 @@ def auto_scaling_group(
         health_check_type="EC2",
         health_check_grace_period=cfg.health_check_grace_seconds,
         protect_from_scale_in=True,
+        # The readiness hook is the gate, not Pulumi. The provider would otherwise wait up to
+        # 10 minutes for min_size InService instances, while each new instance may spend
+        # the launch hook's whole timeout (900 s) plus its boot in Pending:Wait first: the
+        # first `up` of a stack or region would fail, and the hooks and policies made after
+        # the group would be left out. "0" skips the provider's capacity wait altogether.
+        wait_for_capacity_timeout="0",
+        # A failed launch (an abandoned readiness hook) is the group's business: it launches
+        # another; it must not fail `pulumi up`.
+        ignore_failed_scaling_activities=True,
         default_instance_warmup=cfg.instance_warmup_seconds,
         mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
             launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(

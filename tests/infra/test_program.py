@@ -323,6 +323,33 @@ def test_new_nodes_count_only_once_serving(deployment: Deployment) -> None:
         assert own.inputs == expected | {"autoscalingGroupName": asg.inputs["name"]}
 
 
+PROVIDER_CAPACITY_WAIT_S = 600  # aws_autoscaling_group's default wait_for_capacity_timeout
+
+
+def test_pulumi_never_waits_for_capacity_the_readiness_hook_does(deployment: Deployment) -> None:
+    """The AWS provider's group resource waits by default up to 10 min for ``min_size``
+    InService instances and fails on a failed scaling activity (provider docs,
+    aws_autoscaling_group: "Waiting for Capacity"; ``wait_for_capacity_timeout`` "0" skips
+    all capacity waiting; ``ignore_failed_scaling_activities``). A new instance may stay in
+    Pending:Wait for the launch hook's whole heartbeat timeout before it is InService
+    (Auto Scaling user guide, "Amazon EC2 Auto Scaling lifecycle hooks"), longer than that
+    wait: so the program does not wait, and the hook alone decides what counts."""
+    cfg = load_stack(deployment.stack)
+    assert cfg.launch_hook_timeout_seconds + cfg.health_check_grace_seconds > (
+        PROVIDER_CAPACITY_WAIT_S
+    ), "the default wait would cut the readiness hook short"
+    for asg in deployment.of_type(ASG):
+        assert asg.inputs["waitForCapacityTimeout"] == "0"
+        assert asg.inputs["ignoreFailedScalingActivities"] is True
+    # The hooks and policies wait only for the group's creation, never for its capacity.
+    for typ in ("aws:autoscaling/lifecycleHook:LifecycleHook", "aws:autoscaling/policy:Policy"):
+        for resource in deployment.of_type(typ):
+            assert deployment.depends_on[resource.name] <= {
+                f"{ASG}::{resource.region}-nodes",
+                f"pulumi:providers:aws::aws-{resource.region}",
+            }
+
+
 def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment) -> None:
     for asg in deployment.of_type(ASG):
         needs = deployment.depends_on[asg.name]
