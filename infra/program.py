@@ -51,10 +51,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
 def main() -> dict[str, pulumi.Input[object]]:
     """Entry point of ``pulumi up``: a bad stack value stops it with one clear line."""
     try:
-        settings = stack_settings.load()
+        outputs = build(stack_settings.load())
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
-    outputs = build(settings)
     for name, value in outputs.items():
         pulumi.export(name, value)
     return outputs

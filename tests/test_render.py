@@ -49,6 +49,7 @@ def test_user_data_carries_the_rendered_files(rendered: Path) -> None:
     assert files["/etc/init.d/node-daemon"] == (rendered / "node-daemon.initd").read_text()
     assert data["ssh_pwauth"] is False and data["disable_root"] is True
     assert {"wireguard-tools", "nftables", "python3"} <= set(data["packages"])
+    assert not {"package_update", "package_upgrade", "apt_update"} & set(data), "once, no upgrade"
     tmpfs = {m[1]: m for m in data["mounts"] if m[0] == "tmpfs"}
     assert {"/var/log", "/etc/wireguard"} <= set(tmpfs)
     boot = files["/var/lib/cloud/scripts/per-boot/idra-boot"]
