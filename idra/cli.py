@@ -20,6 +20,7 @@ from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
 from idra.lifecycle.rollout import rollout_command
 from idra.nodes import nodes
+from idra.release import release
 from idra.render import write_node_files
 from node_daemon.oneline import OneLineGroup
 
@@ -74,6 +75,7 @@ main.add_command(nodes)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 main.add_command(rollout_command)
+main.add_command(release)
 
 
 if __name__ == "__main__":

@@ -146,11 +146,25 @@ def test_pulumi_cli_version_is_pinned() -> None:
     assert version == importlib.metadata.version("pulumi"), "the CLI release of the tested SDK"
 
 
-def test_release_builds_and_attaches_the_agent() -> None:
-    release = yaml.safe_load((WORKFLOWS / "release.yml").read_text())
+def test_release_builds_pins_staging_and_opens_a_pull_request() -> None:
+    """The tag's build is the one attached and the one pinned; staging only."""
+    release = _load(WORKFLOWS / "release.yml")
     assert release[True]["push"]["tags"] == ["v*"]
-    steps = " ".join(str(step) for step in release["jobs"]["agent"]["steps"])
-    assert "agent/build.py" in steps and "node-daemon.pyz.sha256" in steps
+    assert release["permissions"] == {"contents": "read"}
+    job = release["jobs"]["agent"]
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    runs = [step.get("run", "") for step in job["steps"]]
+    joined = "\n".join(runs)
+    pin = next(i for i, r in enumerate(runs) if "idra release pin" in r)
+    attach = next(i for i, r in enumerate(runs) if "gh release create" in r)
+    pull = next(i for i, r in enumerate(runs) if "gh pr create" in r)
+    assert pin < attach < pull
+    assert '--stack staging --version "$GITHUB_REF_NAME" --out dist' in runs[pin]
+    assert "dist/node-daemon.pyz dist/node-daemon.pyz.sha256" in runs[attach]
+    assert "-- Pulumi.staging.yaml" in runs[pull] and "--stack production" not in joined
+    shiv = re.search(r'SHIV_VERSION = "(.+?)"', (REPO_ROOT / "agent/build.py").read_text())
+    assert f'"shiv=={shiv.group(1)}"' in joined, "the shiv release of agent/build.py"
+    assert "${{" not in joined.replace("${{ github.token }}", ""), "no expression in a script"
 
 
 def test_scheduled_with_oidc_for_both_stacks() -> None:
