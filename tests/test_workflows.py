@@ -112,21 +112,40 @@ def test_pull_request_code_never_holds_production_credentials() -> None:
 
 
 def test_main_deploys_staging_then_production_behind_approval() -> None:
+    """Production starts only after staging's rollout job finished (every staging node on
+    the new version and serving): a job dependency, not a timer."""
     workflow = _load(WORKFLOWS / "infra-deploy.yml")
     assert workflow[True]["push"]["branches"] == ["main"]
     assert "concurrency" not in workflow, "per stack, not one group for both"
-    assert workflow["jobs"]["test"]["uses"] == "./.github/workflows/ci.yml"
-    staging, production = workflow["jobs"]["staging"], workflow["jobs"]["production"]
-    assert (staging["needs"], production["needs"]) == ("test", "staging")
-    for job, stack in ((staging, "staging"), (production, "production")):
+    jobs = workflow["jobs"]
+    assert jobs["test"]["uses"] == "./.github/workflows/ci.yml"
+    needs = {name: job.get("needs") for name, job in jobs.items()}
+    assert needs == {"test": None, "staging": "test", "staging-rollout": "staging",
+                     "production": "staging-rollout", "pin-production": "staging-rollout",
+                     "production-rollout": "production"}  # fmt: skip
+    for name, job in jobs.items():
+        if name != "test":
+            assert job["if"] == "github.ref == 'refs/heads/main'", name  # workflow_dispatch too
+    for stack in ("staging", "production"):
+        job = jobs[stack]
         assert job["environment"] == stack
-        assert job["if"] == "github.ref == 'refs/heads/main'"  # workflow_dispatch too
         assert job["concurrency"] == {"group": f"pulumi-{stack}", "cancel-in-progress": False}
         assert job["permissions"]["id-token"] == "write"
         (step,) = _pulumi_steps(job)
         assert (step["with"]["command"], step["with"]["stack"]) == ("up", stack)
         assert step["with"]["role-to-assume"] == f"${{{{ vars.{stack.upper()}_DEPLOY_ROLE_ARN }}}}"
         assert step["with"]["pulumi-access-token"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+        rollout = jobs[f"{stack}-rollout"]
+        assert rollout["environment"] == f"{stack}-lifecycle"
+        (run,) = [s for s in rollout["steps"] if "idra rollout" in s.get("run", "")]
+        assert f"--stack {stack} --wait " in run["run"]
+        assert "<(printf '%s' \"$OPERATOR_TOKEN\")" in run["run"], "never on disk"
+        assert run["env"] == {"OPERATOR_TOKEN": "${{ secrets.OPERATOR_TOKEN }}"}
+    pin = jobs["pin-production"]
+    assert "secrets." not in str(pin) and "environment" not in pin
+    command = " ".join(s.get("run", "") for s in pin["steps"])
+    assert "idra release pin --stack production --from-stack staging" in command
+    assert "gh pr create" in command
 
 
 def test_test_job_lints_and_runs_the_suite() -> None:

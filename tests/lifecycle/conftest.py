@@ -9,6 +9,11 @@ moto 5 terminates an instance at once, ignoring lifecycle hooks, and does not im
   with a termination hook, an instance being terminated goes ``Terminating`` →
   ``Terminating:Wait`` and stays there until the hook is completed or times out, then
   ``Terminating:Proceed`` → ``Terminated``; its group still lists it meanwhile.
+- User Guide, "Verify a scaling activity for an Auto Scaling group"
+  (https://docs.aws.amazon.com/autoscaling/ec2/userguide/as-verify-scaling-activity.html):
+  a launch whose readiness hook was abandoned (or timed out with ABANDON) is a
+  "Launching a new EC2 instance" activity with status ``Cancelled``; moto 5 reports no
+  activities at all, so tests add them to :attr:`LifecycleStub.activities`.
 - API Reference, CompleteLifecycleAction
   (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CompleteLifecycleAction.html):
   completing the action of an instance not in a wait state fails with ``ValidationError``
@@ -45,6 +50,7 @@ class LifecycleStub:
         self.held: dict[str, dict] = {}  # instance -> {"group", "decrement", "polls"}
         self.settle_polls = 0  # describes showing "Terminating" before "Terminating:Wait"
         self.terminate_calls: list[tuple[str, bool]] = []
+        self.activities: list[dict] = []  # launch activities AWS would report (moto: none)
 
     def __getattr__(self, name: str):
         return getattr(self._moto, name)
@@ -83,6 +89,15 @@ class LifecycleStub:
             for entry in group["Instances"]:
                 if entry["InstanceId"] in self.held:
                     entry["LifecycleState"] = "Terminating:Wait"
+        return found
+
+    def describe_scaling_activities(self, **params):
+        found = self._moto.describe_scaling_activities(**params)
+        found["Activities"] += [
+            a
+            for a in self.activities
+            if a["AutoScalingGroupName"] == params["AutoScalingGroupName"]
+        ]
         return found
 
     def complete_lifecycle_action(self, **params):
