@@ -19,6 +19,7 @@ from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
 from idra.lifecycle.rollout import rollout_command
+from idra.lifecycle.scale_in import scale_in_command
 from idra.nodes import nodes
 from idra.release import release
 from idra.render import write_node_files
@@ -76,6 +77,7 @@ main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 main.add_command(rollout_command)
 main.add_command(release)
+main.add_command(scale_in_command)
 
 
 if __name__ == "__main__":

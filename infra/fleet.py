@@ -1,7 +1,8 @@
 """Per region: the launch template and the auto-scaling group of exit nodes.
 
-Nodes leave only through drain: new instances are protected from scale-in, target
-tracking never scales in, a termination lifecycle hook gives the agent the whole drain,
+Nodes leave only through drain: new instances are protected from scale-in (target
+tracking lowers desired capacity; ``idra scale-in`` drains the excess), a termination
+lifecycle hook gives the agent the whole drain,
 and no instance refresh replaces serving nodes (``idra rollout`` does, through drain).
 Nodes count only once serving: a launch hook holds each new instance until its agent has
 registered and applied its first sync, and abandons it otherwise.
@@ -204,7 +205,9 @@ def auto_scaling_group(
 def _scale_on_load(
     cfg: StackConfig, region: str, group: aws.autoscaling.Group, opts: pulumi.ResourceOptions
 ) -> None:
-    """Target tracking that only ever adds nodes; removing one is the reaper's decision."""
+    """Target tracking both ways. Scale-in only lowers desired capacity: every instance is
+    protected from scale-in, so AWS terminates none; ``idra scale-in`` drains the excess
+    (emptiest first) and the reaper terminates it once empty, without a replacement."""
     targets = {"cpu": ("ASGAverageCPUUtilization", cfg.scale_cpu_target)}
     if cfg.scale_network_out_target_mbps:
         bytes_per_minute = cfg.scale_network_out_target_mbps * 1e6 / 8 * 60
@@ -219,7 +222,7 @@ def _scale_on_load(
                     predefined_metric_type=metric
                 ),
                 target_value=target,
-                disable_scale_in=True,
+                disable_scale_in=False,
             ),
             opts=opts,
         )

@@ -196,7 +196,7 @@ def test_scheduled_with_oidc_for_both_stacks() -> None:
     commands = " ".join(step.get("run", "") for step in job["steps"])
     assert "idra canary" in commands and "--state-file" in commands
     assert "idra reap" in commands and "--fleet aws" in commands
-    assert "idra rollout" in commands
+    assert "idra rollout" in commands and "idra scale-in" in commands
     assert not any("aws-access-key-id" in str(step.get("with", {})) for step in job["steps"])
 
 
@@ -207,7 +207,7 @@ def test_operator_token_only_in_the_steps_that_call_the_control_plane() -> None:
     assert "secrets." not in str(job.get("env", {}))
     for step in job["steps"]:
         holds = "secrets." in str(step)
-        calls = re.search(r"^\s*idra (canary|rollout|reap) ", step.get("run", ""), re.M)
+        calls = re.search(r"^\s*idra (canary|rollout|scale-in|reap) ", step.get("run", ""), re.M)
         assert holds == bool(calls), step.get("name")
         if holds:
             assert step["env"]["OPERATOR_TOKEN"] == "${{ secrets.OPERATOR_TOKEN }}"
@@ -241,7 +241,7 @@ def test_reaper_reads_the_stacks_max_drain() -> None:
     assert "idra reap" in commands and "--stack ${{ matrix.stack }}" in commands
 
 
-@pytest.mark.parametrize("name", ["Rollout", "Reaper"])
+@pytest.mark.parametrize("name", ["Rollout", "Scale-in", "Reaper"])
 def test_lifecycle_steps_run_as_written(name: str, tmp_path: Path) -> None:
     """The step's own command, through bash as Actions runs it, against a control plane."""
     server = start(tmp_path)

@@ -199,7 +199,7 @@ class AwsTemplates:
         return members
 
 
-def _fresh(node: dict[str, Any], now: float) -> bool:
+def is_fresh(node: dict[str, Any], now: float) -> bool:
     return now - float(node.get("last_heartbeat_at") or 0) < HEALTHY_WITHIN_S
 
 
@@ -211,7 +211,7 @@ def plan(
     now: float,
 ) -> list[Step]:
     """Which outdated active nodes to drain now (node id -> why in ``outdated``)."""
-    fresh = [n for n in active if _fresh(n, now)]
+    fresh = [n for n in active if is_fresh(n, now)]
     healthy = Counter(n["region"] for n in fresh)
     fresh_ids = {n["id"] for n in fresh}
     slots = limit - len(draining)
@@ -249,7 +249,7 @@ def gate(
     by_instance = {n["instance_id"]: n for n in active}
     serving = [
         i for i, state in view.states.items()
-        if state == "InService" and i in by_instance and _fresh(by_instance[i], now)
+        if state == "InService" and i in by_instance and is_fresh(by_instance[i], now)
     ]  # fmt: skip
     launching = [
         i for i, state in view.states.items()
@@ -343,7 +343,7 @@ def unfinished(
         by_instance = {n["instance_id"]: n for n in active if n.get("region") == region}
         serving = [
             i for i, state in view.states.items()
-            if state == "InService" and i in by_instance and _fresh(by_instance[i], now)
+            if state == "InService" and i in by_instance and is_fresh(by_instance[i], now)
         ]  # fmt: skip
         if len(serving) < view.desired:
             left.append(f"{region}: {len(serving)} of {view.desired} serving")
@@ -413,7 +413,7 @@ def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regio
                             ready_within=ready_s, dry_run=dry_run)  # fmt: skip
         except (ApiError, BotoCoreError, ClientError) as exc:
             raise Failed(str(exc)) from None
-        _report(steps, as_json, dry_run)
+        report_steps(steps, as_json, dry_run)
         stopped = [s for s in steps if s.action == "stop"]
         if stopped:
             raise Failed(f"rollout stopped in {', '.join(sorted({s.region for s in stopped}))}: "
@@ -433,10 +433,12 @@ def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regio
         time.sleep(pause)
 
 
-def _report(steps: list[Step], as_json: bool, dry_run: bool) -> None:
+def report_steps(
+    steps: list[Step], as_json: bool, dry_run: bool, title: str = "idra rollout"
+) -> None:
     if as_json:
         print_json([s.as_dict() for s in steps])
         return
     rows = [(s.node_id, s.region, f"{s.action} (dry run)" if dry_run else s.action, s.why)
             for s in steps]  # fmt: skip
-    print_table("idra rollout", ("node", "region", "action", "why"), rows)
+    print_table(title, ("node", "region", "action", "why"), rows)
