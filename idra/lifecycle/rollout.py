@@ -375,7 +375,7 @@ def _parse_duration(text: str) -> float:
     show_default=True,
 )
 @click.option("--agent-version", default=None, help="Also roll nodes on another agent version.")
-@click.option("--ready-within", default="30m", show_default=True,
+@click.option("--ready-within", default=f"{READY_WITHIN_S}s", show_default=True,
               help="A launched node must be active by then, or the rollout stops.")  # fmt: skip
 @click.option("--wait", "wait_for", default=None, metavar="DURATION",
               help="Repeat passes (every --every) until no node is outdated; exit 1 if it "
