@@ -11,13 +11,12 @@ registered and applied its first sync, and abandons it otherwise.
 from __future__ import annotations
 
 import base64
-import gzip
 
 import pulumi
 import pulumi_aws as aws
 
-from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, ConfigError, StackConfig
-from idra.render import render_node_files
+from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, StackConfig
+from idra.render import render_node_files, sent_user_data
 from infra.settings import tags
 
 
@@ -46,20 +45,11 @@ def image(cfg: StackConfig, region: str, provider: aws.Provider) -> aws.ec2.Awai
     )
 
 
-USER_DATA_BUDGET = 12 * 1024  # bytes as sent; EC2 refuses more than 16 KB
-
-
 def user_data(cfg: StackConfig, region: str) -> str:
-    """Base64 of the same ``user-data.yaml`` that ``idra render`` writes, gzipped
-    (cloud-init reads gzip; ``mtime=0`` keeps the template unchanged between runs).
-    Above :data:`USER_DATA_BUDGET` as sent, the preview stops."""
+    """Base64 of the same ``user-data.yaml`` that ``idra render`` writes, as sent: gzipped,
+    within the budget (above it, the preview stops)."""
     text = render_node_files(cfg, region)["user-data.yaml"]
-    sent = gzip.compress(text.encode(), compresslevel=9, mtime=0)
-    if len(sent) > USER_DATA_BUDGET:
-        raise ConfigError(
-            f"{region}: user-data is {len(sent)} bytes gzipped, above {USER_DATA_BUDGET}"
-        )
-    return base64.b64encode(sent).decode()
+    return base64.b64encode(sent_user_data(text, region)).decode()
 
 
 def launch_template(

@@ -10,7 +10,7 @@ import re
 from idra.config import REPO_ROOT, load_stack
 from idra.lifecycle.fleet import HOOK_WAIT_S
 from idra.lifecycle.rollout import READY_WITHIN_S
-from infra.fleet import USER_DATA_BUDGET
+from idra.render import USER_DATA_BUDGET
 from tests.infra.harness import Deployment
 
 DOC = REPO_ROOT / "docs" / "infrastructure.md"

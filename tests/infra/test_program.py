@@ -12,11 +12,10 @@ from pathlib import Path
 import pulumi
 import pytest
 
-import infra.fleet
+import idra.render
 from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, load_stack
 from idra.netns import run
-from idra.render import render_node_files
-from infra.fleet import USER_DATA_BUDGET
+from idra.render import USER_DATA_BUDGET, render_node_files
 from tests.infra.harness import ACCOUNTS, IMAGES, Deployment, Image, Resource, deploy, stack_config
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -489,6 +488,6 @@ def test_user_data_fits_the_budget(deployments: dict[str, Deployment]) -> None:
 
 
 def test_user_data_above_the_budget_stops_the_preview(monkeypatch) -> None:
-    monkeypatch.setattr(infra.fleet, "USER_DATA_BUDGET", 512)
+    monkeypatch.setattr(idra.render, "USER_DATA_BUDGET", 512)
     with pytest.raises(pulumi.RunError, match=r"eu-central-1: user-data is \d+ bytes gzipped"):
         deploy("staging", staging_with())
