@@ -20,8 +20,17 @@ import node_daemon
 from node_daemon import replies
 from node_daemon.bounded import BoundedClient, Fault, Reply, sanitize
 
-MAX_REPLY_BYTES = 256 << 20  # 2^20 peers (kernel WireGuard's limit) x 256 bytes
-MAX_PEERS = 1 << 20
+MAX_PEERS = 1 << 20  # kernel WireGuard's limit per interface
+PEER_BYTES = 256  # a listed peer's JSON (key, two addresses, preshared key) fits in this
+REPLY_SLACK = 64 << 10  # the reply's other fields
+
+
+def reply_cap(peers: int) -> int:
+    """The bytes a reply of ``peers`` peers needs (no more is read)."""
+    return peers * PEER_BYTES + REPLY_SLACK
+
+
+MAX_REPLY_BYTES = reply_cap(MAX_PEERS)
 
 
 class Unauthorized(RuntimeError):
@@ -30,7 +39,12 @@ class Unauthorized(RuntimeError):
 
 class Refused(RuntimeError):
     """The control plane refused our registration (403 identity, 409 instance bound to
-    another credential or retired): this instance needs replacing."""
+    another credential or retired): this instance needs replacing. ``retired``: its
+    record was deleted for good, so it must stop serving."""
+
+    def __init__(self, message: str, retired: bool = False) -> None:
+        super().__init__(message)
+        self.retired = retired
 
 
 class NotFound(RuntimeError):
@@ -68,7 +82,7 @@ class NodeApi:
         self.token_file = token_file
         self._settings = (url, token_file, ca_file, timeout, deadline, max_reply_bytes, max_peers)
         self.credential: str | None = None  # this node's, from the register reply
-        self.max_peers = max_peers
+        self.max_peers, self.max_bytes = max_peers, max_reply_bytes
         self.bytes_sent = self.bytes_received = 0
         verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self._http = BoundedClient(
@@ -94,7 +108,8 @@ class NodeApi:
         if status == 401:
             raise Unauthorized(f"{method}: 401 unauthorized")
         if status in (403, 409) and path == "/v1/nodes":
-            raise Refused(f"HTTP {status}: {_detail(reply)}")
+            detail = _detail(reply)
+            raise Refused(f"HTTP {status}: {detail}", status == 409 and _retired(detail))
         if status == 404 and path != "/v1/nodes":
             raise NotFound(what)
         if status == 429:
@@ -137,7 +152,12 @@ class NodeApi:
         cursor: str | None = None,
     ) -> replies.Peers:
         """The delta since ``since`` (held up to ``wait`` s), or a full list: one page of
-        ``limit`` (``cursor``: the next). A control plane before sync v2 ignores these."""
+        ``limit`` (``cursor``: the next). A control plane before sync v2 ignores these;
+        one that sends a cursor pages, so a next page may hold ``limit`` peers at most
+        (and is read only that far)."""
+        most, cap = self.max_peers, {}
+        if cursor and limit:
+            most, cap = min(limit, most), {"max_bytes": min(reply_cap(limit), self.max_bytes)}
         params: dict[str, Any] = {} if since is None else {"since": since}
         if wait and since is not None:
             params["wait"] = wait
@@ -146,9 +166,9 @@ class NodeApi:
         if cursor:
             params["cursor"] = cursor
         document = self._call(
-            "GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params
+            "GET", f"/v1/nodes/{node_id}/peers", self._credential(), params=params, **cap
         )
-        return replies.peers(document, self.max_peers)
+        return replies.peers(document, most)
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> replies.Beat:
         reply = self._call("POST", f"/v1/nodes/{node_id}/heartbeat", self._credential(), body)
@@ -161,6 +181,12 @@ class NodeApi:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _retired(detail: str) -> bool:
+    """The control plane's 409 for an instance whose record was deleted ("instance
+    retired"): its document can never register again."""
+    return "retired" in detail.lower()
 
 
 def _detail(reply: Reply) -> str:

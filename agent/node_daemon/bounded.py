@@ -27,7 +27,8 @@ def sanitize(text: object, limit: int = 160) -> str:
 
 class Fault(RuntimeError):
     """A dependency failed. ``kind`` is a metric label: transport, timeout, redirect,
-    http_4xx, http_5xx, throttled, oversized, malformed, not_found, refused."""
+    http_4xx, http_5xx, throttled, oversized, malformed, not_found, refused,
+    too_many_peers (a full list longer than ``--max-peers``)."""
 
     def __init__(self, dependency: str, kind: str, detail: str = "") -> None:
         super().__init__(sanitize(f"{dependency} {kind}" + (f": {detail}" if detail else "")))

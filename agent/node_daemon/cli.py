@@ -1,11 +1,13 @@
-"""``node-daemon run|sync|fetch-secret|version``. Every flag also reads ``IDRA_<FLAG>``
-(``--api-url`` ← ``IDRA_API_URL``). Exit codes: 0 ok, 1 refused or failed, 2 bad input."""
+"""``node-daemon run|sync|fetch-secret|version`` (and ``--version``). Every flag also reads
+``IDRA_<FLAG>`` (``--api-url`` ← ``IDRA_API_URL``). Exit codes: 0 ok, 1 refused or failed,
+2 bad input (one line naming the flag, checked before anything is touched)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -18,7 +20,7 @@ from pathlib import Path
 import click
 
 import node_daemon
-from node_daemon.api import MAX_PEERS, MAX_REPLY_BYTES
+from node_daemon.api import MAX_PEERS, reply_cap
 from node_daemon.logsetup import LOG_FORMATS, LOG_LEVELS, setup_logging
 from node_daemon.oneline import OneLineGroup
 
@@ -42,6 +44,7 @@ def aws_region(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.group(cls=OneLineGroup)
+@click.version_option(node_daemon.__version__, prog_name="node-daemon")
 @option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True)
 @option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def main(log_format: str, log_level: str) -> None:
@@ -66,6 +69,56 @@ def existing_interface(interface: str, driver: str) -> str:
     except OSError:
         raise BadInput(f"--interface {interface}: no such interface on this host") from None
     return interface
+
+
+def check_run_inputs(
+    api_url: str, allow_http: bool, token_file: Path, public_ip: str | None,
+    metrics_addr: str, state_dir: Path,
+) -> None:  # fmt: skip
+    """The flags ``run`` can check without touching the interface or the network; the
+    first mistake is bad input (exit 2, one line naming the flag)."""
+    import httpx
+
+    from node_daemon.api import is_secure_url
+    from node_daemon.metrics import parse_address
+
+    try:
+        url = httpx.URL(api_url)
+    except httpx.InvalidURL:
+        raise BadInput(f"--api-url {api_url!r}: not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise BadInput(f"--api-url {api_url}: not an https:// URL")
+    if not is_secure_url(api_url) and not (allow_http and url.scheme == "http"):
+        raise BadInput(
+            f"--api-url {api_url}: must be https:// (http only to loopback or with --allow-http)"
+        )
+    try:
+        token = token_file.read_text().strip()
+    except FileNotFoundError:
+        raise BadInput(f"--token-file {token_file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise BadInput(f"--token-file {token_file}: unreadable ({reason})") from None
+    if not token:
+        raise BadInput(f"--token-file {token_file}: empty")
+    if public_ip is not None:
+        try:
+            address = ipaddress.ip_address(public_ip)
+        except ValueError:
+            raise BadInput(f"--public-ip {public_ip!r}: not an IP address") from None
+        if address.is_unspecified or address.is_multicast or address.is_loopback:
+            raise BadInput(f"--public-ip {public_ip}: not a unicast address")
+    try:
+        parse_address(metrics_addr)
+    except ValueError as exc:
+        raise BadInput(f"--metrics-addr {metrics_addr}: {exc}") from None
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        writable = os.access(state_dir, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise BadInput(f"--state-dir {state_dir}: {exc.strerror or type(exc).__name__}") from None
+    if not writable:
+        raise BadInput(f"--state-dir {state_dir}: not writable")
 
 
 @main.command()
@@ -141,16 +194,15 @@ def version() -> None:
 @option(
     "--max-reply-bytes",
     type=click.IntRange(min=1024),
-    default=MAX_REPLY_BYTES,
-    show_default=True,
-    help="Largest control-plane reply read (2^20 peers x 256 bytes).",
+    default=None,
+    help="Largest control-plane reply read [default: 256 bytes a peer of --max-peers].",
 )
 @option(
     "--max-peers",
     type=click.IntRange(min=1),
     default=MAX_PEERS,
     show_default=True,
-    help="Most peers in one reply (kernel WireGuard's limit, 2^20).",
+    help="Most peers on the interface and in one full list (kernel WireGuard's limit, 2^20).",
 )
 @option(
     "--long-poll",
@@ -209,28 +261,25 @@ def run(
 
     Runs until a signal: a failing control plane, IMDS or AWS is retried, never fatal.
     Only a misconfiguration found at start ends it (exit 2, one line)."""
-    from node_daemon.api import NodeApi, is_secure_url
+    from node_daemon.api import NodeApi
     from node_daemon.aws import Imds
     from node_daemon.daemon import Agent, Options
     from node_daemon.metrics import Metrics
     from node_daemon.wg import make_driver
 
-    existing_interface(interface, driver)
+    check_run_inputs(api_url, allow_http, token_file, public_ip, metrics_addr, state_dir)
     if ca_file:
         try:
             ssl.create_default_context(cafile=ca_file)
         except (ssl.SSLError, OSError, ValueError):
             raise BadInput(f"--ca-file {ca_file}: not a PEM CA certificate") from None
-    if not is_secure_url(api_url) and not (allow_http and api_url.startswith("http://")):
-        raise BadInput(f"--api-url {api_url}: must be https:// (http only to loopback)")
+    existing_interface(interface, driver)
     wg = make_driver(driver, interface)
     try:
         wg.read()
     except (RuntimeError, OSError) as exc:
         detail = " ".join(str(exc).split())
         raise BadInput(f"--interface {interface} ({driver}): not usable: {detail}") from None
-    if not token_file.is_file():
-        raise BadInput(f"--token-file {token_file}: no such file")
     # identity (region and instance id as the signed document says), asked and retried
     # by the agent: an unreachable metadata service is a failing dependency, not fatal
     imds = Imds(imds_url, deadline=imds_deadline)
@@ -258,16 +307,38 @@ def run(
     metrics = Metrics()
     try:
         metrics.serve(metrics_addr)
-    except (ValueError, OSError) as exc:
-        raise BadInput(str(exc)) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BadInput(f"--metrics-addr {metrics_addr}: {reason}") from None
     api = NodeApi(api_url, token_file, ca_file, request_timeout, request_deadline,
-                  max_reply_bytes, max_peers)  # fmt: skip
+                  max_reply_bytes or reply_cap(max_peers), max_peers)  # fmt: skip
     agent = Agent(opts, api, wg, metrics, imds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
     logging.getLogger("node-daemon").info("stopped; the interface and its peers stay")
+
+
+def read_peers_document(path: Path) -> tuple[list, list, bool]:
+    """``peers``, ``removed`` and ``full`` of a peers document (the API's reply), or bad
+    input naming ``--peers`` (exit 2, one line)."""
+    try:
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BadInput(f"--peers {path}: no such file") from None
+    except OSError as exc:
+        raise BadInput(f"--peers {path}: {exc.strerror or type(exc).__name__}") from None
+    except (ValueError, RecursionError):
+        raise BadInput(f"--peers {path}: not JSON") from None
+    if not isinstance(document, dict):
+        raise BadInput(f"--peers {path}: not a peers document (a JSON object)")
+    incoming, removed = document.get("peers"), document.get("removed", [])
+    if not isinstance(incoming, list):
+        raise BadInput(f"--peers {path}: no 'peers' list")
+    if not isinstance(removed, list):
+        raise BadInput(f"--peers {path}: 'removed' is not a list")
+    return incoming, removed, document.get("full", True) is not False
 
 
 @main.command()
@@ -287,26 +358,24 @@ def sync(interface: str, peers_file: Path, client_pool: tuple[str, ...], driver:
     from node_daemon.peers import plan, reserved_hosts
     from node_daemon.wg import make_driver
 
+    incoming, removed, full = read_peers_document(peers_file)
+    try:
+        pools = [ipaddress.ip_network(p) for p in client_pool]
+    except ValueError as exc:
+        raise BadInput(f"--client-pool: {exc}") from None
     existing_interface(interface, driver)
     try:
         own = interface_addresses(interface)
     except (subprocess.CalledProcessError, OSError, ValueError):
         raise BadInput(f"--interface {interface}: no such interface") from None
-    try:
-        document = json.loads(peers_file.read_text())
-        incoming, removed = document["peers"], document.get("removed", [])
-        if not isinstance(incoming, list) or not isinstance(removed, list):
-            raise TypeError("peers and removed must be lists")
-        pools = [ipaddress.ip_network(p) for p in client_pool] or [a.network for a in own]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise BadInput(f"{peers_file}: {type(exc).__name__}: {exc}") from None
-    wg = make_driver(driver, existing_interface(interface, driver))
+    pools = pools or [a.network for a in own]
+    wg = make_driver(driver, interface)
     try:
         live = {key: peer.allowed_ips for key, peer in wg.read().peers.items()}
         own_key = wg.public_key() if wg.read().has_private_key else None
         reserved = reserved_hosts(pools, [str(a.ip) for a in own])
-        result = plan(incoming, removed, live, pools, full=document.get("full", True) is not False,
-                      own_key=own_key, reserved=reserved)  # fmt: skip
+        result = plan(incoming, removed, live, pools, full=full, own_key=own_key,
+                      reserved=reserved)  # fmt: skip
         wg.apply(result.upserts, result.removes)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         detail = " ".join(str(exc).split())

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -41,7 +42,7 @@ from node_daemon.peers import (
     plan,
     reserved_hosts,
 )
-from node_daemon.replies import Peers
+from node_daemon.replies import CREDENTIAL, Peers
 from node_daemon.state import PeerTable
 from node_daemon.wg import Driver
 
@@ -103,7 +104,7 @@ class Agent:
         self.stats = host.HostStats(opts.interface)
         self.public_key = ""
         self._bytes_seen = (0, 0)
-        self.refused = False
+        self.refused = self.retired = False
         self.peers_lock = threading.Lock()  # the long-poll thread applies, the loop scans
         self.poller: peersync.Poller | None = None
         self.api.credential = self._load_credential()
@@ -113,9 +114,23 @@ class Agent:
     def _load_credential(self) -> str | None:
         """The credential of an earlier run (an agent restart keeps the node)."""
         try:
-            return (self.opts.state_dir / CREDENTIAL_FILE).read_text().strip() or None
-        except OSError:
+            credential = (self.opts.state_dir / CREDENTIAL_FILE).read_text().strip()
+        except (OSError, UnicodeDecodeError):
             return None
+        return credential if CREDENTIAL.fullmatch(credential) else None
+
+    def _ensure_credential(self) -> None:
+        """Our credential exists, 0600 on the state dir, before the first registration:
+        chosen here (256 bits), sent with every registration, so the control plane binds
+        it on first use and a retry after a lost reply is the same node."""
+        if self.api.credential:
+            return
+        credential = secrets.token_urlsafe(32)
+        try:
+            self._save_credential(credential)
+        except OSError:
+            raise Fault("state_dir", "unwritable", "node credential not saved") from None
+        self.api.credential = credential
 
     def _save_credential(self, credential: str) -> None:
         """Write it 0600 from the start, atomically (never logged)."""
@@ -179,12 +194,13 @@ class Agent:
             own = host.interface_addresses(self.opts.interface, self.opts.interface_netns)
         except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
             raise Fault("wireguard", "interface", "addresses unreadable") from None
+        self._ensure_credential()
         reply = self.api.register({
             "identity": self.imds.identity(), "public_ip": self.opts.public_ip,
             "public_key": self.public_key, "listen_port": self.opts.listen_port,
             "agent_version": node_daemon.__version__,
         })  # fmt: skip
-        if reply.credential != self.api.credential:
+        if reply.credential and reply.credential != self.api.credential:  # an older server's
             try:
                 self._save_credential(reply.credential)
             except OSError:
@@ -223,8 +239,9 @@ class Agent:
         )  # fmt: skip
 
     def _apply(self, result: Plan) -> None:
-        if not (result.upserts or result.removes):
-            return
+        if self.retired or not (result.upserts or result.removes):
+            return  # retired: a sync still under way applies nothing
+        self._fit(result)
         self.driver.apply(result.upserts, result.removes)
         for key in result.removes:
             self.live.pop(key)
@@ -234,6 +251,18 @@ class Agent:
         self.metrics.peer_changes.labels("updated").inc(result.updated)
         self.metrics.peer_changes.labels("removed").inc(len(result.removes))
         self.metrics.peers.set(len(self.live))
+
+    def _fit(self, result: Plan) -> None:
+        """Never more than ``--max-peers`` on the interface: new peers past it are left
+        out (``result.skipped``; the next full sync adds them once there is room)."""
+        room = max(0, self.api.max_peers - len(self.live) + len(result.removes))
+        if result.added <= room:
+            return
+        new = [key for key in result.upserts if key not in self.live]
+        for key in new[room:]:
+            del result.upserts[key]
+        result.skipped += len(new) - room
+        result.added = room
 
     def scan(self) -> None:
         """Read the interface (O(peers), every scan interval): count active peers (users
@@ -342,9 +371,36 @@ class Agent:
     def cycle(self) -> float:
         """One round; returns how long to wait before the next. Never raises: every
         failure is counted, logged as one line, and retried with jittered backoff."""
-        delay = self._sync_round()
+        delay = self._retired_round() if self.retired else self._sync_round()
         self._terminations()
         return delay
+
+    def _retire(self) -> float:
+        """The control plane deleted our record for good ("retired": a revoked node):
+        forget every peer and stop syncing; the next round's scan empties the interface.
+        The agent stays up (metrics, the termination hook) and never adds a peer again."""
+        if not self.retired:
+            log.error("this node was retired (its record deleted): removing every peer, "
+                      "no more syncs")  # fmt: skip
+        with self.peers_lock:
+            self.retired = self.draining = True
+            self.live = PeerTable()
+        if self.poller:
+            self.poller.active = False
+        self.last_scan = 0.0
+        self.metrics.retired.set(1)
+        self.metrics.draining.set(1)
+        self.metrics.syncs.labels("retired").inc()
+        return 0.0
+
+    def _retired_round(self) -> float:
+        """Retired: no call to the control plane; the scan keeps the interface empty."""
+        try:
+            if time.monotonic() - self.last_scan >= self.opts.scan_interval:
+                self.scan()
+        except Exception as exc:  # the interface: counted, retried
+            return self._failed(Fault("wireguard", "error", type(exc).__name__))
+        return min(self.interval, self.opts.scan_interval)
 
     def _sync_round(self) -> float:
         try:
@@ -371,6 +427,8 @@ class Agent:
             self.metrics.syncs.labels("unauthorized").inc()
             return self.opts.backoff_max
         except Refused as exc:
+            if exc.retired:
+                return self._retire()
             if not self.refused:
                 log.error("registration refused (%s): this instance needs replacing; "
                           "peers kept", sanitize(exc))  # fmt: skip

@@ -66,9 +66,30 @@ class Metrics:
             "idra_agent_root_readonly", "1 when the root filesystem is read-only", registry=registry
         )
 
+        self.retired = Gauge(
+            "idra_agent_retired",
+            "1 once the control plane retired this node (its peers removed, no sync)",
+            registry=registry,
+        )
+
     def serve(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        if not ipaddress.ip_address(host).is_loopback:
-            raise ValueError(f"--metrics-addr {address}: metrics are served on loopback only")
-        start_http_server(int(port), addr=host, registry=self.registry)
+        """Serve on ``address`` (checked by :func:`parse_address`); OSError if in use."""
+        host, port = parse_address(address)
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9586``) on loopback; ValueError says what is wrong."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not (port.isascii() and port.isdigit()):
+        raise ValueError("expected HOST:PORT")
+    if int(port) > 65535:
+        raise ValueError("port out of range (0-65535)")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not loopback:
+        raise ValueError("metrics are served on loopback only")
+    return host, int(port)

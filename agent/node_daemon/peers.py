@@ -29,6 +29,7 @@ class Plan:
     updated: int = 0
     unchanged: int = 0
     rejected: Counter = field(default_factory=Counter)  # reason → count
+    skipped: int = 0  # valid new peers left for the next full sync (a bound was reached)
 
 
 ZERO_KEY = base64.b64encode(bytes(32)).decode()

@@ -36,7 +36,7 @@ def _int(value: Any, what: str) -> int:
 @dataclass
 class Registration:
     node_id: str
-    credential: str  # this node's, for every later call (never logged)
+    credential: str | None  # this node's, for every later call (never logged); None: ours
     interval: float  # clamped to 1..300 s
     pools: list[Network]
     document: dict[str, Any]  # the whole reply (other fields, e.g. a node credential)
@@ -47,8 +47,10 @@ def registration(doc: dict[str, Any]) -> Registration:
     node_id = doc.get("node_id")
     if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
         raise _bad("register: node_id")
-    credential = doc.get("node_credential")
-    if not isinstance(credential, str) or not CREDENTIAL.fullmatch(credential):
+    credential = doc.get("node_credential")  # absent: the one we sent is bound
+    if "node_credential" in doc and not (
+        isinstance(credential, str) and CREDENTIAL.fullmatch(credential)
+    ):
         raise _bad("register: node_credential")
     interval = doc.get("heartbeat_interval_s")
     if isinstance(interval, bool) or not isinstance(interval, int | float):

@@ -10,6 +10,12 @@ page.
   list has arrived: a transfer broken mid-way leaves every old peer in place (a page's
   new peers stay: they were in the list). A peer whose address still belongs to a live
   peer not yet listed (an address handed on while we were away) waits for the end.
+
+Bounds against a hostile control plane: a full list longer than ``--max-peers`` is
+abandoned (a ``too_many_peers`` fault: the peers stay, the agent retries with backoff);
+the peers waiting for the end of a list hold at most two pages of addresses, and the
+interface never more than ``--max-peers`` peers. A peer left out by either bound is
+added by another full sync, asked for at once.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ LONG_POLL_S = 55.0  # below the control plane's cap (60 s)
 
 def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, Peers]:
     """One sync: the delta since ``agent.version`` (a long-poll with ``wait``) or the
-    full list, applied. Returns the (merged) plan and the first reply."""
+    full list, applied. Returns the (merged) plan and the first reply. A sync that left
+    a peer out (a bound) leaves the version unknown: the next sync is a full one."""
     limit = agent.opts.page_size or None
     reply = api.peers(agent.node_id, agent.version, wait=wait, limit=limit)
     if reply.full and reply.next_cursor:
@@ -47,70 +54,84 @@ def fetch(agent: Agent, api: NodeApi, wait: float | None = None) -> tuple[Plan, 
             if reply.full:
                 _refuse_if_all_rejected(len(reply.peers), result)
             agent._apply(result)
-    agent.version = reply.version
+    agent.version = None if result.skipped else reply.version
+    if result.skipped:
+        log.warning("%d listed peers left for the next full sync (interface full or too "
+                    "many waiting)", result.skipped)  # fmt: skip
     return result, reply
 
 
 def _paged(agent: Agent, api: NodeApi, page: Peers, limit: int | None) -> Plan:
     """The live peers the list names are marked in the agent's table (no set of keys)."""
-    total, deferred, listed = Plan(), [], 0
+    total, deferred, listed, waiting = Plan(), [], 0, 0
+    most, defer_max = api.max_peers, 2 * (limit or PAGE)  # addresses: a page of peers
     with agent.peers_lock:
         agent.live.unmark()
     while True:
+        listed += len(page.peers)
+        if listed > most:  # an endless list, or more than this node may hold
+            raise Fault("control_plane", "too_many_peers", f"full list: over {most} peers")
         ready, later = _split(agent, page.peers)
         with agent.peers_lock:
             result = agent.plan(ready, [], full=False)
             agent._apply(result)
             agent.live.mark(key for peer in page.peers if (key := _key_of(peer)) is not None)
         _merge(total, result)
-        deferred += later
-        listed += len(page.peers)
+        for peer in later:
+            if waiting + len(peer["allowed_ips"]) > defer_max:
+                total.skipped += 1  # added by the next full sync
+                continue
+            waiting += len(peer["allowed_ips"])
+            deferred.append(peer)
         if not page.next_cursor:
             break
         page = api.peers(agent.node_id, None, cursor=page.next_cursor, limit=limit)
     with agent.peers_lock:  # the list is complete: now (and only now) remove
         goes = agent.live.unmarked()
         result = agent.plan(deferred, goes, full=False)
-        _merge(total, result)
-        _refuse_if_all_rejected(listed, total)
+        _refuse_if_all_rejected(listed, total, result)
         agent._apply(result)
+    _merge(total, result)
     return total
 
 
-def _refuse_if_all_rejected(listed: int, result: Plan) -> None:
+def _refuse_if_all_rejected(listed: int, *results: Plan) -> None:
     """A full list of which every entry is rejected is a broken reply (a renamed field,
     a wrong pool), not an order to cut every user: refused, the peers stay."""
-    if listed and sum(result.rejected.values()) >= listed:
+    if listed and sum(sum(result.rejected.values()) for result in results) >= listed:
         raise Fault("control_plane", "malformed", f"full list: all {listed} peers rejected")
 
 
 def _split(agent: Agent, peers: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
     """Peers to apply now, and those whose address a live peer not (yet) in the list
-    holds: they wait until that peer is updated or removed at the end."""
+    holds: they wait until that peer is updated or removed at the end (kept as key and
+    addresses only, so a waiting peer holds no more of the page than it needs)."""
     here = {_key_of(peer) for peer in peers}
     ready, later = [], []
     for peer in peers:
-        key = _key_of(peer)
-        holders = {agent.live.owners.get(ip) for ip in _hosts(peer)} - {None, key}
+        key, hosts = _key_of(peer), _hosts(peer)
+        holders = {agent.live.owners.get(ip) for ip in hosts or ()} - {None, key}
         if (
             key is not None
             and holders
             and not all(holder in here or agent.live.marked(holder) for holder in holders)
         ):
-            later.append(peer)
+            later.append({"public_key": key, "allowed_ips": hosts})
         else:
             ready.append(peer)
     return ready, later
 
 
-def _hosts(peer: Any) -> list[str]:
+def _hosts(peer: Any) -> list[str] | None:
+    """The peer's allowed IPs as the interface spells them; None if one is malformed
+    (plan() rejects the peer and counts it)."""
     ips = peer.get("allowed_ips") if isinstance(peer, dict) else None
     hosts = []
     for text in ips if isinstance(ips, list) else []:
         try:
             hosts.append(str(ipaddress.ip_network(str(text), strict=True)))
         except ValueError:
-            continue  # rejected (and counted) by plan()
+            return None
     return hosts
 
 
@@ -119,6 +140,7 @@ def _merge(total: Plan, result: Plan) -> None:
     total.updated += result.updated
     total.unchanged += result.unchanged
     total.removes += result.removes
+    total.skipped += result.skipped
     total.rejected.update(result.rejected)
 
 
@@ -161,6 +183,8 @@ class Poller:
         finally:
             self._count_bytes()
         self.failures = 0
+        if agent.version is None:  # a bound left peers out: the next full list a bit later
+            return agent.interval
         # A held request answers early only with changes. Early with nothing (or with a
         # full list again) twice in a row: the control plane ignores ``wait`` (v1).
         nothing = reply.full or not (reply.peers or reply.removed)
