@@ -235,25 +235,27 @@ def plan(
 
 
 def gate(
-    region: str,
     view: GroupView,
     active: list[dict[str, Any]],
+    draining: list[dict[str, Any]],
     outdated_ids: set[str],
     now: float,
     ready_within: float = READY_WITHIN_S,
 ) -> tuple[str, str]:
-    """May one more outdated node of ``region`` drain now? ("drain" | "hold" | "surge" |
-    "stop", why), from the group and the region's active records (outdated ones too)."""
+    """May one more outdated node of a region drain now? ("drain" | "hold" | "surge" |
+    "stop", why), from its group and its records (active, outdated ones too; draining)."""
     if view.failures:
         return "stop", f"launches failed: {view.failures[0]}"
     by_instance = {n["instance_id"]: n for n in active}
+    leaving = {n["instance_id"] for n in draining}
     serving = [
         i for i, state in view.states.items()
         if state == "InService" and i in by_instance and is_fresh(by_instance[i], now)
     ]  # fmt: skip
     launching = [
         i for i, state in view.states.items()
-        if state.startswith("Pending") or (state == "InService" and i not in by_instance)
+        if state.startswith("Pending")
+        or (state == "InService" and i not in by_instance and i not in leaving)
     ]  # fmt: skip
     for instance_id in sorted(launching):
         age = now - view.launched.get(instance_id, now)
@@ -313,7 +315,8 @@ def rollout(
         if not any(n["id"] in why for n in here):
             continue
         wanted = [s for s in steps if s.region == region and s.action == "drain"]
-        verdict, reason = gate(region, view, here, set(why), now, ready_within)
+        leaving = [n for n in draining if n["region"] == region]
+        verdict, reason = gate(view, here, leaving, set(why), now, ready_within)
         if verdict == "surge" and not dry_run:
             templates.surge(region, view.desired + 1)
         for index, step in enumerate(wanted):

@@ -336,6 +336,17 @@ def test_replacement_never_active_stops_after_the_first(cp, aws) -> None:
     assert fleet.drained() == set()
 
 
+def test_a_long_drain_is_no_failed_launch(cp, aws) -> None:
+    """A drained node whose users stay for hours is still in service but leaving: the
+    rollout waits for it, it does not take it for a launch that never came up."""
+    fleet = Fleet(cp, aws, size=3, max_size=3)
+    assert len([s for s in fleet.rollout() if s.action == "drain"]) == 1
+    fleet.report()
+    steps = fleet.rollout(now=time.time() + READY_WITHIN_S + 1)
+    assert not [s for s in steps if s.action in ("stop", "drain")], steps
+    assert len(fleet.drained()) == 1
+
+
 def test_group_at_max_size_still_progresses_one_at_a_time(cp, aws) -> None:
     """(c) No room to surge: one old node at a time, the next only once the previous
     replacement serves, until every node is new; desired never changes."""
