@@ -20,7 +20,9 @@ from idra.render import render_node_files, sent_user_data
 from infra.settings import tags
 
 
-def image(cfg: StackConfig, region: str, provider: aws.Provider) -> aws.ec2.AwaitableGetAmiResult:
+def image(
+    cfg: StackConfig, region: str, provider: aws.Provider
+) -> pulumi.Output[aws.ec2.GetAmiResult]:
     """The region's pinned image (its id and root device come from EC2): the id given in
     ``amiIds``, else the one image of the Alpine owner with exactly the pinned name. No
     ``most_recent``: a newer image never matches, and two matches fail the preview instead
@@ -128,7 +130,7 @@ def auto_scaling_group(
         protect_from_scale_in=True,
         # The readiness hook is the gate, not Pulumi. The provider would otherwise wait up to
         # 10 minutes for min_size InService instances, while each new instance may spend
-        # the launch hook's whole timeout (900 s) plus its boot in Pending:Wait first: the
+        # the launch hook's whole timeout plus its boot in Pending:Wait first: the
         # first `up` of a stack or region would fail, and the hooks and policies made after
         # the group would be left out. "0" skips the provider's capacity wait altogether.
         wait_for_capacity_timeout="0",
