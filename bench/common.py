@@ -67,6 +67,7 @@ class ControlPlane:
             *(arg for kind, path in tokens.items() for arg in (f"--{kind}-token-file", str(path))),
             "--iid-cert-file", str(cert), "--aws-account", LAB_ACCOUNT,
             "--allow-public-ip-range", "192.0.2.0/24",
+            "--max-connections-per-client", "16384",  # every simulated node is on loopback
             log=workdir / "cp.log",
         )  # fmt: skip
         with inside(ns):

@@ -124,9 +124,12 @@ def _free_port() -> int:
 
 def _serve(tmp: Path, signer: IdentitySigner) -> tuple[subprocess.Popen, str, dict[str, str]]:
     tokens = {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
+    # every simulated node is on loopback: one client address
     args = ["--iid-cert-file", str(signer.write_cert(tmp / "iid.pem")),
-            "--aws-account", LAB_ACCOUNT, "--allow-public-ip-range", "192.0.2.0/24"]  # fmt: skip
+            "--aws-account", LAB_ACCOUNT, "--allow-public-ip-range", "192.0.2.0/24",
+            "--max-connections-per-client", "16384"]  # fmt: skip
     for kind, token in tokens.items():
+        (tmp / f"{kind}.token").touch(mode=0o600)
         (tmp / f"{kind}.token").write_text(token)
         args += [f"--{kind}-token-file", str(tmp / f"{kind}.token")]
     port = _free_port()

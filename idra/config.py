@@ -202,7 +202,9 @@ def load_stack(stack: str, root: Path = REPO_ROOT) -> StackConfig:
     try:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such stack file") from None
+        there = sorted(p.name[7:-5] for p in root.glob("Pulumi.*.yaml"))
+        known = f" (stacks here: {', '.join(there)})" if there else " (no stack files here)"
+        raise ConfigError(f"{path}: no such stack file{known}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

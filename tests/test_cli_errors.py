@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.controlplane.conftest import ControlPlane, free_port, start
+from idra.config import REPO_ROOT
+from tests.controlplane.conftest import ControlPlane, free_port, start, write_token
 
 BIN = Path(sys.executable).parent
 IDRA, NODE_DAEMON = str(BIN / "idra"), str(BIN / "node-daemon")
@@ -114,7 +115,7 @@ def test_control_plane_unreachable(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, *args: str, timeout: float = 20):
     tokens = []
     for kind in ("node", "operator", "client"):
-        (tmp_path / f"{kind}.token").write_text(f"{kind}-token-0123456789abcdef")
+        write_token(tmp_path / f"{kind}.token", f"{kind}-token-0123456789abcdef")
         tokens += [f"--{kind}-token-file", str(tmp_path / f"{kind}.token")]
     return [IDRA, "controlplane", "serve", *tokens, *args]
 
@@ -134,10 +135,47 @@ def test_serve_bad_tls_cert(tmp_path: Path, cert: str) -> None:
     assert not (tmp_path / "cp.db").exists(), "nothing created on bad input"
 
 
-@pytest.mark.parametrize("listen", ["nohost:8443", "127.0.0.1:99999", "127.0.0.1"])
-def test_serve_bad_listen(tmp_path: Path, listen: str) -> None:
+@pytest.mark.parametrize(
+    ("listen", "text"),
+    [("nohost:8443", "IP address"), ("127.0.0.1:99999", "port out of range"),
+     ("127.0.0.1:0", "port out of range"), ("127.0.0.1", "expected HOST:PORT")],
+)  # fmt: skip
+def test_serve_bad_listen(tmp_path: Path, listen: str, text: str) -> None:
     one_line(run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), "--listen", listen)), 2,
-             "--listen")  # fmt: skip
+             "--listen", text)  # fmt: skip
+
+
+def test_serve_iid_cert_file_that_is_not_a_certificate(tmp_path: Path) -> None:
+    (tmp_path / "hostname").write_text("node-1\n")
+    args = ["--iid-cert-file", str(tmp_path / "hostname"), "--aws-account", "000000000000"]
+    result = run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), *args))
+    line = one_line(result, 2, "--iid-cert-file", str(tmp_path / "hostname"), "not a PEM")
+    assert "cryptography" not in line and "http" not in line
+
+
+@pytest.mark.parametrize("option", ["--metrics-token-file", "--node-token-file"])
+def test_serve_token_file_others_can_read(tmp_path: Path, option: str) -> None:
+    args = _serve(tmp_path, "--db", str(tmp_path / "cp.db"))
+    write_token(tmp_path / "metrics.token", "metrics-token-0123456789abcdef")
+    args += ["--metrics-token-file", str(tmp_path / "metrics.token")]
+    token = Path(args[args.index(option) + 1])
+    token.chmod(0o644)
+    one_line(run(*args), 2, option, str(token), "0644", "chmod 600")
+
+
+def test_serve_metrics_token_equal_to_another(tmp_path: Path) -> None:
+    args = _serve(tmp_path, "--db", str(tmp_path / "cp.db"))
+    args += ["--metrics-token-file", str(tmp_path / "operator.token")]
+    one_line(run(*args), 2, "tokens must all differ")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--header-timeout", "0"), ("--header-timeout", "11"), ("--max-connections", "3"),
+     ("--max-connections-per-client", "0"), ("--max-long-polls", "0")],
+)  # fmt: skip
+def test_serve_bad_limits(tmp_path: Path, flag: str, value: str) -> None:
+    one_line(run(*_serve(tmp_path, "--db", str(tmp_path / "cp.db"), flag, value)), 2, flag)
 
 
 def test_serve_busy_port_is_one_line(tmp_path: Path) -> None:
@@ -269,9 +307,9 @@ def test_control_plane_logs_as_json(tmp_path: Path, monkeypatch) -> None:
     finally:
         server.process.terminate()
         server.process.wait(10)
-    lines = server.log.read_text().splitlines()
-    assert lines[0].startswith("control plane on")  # stdout, merged here
-    entries = [json.loads(line) for line in lines[1:]]
+    entries = [json.loads(line) for line in server.log.read_text().splitlines()]
+    assert entries[0]["message"].startswith("control plane on")  # stdout, merged here
+    assert entries[0]["event"] == "listening"
     assert any(e["message"].startswith("node registered") for e in entries)
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
 
@@ -299,3 +337,130 @@ def test_node_daemon_bad_region(command: str, region: str, tmp_path: Path) -> No
     result = run(NODE_DAEMON, command, *args, "--region", region, env=NO_AWS, timeout=30)
     one_line(result, 2, "--region", "not an AWS region name")
     assert not (tmp_path / "t").exists()
+
+
+# -- issue 26: operator experience -----------------------------------------------------
+
+
+def test_render_a_stack_that_does_not_exist_lists_those_that_do(tmp_path: Path) -> None:
+    result = run(IDRA, "render", "--stack", "prod", "--out", str(tmp_path / "out"), "--cwd",
+                 str(REPO_ROOT))  # fmt: skip
+    one_line(result, 2, "Pulumi.prod.yaml", "no such stack file",
+             "stacks here: production, staging")  # fmt: skip
+    empty = run(IDRA, "render", "--stack", "prod", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    one_line(empty, 2, "no stack files here")
+
+
+@pytest.mark.parametrize("command", ["reap --fleet aws", "rollout --dry-run"])
+def test_stack_file_is_read_from_the_current_folder(cp: ControlPlane, tmp_path: Path,
+                                                    command: str) -> None:  # fmt: skip
+    """Not from next to the installed package: a folder without the file says so, and
+    the file that is there is the one read (--cwd elsewhere works the same)."""
+    args = [*command.split(), *ops(cp), "--stack", "staging"]
+    missing = run(IDRA, *args, cwd=tmp_path, env=NO_AWS)
+    one_line(missing, 2, f"{tmp_path}/Pulumi.staging.yaml", "no such stack file")
+    text = (REPO_ROOT / "Pulumi.staging.yaml").read_text()
+    (tmp_path / "Pulumi.staging.yaml").write_text(text.replace("maxDrainSeconds", "nope"))
+    for where in ({"cwd": tmp_path}, {"cwd": REPO_ROOT, "extra": ["--cwd", str(tmp_path)]}):
+        result = run(IDRA, *args, *where.get("extra", []), cwd=where["cwd"], env=NO_AWS)
+        one_line(result, 2, "Pulumi.staging.yaml", "idra:nope", "unknown key")
+    good = run(IDRA, *args, "--cwd", str(REPO_ROOT), cwd=tmp_path, env=NO_AWS)
+    assert "Pulumi.staging.yaml" not in good.stderr and good.returncode in (0, 1), good.stderr
+
+
+def test_https_to_a_plain_http_control_plane_gets_a_hint(cp: ControlPlane) -> None:
+    url = cp.url.replace("http://", "https://")
+    result = run(IDRA, "nodes", "list", "--api-url", url, *ops(cp)[2:])
+    one_line(result, 1, "WRONG_VERSION_NUMBER", "hint", "plain http://")
+
+
+def test_untrusted_certificate_gets_a_hint(tmp_path: Path) -> None:
+    server = start(tmp_path, tls=True)
+    try:
+        result = run(IDRA, "nodes", "list", "--api-url", server.url, "--operator-token-file",
+                     str(tmp_path / "operator.token"))  # fmt: skip
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+    one_line(result, 1, "CERTIFICATE_VERIFY_FAILED", "hint", "--ca-file")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["nodes", "drain"], 2, "give node IDs or a selector"),
+        (["nodes", "drain", "node-x", "--region", "eu-central-1"], 2, "not both"),
+        (["nodes", "drain", "--older-than", "a while"], 2, "--older-than"),
+        (["nodes", "list", "--json", "-o", "wide"], 2, "--json and -o wide"),
+        (["nodes", "list", "-o", "xml"], 2, "'xml' is not one of"),
+        (["nodes", "show", "node-nope"], 1, "node-nope: no such node"),
+        (["nodes", "delete", "node-nope", "--yes"], 1, "node-nope: no such node"),
+    ],
+)
+def test_nodes_mistakes(cp: ControlPlane, args: list[str], code: int, text: str) -> None:
+    one_line(run(IDRA, *args, *ops(cp)), code, text)
+
+
+def test_show_with_v1_in_the_url_says_so(cp: ControlPlane) -> None:
+    node = cp.register("i-v1show")
+    result = run(IDRA, "nodes", "show", node, "--api-url", cp.url + "/v1", *ops(cp)[2:])
+    one_line(result, 1, "not a node", "without /v1")
+
+
+@pytest.mark.parametrize("verb", ["drain", "delete"])
+def test_destructive_commands_need_yes_off_a_terminal(cp: ControlPlane, verb: str) -> None:
+    """Off a terminal without --yes: what it would do on stderr, then one error line,
+    exit 2, and nothing changed."""
+    node = cp.register(f"i-yes{verb}")
+    args = ["--force"] if verb == "delete" else []
+    result = run(IDRA, "nodes", verb, node, *args, *ops(cp))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"will {verb} {node} (eu-central-1, active")
+    assert lines[-1].startswith("Error:") and "--yes" in lines[-1] and len(lines) == 2
+    with cp.client("operator") as client:
+        assert client.get(f"/v1/nodes/{node}").json()["state"] == "active"
+
+
+def test_json_logs_hold_errors_and_progress_with_fields(cp: ControlPlane) -> None:
+    """``--log-format json``: the error line and the canary's progress lines are JSON
+    objects too, with ``event``, ``node_id`` and ``region``."""
+    failed = run(IDRA, "--log-format", "json", "nodes", "show", "node-nope", *ops(cp))
+    (error,) = [json.loads(line) for line in failed.stderr.splitlines()]
+    assert failed.returncode == 1 and error["level"] == "error" and error["event"] == "error"
+    assert error["message"] == "node-nope: no such node"
+    usage = run(IDRA, "--log-format", "json", "nodes", "list", "--state", "gone", *ops(cp))
+    assert usage.returncode == 2 and json.loads(usage.stderr)["message"].startswith(
+        "idra nodes list: "
+    )
+
+    from tests.lifecycle.dns_server import start as start_dns
+
+    node = cp.register("i-jsonlog", region="eu-central-1", public_ip="203.0.113.78")
+    dns, _, _, address = start_dns("zen.test.example")
+    try:
+        result = run(IDRA, "--log-format", "json", "canary", *ops(cp), "--dnsbl",
+                     "zen.test.example", "--nameserver", address, "--json")  # fmt: skip
+    finally:
+        dns.stop()
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    mine = [e for e in entries if e.get("node_id") == node]
+    assert mine and mine[0]["event"] == "canary.checked" and mine[0]["region"] == "eu-central-1"
+    assert mine[0]["verdict"] == "clean" and mine[0]["message"].startswith("checked ")
+
+
+def test_debug_logs_leave_the_libraries_out_unless_asked(cp: ControlPlane) -> None:
+    quiet = run(IDRA, "--log-level", "debug", "nodes", "list", *ops(cp))
+    assert quiet.returncode == 0 and "httpcore" not in quiet.stderr
+    loud = run(IDRA, "--log-level", "debug", "--log-libraries", "nodes", "list", *ops(cp))
+    assert loud.returncode == 0 and "httpcore" in loud.stderr
+
+
+def test_json_logs_hold_the_drain_plan(cp: ControlPlane) -> None:
+    node = cp.register("i-jsonplan", region="eu-central-1")
+    result = run(IDRA, "--log-format", "json", "nodes", "drain", node, *ops(cp))
+    plan, error = (json.loads(line) for line in result.stderr.splitlines())
+    assert result.returncode == 2 and error["event"] == "error" and "--yes" in error["message"]
+    assert plan["event"] == "nodes.drain.plan" and plan["node_id"] == node
+    assert plan["region"] == "eu-central-1"

@@ -18,8 +18,9 @@ NODE = {
     "type": "object",
     "required": [
         "id", "instance_id", "public_ip", "region", "state", "drain_reason", "drain_started_at",
-        "peers", "active_peers", "last_heartbeat_at", "heartbeat_age_s", "agent_version",
+        "peers", "active_peers", "last_heartbeat_at", "agent_version", "registered_at",
     ],
+    "additionalProperties": True,
     "properties": {
         "id": {"type": "string", "pattern": "^node-"},
         "region": {"type": "string"},
@@ -27,16 +28,12 @@ NODE = {
         "drain_reason": {"type": ["string", "null"]},
         "peers": {"type": ["integer", "null"], "minimum": 0},
         "active_peers": {"type": "integer", "minimum": 0},
-        "heartbeat_age_s": {"type": ["integer", "null"], "minimum": 0},
+        "last_heartbeat_at": {"type": ["string", "null"], "pattern": "^[0-9-]{10}T[0-9:]{8}Z$"},
+        "registered_at": {"type": "string", "pattern": "^[0-9-]{10}T[0-9:]{8}Z$"},
         "agent_version": {"type": "string"},
     },
 }  # fmt: skip
-LIST = {
-    "type": "object",
-    "required": ["nodes"],
-    "additionalProperties": False,
-    "properties": {"nodes": {"type": "array", "items": NODE}},
-}
+LIST = {"type": "array", "items": NODE}
 
 
 def idra(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess:
@@ -53,7 +50,7 @@ def listed(cp: ControlPlane, *args: str) -> dict[str, dict]:
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     jsonschema.validate(document, LIST)
-    return {node["id"]: node for node in document["nodes"]}
+    return {node["id"]: node for node in document}
 
 
 def test_list_filter_show_drain_delete(cp: ControlPlane) -> None:
@@ -65,13 +62,13 @@ def test_list_filter_show_drain_delete(cp: ControlPlane) -> None:
 
     every = listed(cp)
     assert set(every) == {eu, us, silent}
-    assert every[eu]["active_peers"] == 3 and every[eu]["heartbeat_age_s"] <= 5
+    assert every[eu]["active_peers"] == 3 and every[eu]["last_heartbeat_at"]
     assert every[eu]["agent_version"] == "test" and every[eu]["peers"] == 0
-    assert every[silent]["heartbeat_age_s"] is None and every[silent]["peers"] is None
+    assert every[silent]["last_heartbeat_at"] is None and every[silent]["peers"] is None
     assert set(listed(cp, "--region", "us-east-1")) == {us, silent}
     assert set(listed(cp, "--region", "us-east-1", "--region", "eu-central-1")) == set(every)
 
-    drained = idra(cp, "drain", us, "--reason", "outdated")
+    drained = idra(cp, "drain", us, "--reason", "outdated", "--yes")
     assert drained.returncode == 0 and f"{us} draining (outdated)" in drained.stdout
     assert set(listed(cp, "--state", "draining")) == {us}
     assert set(listed(cp, "--state", "active")) == {eu, silent}
@@ -88,14 +85,14 @@ def test_list_filter_show_drain_delete(cp: ControlPlane) -> None:
     text = idra(cp, "show", us)
     assert "drain_reason" in text.stdout and "outdated" in text.stdout
 
-    refused = idra(cp, "delete", eu)
+    refused = idra(cp, "delete", eu, "--yes")
     assert refused.returncode == 1 and "still active" in refused.stderr
     assert eu in listed(cp), "an active node is not deleted without --force"
-    assert idra(cp, "delete", us).returncode == 0
+    assert idra(cp, "delete", us, "--yes").returncode == 0
     assert us not in listed(cp)
-    gone = idra(cp, "delete", us)
+    gone = idra(cp, "delete", us, "--yes")
     assert gone.returncode == 1 and "no such node" in gone.stderr
-    assert idra(cp, "delete", eu, "--force").returncode == 0
+    assert idra(cp, "delete", eu, "--force", "--yes").returncode == 0
     assert set(listed(cp)) == {silent}
 
 
@@ -105,7 +102,7 @@ def test_table_has_full_ids_and_a_timestamp_off_a_terminal(cp: ControlPlane) -> 
     result = idra(cp, "list")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("3 nodes") and lines[0][:4].isdigit() and "T" in lines[0][:20]
+    assert lines[0].endswith(" 3 nodes") and lines[0][:4].isdigit() and "T" in lines[0][:20]
     assert lines[1].split()[:3] == ["id", "region", "state"]
     for node_id in ids:
         row = next(line for line in lines if line.startswith(node_id + " "))
@@ -115,10 +112,10 @@ def test_table_has_full_ids_and_a_timestamp_off_a_terminal(cp: ControlPlane) -> 
 
 def test_drain_needs_a_known_reason(cp: ControlPlane) -> None:
     node = cp.register("i-reason")
-    result = idra(cp, "drain", node, "--reason", "bored")
+    result = idra(cp, "drain", node, "--reason", "bored", "--yes")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert listed(cp)[node]["state"] == "active"
-    assert idra(cp, "drain", node).returncode == 0, "--reason defaults to manual"
+    assert idra(cp, "drain", node, "--yes").returncode == 0, "--reason defaults to manual"
     assert listed(cp)[node]["drain_reason"] == "manual"
 
 
@@ -146,7 +143,7 @@ def test_https_with_the_ca_file_from_the_environment(tmp_path) -> None:
         env["IDRA_CA_FILE"] = str(tmp_path / "pki" / "ca.pem")
         trusted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
         assert trusted.returncode == 0, trusted.stderr
-        assert [n["id"] for n in json.loads(trusted.stdout)["nodes"]] == [node]
+        assert [n["id"] for n in json.loads(trusted.stdout)] == [node]
     finally:
         server.process.terminate()
         server.process.wait(10)

@@ -1,5 +1,6 @@
 """A plain (non-editable) ``pip install .`` into a fresh venv renders both stacks: the
-templates are package data, and the stack file is read from the current folder."""
+templates are package data, and the stack file is read from the current folder (by
+render, reap, rollout and status alike)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def test_plain_install_renders_both_stacks(tmp_path: Path) -> None:
         expected = render_node_files(load_stack(stack))
         for name in NODE_FILES:
             assert (out / name).read_text() == expected[name], name
+    for command in ("reap --fleet aws", "rollout", "status"):  # also read the current folder
+        args = [venv / "bin" / "idra", *command.split(), "--stack", "staging", "--api-url",
+                "http://127.0.0.1:9", "--operator-token-file", "/nonexistent"]  # fmt: skip
+        here = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert here.returncode == 2, here.stderr
+        assert f"{tmp_path}/Pulumi.staging.yaml: no such stack file" in here.stderr
+        there = subprocess.run(args, cwd=project, capture_output=True, text=True, check=False)
+        assert "--operator-token-file /nonexistent" in there.stderr, "read the project's file"
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import idra.render as r; print(r.TEMPLATES)"],
         cwd=project, capture_output=True, text=True, check=True,

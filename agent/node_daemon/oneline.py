@@ -14,9 +14,13 @@ from typing import Any, NoReturn
 
 import click
 
+from node_daemon.logsetup import json_logging, line
+
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    text = " ".join(message.split())
+    error = line(text, level="error", event="error") if json_logging() else f"Error: {text}"
+    click.echo(error, err=True)
     sys.exit(code)
 
 

@@ -26,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from idra.controlplane import auth, longpoll, observability
+from idra.controlplane import auth, edge, longpoll, observability
 from idra.controlplane.auth import requires
 from idra.controlplane.identity import Identity, IdentityRefused, Verifier
 from idra.controlplane.longpoll import CURSOR, MAX_WAIT_S
@@ -114,6 +114,7 @@ class Settings:
     confirm: Callable[[Identity, str], str | None] | None = None
     # besides global unicast, public_ip may lie in these (labs and tests only)
     extra_public_ranges: list[Network] = field(default_factory=list)
+    max_long_polls: int = 4096  # held at once, in total (and longpoll.PER_NODE per node)
 
 
 class AwsUnavailable(RuntimeError):
@@ -140,6 +141,7 @@ NODE_FIELDS = (
     "agent_version",
     "identity_refusals",
     "identity_refused_at",
+    "registered_at",
 )
 
 
@@ -151,6 +153,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         tokens=settings.tokens,
         node_credential_ok=store.credential_ok,
     )
+    app.add_middleware(edge.MethodGate)  # outside the Guard: junk methods end first
+    holds = longpoll.Holds(settings.max_long_polls)
 
     def schema() -> dict:
         if not app.openapi_schema:
@@ -218,7 +222,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             "canary_pool": {"ipv4": str(canary_v4), "ipv6": str(canary_v6)},
         }
 
-    @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400))
+    @app.get("/v1/nodes/{node_id}/peers", **requires("node", 400, 429))
     async def peers(
         node_id: str,
         since: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
@@ -237,9 +241,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
                 )
             if since is None or not wait:
                 return await run_in_threadpool(store.peers_since, node_id, since, limit)
-            return await longpoll.changes(store, node_id, since, min(wait, MAX_WAIT_S), limit)
+            wait = min(wait, MAX_WAIT_S)
+            return await longpoll.changes(store, node_id, since, wait, limit, holds)
         except NotFound:
             raise HTTPException(404, "no such node") from None
+        except longpoll.TooMany as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
 
     @app.post("/v1/nodes/{node_id}/heartbeat", **requires("node", 400))
     def heartbeat(node_id: str, body: Heartbeat) -> dict:
@@ -250,10 +257,12 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
         if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
-            log.warning("node %s drained: integrity mismatch", node_id)
+            log.warning("node %s drained: integrity mismatch", node_id,
+                        extra={"event": "node.compromised", "node_id": node_id})  # fmt: skip
         elif body.state == "draining" and before["state"] == "active":
             store.drain(node_id, "terminating")  # the node drains itself (AWS notice)
-            log.info("node %s draining itself: terminating", node_id)
+            log.info("node %s draining itself: terminating", node_id,
+                     extra={"event": "node.terminating", "node_id": node_id})  # fmt: skip
         node = store.node(node_id)
         return {
             "drain": node["state"] == "draining",
@@ -267,12 +276,21 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             store.drain(body.id, body.reason)
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        log.info("node %s draining: %s", body.id, body.reason)
+        log.info("node %s draining: %s", body.id, body.reason,
+                 extra={"event": "node.drain", "node_id": body.id})  # fmt: skip
         return {"id": body.id, "state": "draining"}
 
     @app.get("/v1/nodes", **requires("operator", 400))
     def nodes(state: Literal["active", "draining"] | None = None) -> dict:
         return {"nodes": [_listed(n) for n in store.nodes(state)]}
+
+    @app.get("/v1/nodes/{node_id}", **requires("operator", 404))
+    def node(node_id: str) -> dict:
+        """One node, as an element of ``GET /v1/nodes``."""
+        try:
+            return _listed(store.node(node_id))
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
 
     @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
     def delete_node(node_id: str) -> Response:

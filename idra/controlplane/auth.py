@@ -7,7 +7,8 @@ names no policy is refused (default deny).
 
 policies: ``node-token`` (the fleet-wide NODE_TOKEN: registration only), ``node`` (the
 node credential of the path's ``{node_id}``, nothing else), ``operator``, ``client``,
-``public`` (no credential; for probes only).
+``metrics`` (the metrics-only token, or the operator's), ``public`` (no credential; for
+probes only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 MAX_BODY = 64 * 1024
 POLICY_KEY = "x-idra-auth"
 SCHEMES = {"node-token": "nodeToken", "node": "nodeCredential",
-           "operator": "operatorToken", "client": "clientToken"}  # fmt: skip
+           "operator": "operatorToken", "client": "clientToken",
+           "metrics": "metricsToken"}  # fmt: skip
+# The token kinds each policy accepts (default: the kind of the policy's own name).
+ACCEPTS = {"node-token": ("node",), "metrics": ("metrics", "operator")}
 # Routes FastAPI itself adds (the schema): only the operator reads them.
 BUILTIN = {"/openapi.json": "operator"}
 
@@ -36,6 +40,8 @@ ERRORS = {
     409: "Instance already bound to another node credential, retired, key in use, "
     "or (canary) node not active",
     413: "Body larger than 64 KiB",
+    429: "This node already holds 2 long-polls, or the control plane is full: retry "
+    "after Retry-After seconds",
     503: "No capacity, or the AWS check is unavailable: retry later",
 }
 
@@ -128,8 +134,11 @@ class Guard:
             return bool(node_id) and await run_in_threadpool(
                 self.node_credential_ok, node_id, given
             )
-        expected = self.tokens["node" if policy == "node-token" else policy]
-        return hmac.compare_digest(given.encode(), expected)
+        return any(
+            hmac.compare_digest(given.encode(), self.tokens[kind])
+            for kind in ACCEPTS.get(policy, (policy,))
+            if kind in self.tokens
+        )
 
 
 async def _reply(send: Send, status: int, detail: str, headers: list | None = None) -> None:

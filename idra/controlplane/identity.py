@@ -52,6 +52,8 @@ def load_certs(spec: str) -> list[TrustedCert]:
         certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
     except OSError as exc:
         raise ValueError(f"{path}: {exc.strerror}") from None
+    except ValueError:
+        raise ValueError(f"{path}: not a PEM certificate") from None
     keys = []
     for cert in certs:
         key = cert.public_key()
@@ -68,20 +70,26 @@ class Verifier:
     regions: frozenset[str] = field(default_factory=frozenset)  # empty: any region
 
     def verify(self, document: str, signature: str) -> Identity:
-        """The verified identity, or :class:`IdentityRefused` saying why not."""
+        """The verified identity, or :class:`IdentityRefused` saying why not. The
+        signature is checked before the document is parsed: unsigned bytes never reach
+        the JSON parser, and a signed but deeply nested document is refused, not a 500."""
         raw = document.encode()
         if len(raw) > MAX_DOCUMENT:
             raise IdentityRefused("document too large")
         try:
             sig = base64.b64decode("".join(signature.split()), validate=True)
-            claims = json.loads(raw)
         except (binascii.Error, ValueError):
             raise IdentityRefused("document or signature malformed") from None
+        signers = [c for c in self.certs if _valid(c.key, sig, raw)]
+        if not signers:
+            raise IdentityRefused("signature does not verify with a trusted certificate")
+        try:
+            claims = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise IdentityRefused("document malformed") from None
         if not isinstance(claims, dict):
             raise IdentityRefused("document malformed")
-        claimed_region = claims.get("region")
-        candidates = [c.key for c in self.certs if c.region in (None, claimed_region)]
-        if not any(_valid(key, sig, raw) for key in candidates):
+        if not any(c.region in (None, claims.get("region")) for c in signers):
             raise IdentityRefused("signature does not verify with a trusted certificate")
         instance_id, region, account = (
             str(claims.get(k, "")) for k in ("instanceId", "region", "accountId")

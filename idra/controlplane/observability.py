@@ -1,7 +1,9 @@
-"""``GET /healthz`` (no token) and ``GET /metrics`` (operator token, Prometheus text).
+"""``GET /healthz`` (no token) and ``GET /metrics`` (the metrics-only or the operator
+token; Prometheus text, or OpenMetrics when the scraper asks for it).
 
-Metrics are aggregates only: request counts by route template (never a raw path, so no
-node id or key becomes a label), latency, nodes by state, peers, change-log rows. A
+Metrics are aggregates only: request counts by route template and known method (never a
+raw path or a junk method name, so the label set stays bounded and no node id or key
+becomes a label), latency, nodes by state, peers, change-log rows. A
 long-poll (a request with ``wait``) is held on purpose, up to a minute: its time goes to
 its own histogram, never into the request latency.
 """
@@ -9,18 +11,29 @@ its own histogram, never into the request latency.
 from __future__ import annotations
 
 import logging
+import platform
 import sqlite3
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
+from idra import __version__
 from idra.controlplane.auth import requires
+from idra.controlplane.edge import method_label
 from idra.controlplane.store import Store
 
 log = logging.getLogger("idra.controlplane")
@@ -75,7 +88,7 @@ class _RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(route, scope["method"], str(status)).inc()
+            self.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             took = time.perf_counter() - start
             if _long_poll(scope):
                 self.held.observe(took)
@@ -92,9 +105,27 @@ def _long_poll(scope: dict) -> bool:
         return False  # refused with 400 at once
 
 
+def _encoder(accept: str | None):
+    """prometheus_client's content negotiation (OpenMetrics when asked); a malformed
+    Accept header gets the classic text format."""
+    try:
+        return choose_encoder(accept or "")
+    except (ValueError, TypeError):  # e.g. "version=x": prometheus_client compares str to int
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
 def install(app: FastAPI, store: Store) -> CollectorRegistry:
-    """Add the two routes and the request middleware to ``app``; return its registry."""
+    """Add the two routes and the request middleware to ``app``; return its registry
+    (also ``app.state.registry``, for collectors of the server around the app)."""
     registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    build = Gauge(
+        "idra_controlplane_build_info", "The running build (always 1).",
+        ["version", "python"], registry=registry,
+    )  # fmt: skip
+    build.labels(__version__, platform.python_version()).set(1)
+    app.state.registry = registry
     requests = Counter(
         "idra_controlplane_requests", "HTTP requests by route, method and status.",
         ["route", "method", "status"], registry=registry,
@@ -121,8 +152,9 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
             return JSONResponse({"status": "unavailable", "database": "error"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
-    @app.get("/metrics", include_in_schema=False, **requires("operator"))
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", include_in_schema=False, **requires("metrics"))
+    def metrics(request: Request) -> Response:
+        encode, content_type = _encoder(request.headers.get("accept"))
+        return Response(encode(registry), media_type=content_type)
 
     return registry

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import sqlite3
 import ssl
+import stat
 from pathlib import Path
 from types import FrameType
 
 import click
 import uvicorn
 
+from idra.controlplane import edge
 from idra.controlplane.app import Settings, create_app
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
 from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
+from node_daemon.logsetup import line
 
 
 class BadInput(click.ClickException):
@@ -24,10 +28,17 @@ class BadInput(click.ClickException):
 
 
 def _read_token(path: Path, kind: str) -> str:
+    """The token in ``path``, which only its owner may read (no group or other bits)."""
     try:
+        mode = path.stat().st_mode
         token = path.read_text().strip()
     except OSError as exc:
         raise BadInput(f"--{kind}-token-file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise BadInput(
+            f"--{kind}-token-file {path}: readable by group or others (mode "
+            f"{stat.S_IMODE(mode):04o}); chmod 600 it"
+        )
     if len(token) < 16:
         raise BadInput(f"--{kind}-token-file {path}: token shorter than 16 characters")
     return token
@@ -64,6 +75,12 @@ def controlplane() -> None:
 @click.option("--node-token-file", type=click.Path(path_type=Path), required=True)
 @click.option("--operator-token-file", type=click.Path(path_type=Path), required=True)
 @click.option("--client-token-file", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--metrics-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A token that can read GET /metrics and nothing else (for a Prometheus scraper).",
+)
 @click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--client-pool-v4", default="10.96.0.0/12", show_default=True)
@@ -102,6 +119,42 @@ def controlplane() -> None:
 )
 @click.option("--stack", default=None, help="Stack name, for --verify-with-aws.")
 @click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 10),
+    default=10,
+    show_default=True,
+    help="Seconds a client has to send a request (head and body) after connecting, or "
+    "after the first byte of its next request; also the TLS handshake's limit.",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.IntRange(1, 300),
+    default=5,
+    show_default=True,
+    help="Seconds an idle kept-alive connection stays open.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=16),
+    default=8192,
+    show_default=True,
+    help="Open connections at once (lowered to what the open-file limit holds).",
+)
+@click.option(
+    "--max-connections-per-client",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Open connections from one client address (an IPv6 client: its /64).",
+)
+@click.option(
+    "--max-long-polls",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Peer long-polls held at once, in total (and 2 per node); more get 429.",
+)
+@click.option(
     "--allow-public-ip-range",
     "extra_ranges",
     multiple=True,
@@ -113,6 +166,7 @@ def serve(
     node_token_file,
     operator_token_file,
     client_token_file,
+    metrics_token_file,
     tls_cert,
     tls_key,
     client_pool_v4,
@@ -126,6 +180,11 @@ def serve(
     regions,
     verify_with_aws,
     stack,
+    header_timeout,
+    keepalive_timeout,
+    max_connections,
+    max_connections_per_client,
+    max_long_polls,
     extra_ranges,
 ) -> None:
     """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
@@ -147,9 +206,12 @@ def serve(
         "operator": _read_token(operator_token_file, "operator"),
         "client": _read_token(client_token_file, "client"),
     }
-    if len(set(tokens.values())) != 3:
-        raise BadInput("the node, operator and client tokens must all differ")
+    if metrics_token_file:
+        tokens["metrics"] = _read_token(metrics_token_file, "metrics")
+    if len(set(tokens.values())) != len(tokens):
+        raise BadInput(f"the {', '.join(tokens)} tokens must all differ")
     settings = Settings(tokens, heartbeat_interval, set(agent_sha256))
+    settings.max_long_polls = max_long_polls
     settings.verifier = _verifier(iid_certs, accounts, regions)
     try:
         settings.extra_public_ranges = [ipaddress.ip_network(r) for r in extra_ranges]
@@ -165,13 +227,21 @@ def serve(
         store = Store(db, pool, keep_changes, change_retention)
     except sqlite3.Error as exc:
         raise BadInput(f"--db {db}: {exc}") from None
-    sock = _bind(host, port, listen)
+    caps = edge.Caps(
+        edge.connection_cap(max_connections, edge.raise_file_limit()), max_connections_per_client
+    )
+    sock = _bind(host, port, listen, caps)
     if settings.verifier is None:
         logging.getLogger("idra.controlplane").warning(
             "no --iid-cert-file: every node registration will be refused"
         )
     app = create_app(store, settings)
-    print(f"control plane on {'https' if tls_cert else 'http'}://{listen}", flush=True)
+    app.state.registry.register(caps)
+    # uvicorn has no option for it: asyncio reads this default when each TLS connection
+    # starts (the handshake's limit; 60 s otherwise).
+    asyncio.constants.SSL_HANDSHAKE_TIMEOUT = header_timeout
+    banner = f"control plane on {'https' if tls_cert else 'http'}://{listen}"
+    print(line(banner, logger="idra.controlplane", event="listening"), flush=True)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,
@@ -182,6 +252,8 @@ def serve(
         date_header=False,
         log_config=None,  # our handlers: --log-format and --log-level of ``idra``
         timeout_graceful_shutdown=5,
+        http=edge.protocol(header_timeout, caps),
+        timeout_keep_alive=keepalive_timeout,
     )
     # The socket itself, not its fd (uvicorn takes an fd for a unix socket): asyncio sets
     # TCP_NODELAY only on sockets it knows are TCP (see _bind); without it every reply
@@ -206,8 +278,10 @@ def _listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[V6]:PORT``, ``localhost:PORT``) → (host, port)."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit():
         raise BadInput(f"--listen {listen!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise BadInput(f"--listen {listen!r}: port out of range (1-65535)")
     if host != "localhost":
         try:
             ipaddress.ip_address(host)
@@ -226,11 +300,13 @@ def _check_tls(cert: Path, key: Path) -> None:
         ) from None
 
 
-def _bind(host: str, port: int, listen: str) -> socket.socket:
+def _bind(host: str, port: int, listen: str, caps: edge.Caps) -> socket.socket:
     """The listening socket, bound before the server starts (a busy port is one line).
-    Its protocol is named: asyncio sets TCP_NODELAY on accepted connections only then."""
+    Its protocol is named: asyncio sets TCP_NODELAY on accepted connections only then.
+    It admits connections within ``caps`` (:class:`edge.ListeningSocket`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = edge.ListeningSocket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.caps = caps
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1" if host == "localhost" else host, port))

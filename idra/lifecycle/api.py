@@ -17,6 +17,28 @@ class NotFound(ApiError):
     """The control plane has no such node."""
 
 
+# TLS failures and what the operator most likely got wrong.
+_TLS_HINTS = {
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS: is it plain http:// "
+    "(allowed on loopback only)?",
+    "CERTIFICATE_VERIFY_FAILED": "the server's certificate is not trusted: give "
+    "--ca-file with the control plane's CA certificate (IDRA_CA_FILE)",
+}
+
+
+def _hint(exc: httpx.HTTPError) -> str:
+    text = str(exc)
+    return "".join(f" (hint: {hint})" for key, hint in _TLS_HINTS.items() if key in text)
+
+
+def _detail(response: httpx.Response) -> str | None:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    return detail if isinstance(detail, str) else None
+
+
 class OperatorApi:
     """Node list, drain and delete calls, with the operator token."""
 
@@ -38,7 +60,7 @@ class OperatorApi:
         try:
             response = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise ApiError(f"{where}: {type(exc).__name__}: {exc}") from None
+            raise ApiError(f"{where}: {type(exc).__name__}: {exc}{_hint(exc)}") from None
         if response.status_code == 401:
             raise ApiError(f"{where}: HTTP 401: the operator token was refused")
         if response.status_code >= 400 and response.status_code != 404:
@@ -65,10 +87,21 @@ class OperatorApi:
         return nodes
 
     def node(self, node_id: str) -> dict[str, Any]:
-        for node in self.nodes():
-            if node["id"] == node_id:
-                return node
-        raise NotFound(f"{node_id}: no such node")
+        """One node (``GET /v1/nodes/{id}``)."""
+        path = f"/v1/nodes/{node_id}"
+        response = self._call("GET", path)
+        if response.status_code == 404 and _detail(response) == "no such node":
+            raise NotFound(f"{node_id}: no such node")
+        try:
+            node = response.json()
+        except ValueError:
+            node = None
+        if not isinstance(node, dict) or node.get("id") != node_id:
+            raise ApiError(
+                f"GET {self.url}{path}: HTTP {response.status_code}, not a node "
+                "(--api-url is the control plane's base URL, without /v1)"
+            )
+        return node
 
     def drain(self, node_id: str, reason: str) -> None:
         response = self._call("POST", "/node/drain", json={"id": node_id, "reason": reason})

@@ -19,13 +19,15 @@ import click
 
 from idra.cliutil import (
     BadInput,
+    Column,
     Failed,
+    Output,
     connection_options,
-    json_option,
+    cwd_option,
     make_api,
-    now_utc,
-    print_json,
-    print_table,
+    output_options,
+    parse_duration,
+    plural,
 )
 from idra.config import ConfigError, load_stack
 from idra.lifecycle import canary as canary_mod
@@ -38,20 +40,11 @@ from idra.lifecycle.reaper import reap as reap_once
 from idra.lifecycle.tunnel import probe_through, sweep
 
 log = logging.getLogger("idra.canary")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``90s``, ``30m``, ``6h``, ``2d`` or plain seconds."""
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if not match:
-        raise BadInput(f"--max-drain: {text!r} is not a duration like 30m, 6h or 2d")
-    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
 @click.command()
 @connection_options
-@json_option
+@output_options
 @click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
 @click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
 @click.option("--probes", type=click.Path(path_type=Path), default=None, help="Probes file.")
@@ -94,7 +87,7 @@ def parse_duration(text: str) -> dt.timedelta:
     "--concurrency", type=click.IntRange(1, 256), default=16, show_default=True,
     help="Nodes checked at once.",
 )  # fmt: skip
-def canary(api_url, operator_token_file, ca_file, as_json, zones, nameserver, probes,
+def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver, probes,
            probe_source, state_file, key_file, whoami_url, tunnel_dns, handshake_timeout,
            every, runs, concurrency) -> None:  # fmt: skip
     """Check active nodes' reputation; drain a node listed on two consecutive runs.
@@ -165,10 +158,12 @@ def canary(api_url, operator_token_file, ca_file, as_json, zones, nameserver, pr
         except (ApiError, OSError, ValueError) as exc:
             if every is None:
                 raise Failed(str(exc)) from None
-            log.error("canary pass failed, next in %ss: %s", every, exc)
+            log.error("canary pass failed, next in %ss: %s", every, exc,
+                      extra={"event": "canary.pass_failed"})  # fmt: skip
             failed = True
         else:
-            _print_canary(reports, as_json)
+            out.print(f"canary: {plural(len(reports), 'active node')}", CANARY_COLUMNS,
+                      [r.as_dict() for r in reports])  # fmt: skip
             failed |= any(r.verdict is Verdict.ERROR or r.drain_error for r in reports)
         done += 1
         if every is None or (runs and done >= runs):
@@ -211,7 +206,8 @@ def _remove_peers(api, node_ids: set[str]) -> set[str]:
         try:
             api.remove_canary(node_id)
         except ApiError as exc:
-            log.warning("canary peer of %s not removed yet: %s", node_id, exc)
+            log.warning("canary peer of %s not removed yet: %s", node_id, exc,
+                        extra={"event": "canary.peer_kept", "node_id": node_id})  # fmt: skip
             continue
         done.add(node_id)
     return done
@@ -238,9 +234,11 @@ class _progress:
         if self._bar:
             self._bar.advance(self._task)
             return
-        verdict = canary_mod.NodeReport(node["id"], node["public_ip"], found).verdict
-        click.echo(f"{now_utc()} checked {self.done}/{self.total} {node['id']}: {verdict}",
-                   err=True)  # fmt: skip
+        verdict = canary_mod.NodeReport(node["id"], node["public_ip"], found).verdict.value
+        fields = {"event": "canary.checked", "node_id": node["id"], "region": node.get("region"),
+                  "verdict": verdict, "done": self.done, "total": self.total}  # fmt: skip
+        log.info("checked %d/%d %s: %s", self.done, self.total, node["id"], verdict,
+                 extra=fields)  # fmt: skip
 
     def __exit__(self, *_: object) -> None:
         if self._bar:
@@ -254,22 +252,36 @@ def _pair(text: str) -> tuple[str, str]:
     return node, address
 
 
-def _print_canary(reports: list[canary_mod.NodeReport], as_json: bool) -> None:
-    if as_json:
-        print_json([r.as_dict() for r in reports])
-        return
-    rows = []
-    for r in reports:
-        detail = ", ".join(f"{c.name}: {c.verdict.value}" for c in r.checks)
-        drained = "yes" if r.drained else (f"failed: {r.drain_error}" if r.drain_error else "")
-        rows.append([r.node_id, r.public_ip, r.verdict.value, r.confirmations, drained, detail])
-    headers = ["node", "public ip", "verdict", "confirmations", "drained", "checks"]
-    print_table(f"canary: {len(reports)} active nodes", headers, rows)
+def _checks(report: dict[str, Any]) -> str:
+    return ", ".join(f"{c['name']}: {c['verdict']}" for c in report["checks"])
+
+
+def _drained(report: dict[str, Any]) -> str:
+    if report["drained"]:
+        return "yes"
+    return f"failed: {report['drain_error']}" if report["drain_error"] else ""
+
+
+CANARY_COLUMNS = (
+    Column("node", lambda r: r["node_id"]),
+    Column("public ip", lambda r: r["public_ip"]),
+    Column("verdict", lambda r: r["verdict"]),
+    Column("confirmations", lambda r: r["confirmations"]),
+    Column("drained", _drained),
+    Column("checks", _checks),
+)
+REAP_COLUMNS = (
+    Column("node", lambda d: d["node_id"]),
+    Column("reason", lambda d: d["reason"]),
+    Column("action", lambda d: d["action"]),
+    Column("why", lambda d: d["why"]),
+    Column("outcome", lambda d: d["outcome"]),
+)
 
 
 @click.command()
 @connection_options
-@json_option
+@output_options
 @click.option("--fleet", "fleet_kind", type=click.Choice(["aws", "lab"]), default="aws")
 @click.option(
     "--stack",
@@ -282,8 +294,9 @@ def _print_canary(reports: list[canary_mod.NodeReport], as_json: bool) -> None:
 @click.option("--max-drain", default=None, help="Longest wait for users [default: the stack's "
               "maxDrainSeconds with --stack, else 6h].")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
-def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regions, max_drain,
-         dry_run) -> None:  # fmt: skip
+@cwd_option
+def reap(api_url, operator_token_file, ca_file, out: Output, fleet_kind, stack, regions,
+         max_drain, dry_run, cwd) -> None:  # fmt: skip
     """Terminate draining nodes whose users have left (compromised ones at once); never
     an instance outside the stack's own group (refused).
 
@@ -291,7 +304,7 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regi
     the pass goes on and exits 1."""
     if max_drain is None and stack:
         try:
-            limit = dt.timedelta(seconds=load_stack(stack).max_drain_seconds)
+            limit = dt.timedelta(seconds=load_stack(stack, cwd.resolve()).max_drain_seconds)
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
     else:
@@ -304,15 +317,11 @@ def reap(api_url, operator_token_file, ca_file, as_json, fleet_kind, stack, regi
         decisions = reap_once(api, fleet, limit, regions=regions, dry_run=dry_run)
     except ApiError as exc:
         raise Failed(str(exc)) from None
-    if as_json:
-        print_json([d.as_dict() for d in decisions])
-    else:
-        rows = []
-        for d in decisions:
-            action = f"{d.action} (dry run)" if dry_run and d.action == "terminate" else d.action
-            rows.append([d.node_id, d.reason, action, d.why, d.outcome])
-        headers = ["node", "reason", "action", "why", "outcome"]
-        print_table(f"reap: {len(decisions)} draining nodes", headers, rows)
+    rows = [d.as_dict() for d in decisions]
+    if dry_run and not out.data:
+        rows = [r | {"action": f"{r['action']} (dry run)"} if r["action"] == "terminate" else r
+                for r in rows]  # fmt: skip
+    out.print(f"reap: {plural(len(decisions), 'draining node')}", REAP_COLUMNS, rows)
     failures = sum(d.failed for d in decisions)
     if failures:
         raise Failed(f"{failures} of {len(decisions)} draining nodes failed or were refused; "

@@ -32,12 +32,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from idra.cliutil import (
     BadInput,
+    Column,
     Failed,
+    Output,
     connection_options,
-    json_option,
+    cwd_option,
     make_api,
-    print_json,
-    print_table,
+    output_options,
 )
 from idra.config import ConfigError, load_stack
 from idra.lifecycle.api import ApiError, OperatorApi
@@ -362,7 +363,8 @@ def _parse_duration(text: str) -> float:
 
 @click.command("rollout")
 @connection_options
-@json_option
+@output_options
+@cwd_option
 @click.option("--stack", required=True, help="Stack: its regions and groups (Pulumi.<stack>.yaml).")
 @click.option("--region", "regions", multiple=True, help="Only these regions of the stack.")
 @click.option(
@@ -385,14 +387,14 @@ def _parse_duration(text: str) -> float:
               "stops or is not done by then.")  # fmt: skip
 @click.option("--every", default="60s", show_default=True, help="Pause between --wait passes.")
 @click.option("--dry-run", is_flag=True, help="Show what would be drained; change nothing.")
-def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regions, max_draining,
-                    max_draining_percent, agent_version, ready_within, wait_for, every,
-                    dry_run) -> None:  # fmt: skip
+def rollout_command(api_url, operator_token_file, ca_file, out: Output, cwd, stack, regions,
+                    max_draining, max_draining_percent, agent_version, ready_within, wait_for,
+                    every, dry_run) -> None:  # fmt: skip
     """Replace nodes on an old launch template (or agent) through drain: surge first,
     health-gated, a bounded number at a time. Exit 1 when the rollout stopped (failed
     launches, a node not active in time) or --wait ran out."""
     try:
-        cfg = load_stack(stack)
+        cfg = load_stack(stack, cwd.resolve())
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     for region in regions:
@@ -416,7 +418,7 @@ def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regio
                             ready_within=ready_s, dry_run=dry_run)  # fmt: skip
         except (ApiError, BotoCoreError, ClientError) as exc:
             raise Failed(str(exc)) from None
-        report_steps(steps, as_json, dry_run)
+        report_steps(steps, out, dry_run)
         stopped = [s for s in steps if s.action == "stop"]
         if stopped:
             raise Failed(f"rollout stopped in {', '.join(sorted({s.region for s in stopped}))}: "
@@ -436,12 +438,14 @@ def rollout_command(api_url, operator_token_file, ca_file, as_json, stack, regio
         time.sleep(pause)
 
 
+STEP_COLUMNS = tuple(Column(key.replace("node_id", "node"), lambda s, k=key: s[k])
+                     for key in ("node_id", "region", "action", "why"))  # fmt: skip
+
+
 def report_steps(
-    steps: list[Step], as_json: bool, dry_run: bool, title: str = "idra rollout"
+    steps: list[Step], out: Output, dry_run: bool, title: str = "idra rollout"
 ) -> None:
-    if as_json:
-        print_json([s.as_dict() for s in steps])
-        return
-    rows = [(s.node_id, s.region, f"{s.action} (dry run)" if dry_run else s.action, s.why)
-            for s in steps]  # fmt: skip
-    print_table(title, ("node", "region", "action", "why"), rows)
+    rows = [s.as_dict() for s in steps]
+    if dry_run and not out.data:
+        rows = [r | {"action": f"{r['action']} (dry run)"} for r in rows]
+    out.print(title, STEP_COLUMNS, rows)

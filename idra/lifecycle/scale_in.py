@@ -18,7 +18,15 @@ from typing import Any
 import click
 from botocore.exceptions import BotoCoreError, ClientError
 
-from idra.cliutil import BadInput, Failed, connection_options, json_option, make_api
+from idra.cliutil import (
+    BadInput,
+    Failed,
+    Output,
+    connection_options,
+    cwd_option,
+    make_api,
+    output_options,
+)
 from idra.config import ConfigError, load_stack
 from idra.lifecycle.api import ApiError, OperatorApi
 from idra.lifecycle.rollout import AwsTemplates, GroupView, Step, is_fresh, report_steps
@@ -76,15 +84,16 @@ def scale_in(
 
 @click.command("scale-in")
 @connection_options
-@json_option
+@output_options
+@cwd_option
 @click.option("--stack", required=True, help="Stack: its regions and groups (Pulumi.<stack>.yaml).")
 @click.option("--region", "regions", multiple=True, help="Only these regions of the stack.")
 @click.option("--dry-run", is_flag=True, help="Show what would be drained; change nothing.")
-def scale_in_command(api_url, operator_token_file, ca_file, as_json, stack, regions,
+def scale_in_command(api_url, operator_token_file, ca_file, out: Output, cwd, stack, regions,
                      dry_run) -> None:  # fmt: skip
     """Drain the emptiest node of each group holding more instances than it wants."""
     try:
-        cfg = load_stack(stack)
+        cfg = load_stack(stack, cwd.resolve())
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     for region in regions:
@@ -102,4 +111,4 @@ def scale_in_command(api_url, operator_token_file, ca_file, as_json, stack, regi
         steps = scale_in(api, templates, regions=regions, dry_run=dry_run)
     except (ApiError, BotoCoreError, ClientError) as exc:
         raise Failed(str(exc)) from None
-    report_steps(steps, as_json, dry_run, title="idra scale-in")
+    report_steps(steps, out, dry_run, title="idra scale-in")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import resource
 import secrets
 import socket
 import ssl
@@ -31,6 +32,14 @@ TEST_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/
 def wg_key() -> str:
     """A random public key (32 bytes, base64): an identifier for tests, not a real key."""
     return base64.b64encode(os.urandom(32)).decode()
+
+
+def write_token(path: Path, token: str) -> Path:
+    """A token file only its owner can read (``serve`` refuses any other)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token)
+    return path
 
 
 def free_port() -> int:
@@ -136,9 +145,13 @@ def start(
     tls: bool = False,
     port: int | None = None,
     tokens: dict[str, str] | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> ControlPlane:
-    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server."""
-    tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in ("node", "operator", "client")}
+    """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
+    Every test starts it here, so its flags are in one place. ``open_files``: its
+    RLIMIT_NOFILE (soft, hard)."""
+    kinds = ("node", "operator", "client", "metrics")
+    tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in kinds}
     key_file = tmp / "iid.key"
     signer = IdentitySigner.load(key_file) if key_file.exists() else IdentitySigner()
     signer.write_key(key_file)
@@ -147,8 +160,7 @@ def start(
     for prefix in TEST_RANGES:
         args += ["--allow-public-ip-range", prefix]
     for kind, token in tokens.items():
-        (tmp / f"{kind}.token").write_text(token)
-        args += [f"--{kind}-token-file", str(tmp / f"{kind}.token")]
+        args += [f"--{kind}-token-file", str(write_token(tmp / f"{kind}.token", token))]
     verify: ssl.SSLContext | bool = True
     if tls:
         ca, cert, key = make_ca_and_server(tmp / "pki", ["127.0.0.1"])
@@ -172,6 +184,9 @@ def start(
         ],
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files))
+        if open_files
+        else None,
     )
     deadline = time.monotonic() + 20
     while True:

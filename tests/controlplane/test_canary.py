@@ -16,7 +16,7 @@ import pytest
 
 from idra.controlplane.store import Pool, Store
 
-from .conftest import ControlPlane, start, wg_key
+from .conftest import ControlPlane, start, wg_key, write_token
 from .test_api import _add, _peers
 from .test_identity import snapshot
 from .test_sync_v2 import _get, _later, _node
@@ -186,7 +186,7 @@ def test_the_canary_block_holds_fifteen_keys(tmp_path) -> None:
 
 def test_a_pool_too_small_for_the_canary_block_is_bad_input(tmp_path) -> None:
     for tokenkind in ("node", "operator", "client"):
-        (tmp_path / tokenkind).write_text(tokenkind * 8)
+        write_token(tmp_path / tokenkind, tokenkind * 8)
     run = subprocess.run(
         [sys.executable, "-m", "idra.cli", "controlplane", "serve", "--db",
          str(tmp_path / "cp.db"), "--listen", "127.0.0.1:1",

@@ -24,7 +24,7 @@ from idra.controlplane.identity import TrustedCert, Verifier
 from idra.controlplane.store import Pool, Store
 from idra.lab.pki import LAB_ACCOUNT, IdentitySigner
 
-from .conftest import ControlPlane, start, wg_key
+from .conftest import ControlPlane, start, wg_key, write_token
 from .test_identity import heartbeat_body, register_body
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,8 +119,8 @@ def test_serve_refuses_bad_identity_options(tmp_path, args: list[str], message: 
     cert, key = signer.write_cert(tmp_path / "c.pem"), signer.write_key(tmp_path / "k.pem")
     args = [a.replace("CERT", str(cert)).replace("KEY", str(key)) for a in args]
     for kind in ("node", "operator", "client"):
-        (tmp_path / kind).write_text(f"{kind}-token-long-enough")
-        args += [f"--{kind}-token-file", str(tmp_path / kind)]
+        token = write_token(tmp_path / kind, f"{kind}-token-long-enough")
+        args += [f"--{kind}-token-file", str(token)]
     result = subprocess.run(
         [sys.executable, "-m", "idra.cli", "controlplane", "serve", "--db",
          str(tmp_path / "db"), "--listen", "127.0.0.1:1", *args],

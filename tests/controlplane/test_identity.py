@@ -48,7 +48,7 @@ def register_body(cp: ControlPlane | None, identity: dict | None = None, **chang
 
 # -- the authorization matrix ---------------------------------------------------------
 
-PRINCIPALS = ("none", "NODE_TOKEN", "node A", "node B", "client", "operator")
+PRINCIPALS = ("none", "NODE_TOKEN", "node A", "node B", "client", "operator", "metrics")
 
 
 def test_authorization_matrix(cp: ControlPlane) -> None:
@@ -66,6 +66,7 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
         "node B": cp.credentials[b],
         "client": cp.tokens["client"],
         "operator": cp.tokens["operator"],
+        "metrics": cp.tokens["metrics"],  # --metrics-token-file: GET /metrics only
     }
     calls: dict[str, tuple[str, Callable[[httpx.Client], httpx.Response]]] = {
         "POST /v1/nodes": ("NODE_TOKEN", lambda c: c.post("/v1/nodes", json=register_body(cp))),
@@ -77,6 +78,7 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
             "operator", lambda c: c.post("/node/drain", json={"id": drained, "reason": "manual"}),
         ),
         "GET /v1/nodes": ("operator", lambda c: c.get("/v1/nodes")),
+        "GET /v1/nodes/A": ("operator", lambda c: c.get(f"/v1/nodes/{a}")),
         "POST /v1/nodes/A/canary": (
             "operator", lambda c: c.post(f"/v1/nodes/{a}/canary", json={"public_key": wg_key()}),
         ),
@@ -85,15 +87,15 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
         "POST /v1/peers": ("client", lambda c: c.post("/v1/peers", json={"public_key": wg_key()})),
         "DELETE /v1/peers/K": ("client", lambda c: c.delete(f"/v1/peers/{peer}")),
         "GET /openapi.json": ("operator", lambda c: c.get("/openapi.json")),
-        "GET /metrics": ("operator", lambda c: c.get("/metrics")),
+        "GET /metrics": ("operator|metrics", lambda c: c.get("/metrics")),
         "GET /healthz": ("anyone", lambda c: c.get("/healthz")),
     }  # fmt: skip
     success = {"POST /v1/nodes": 201, "POST /node/drain": 202, "DELETE /v1/nodes/D": 204,
                "DELETE /v1/peers/K": 204, "DELETE /v1/nodes/A/canary": 204}  # fmt: skip
     expected, observed, changed = {}, {}, []
     for call, (allowed, send) in calls.items():
-        for who in sorted(PRINCIPALS, key=lambda p: p == allowed):  # the allowed one last
-            ok = who == allowed or allowed == "anyone"
+        for who in sorted(PRINCIPALS, key=lambda p: p in allowed.split("|")):  # allowed last
+            ok = who in allowed.split("|") or allowed == "anyone"
             expected[call, who] = success.get(call, 200) if ok else 401
             before = snapshot(cp)
             headers = {"Authorization": f"Bearer {secrets[who]}"} if secrets[who] else {}

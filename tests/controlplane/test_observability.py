@@ -132,3 +132,32 @@ def test_healthz_is_503_when_the_database_does_not_answer(tmp_path) -> None:
         store.close()
         reply = client.get("/healthz")
     assert reply.status_code == 503 and reply.json()["status"] == "unavailable"
+
+
+def test_metrics_token_build_info_process_metrics_and_openmetrics(cp: ControlPlane) -> None:
+    """The metrics-only token scrapes; OpenMetrics when asked for (its own parser),
+    Prometheus text otherwise or when the Accept header is malformed."""
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    from idra import __version__
+
+    openmetrics = "application/openmetrics-text; version=1.0.0"
+    with cp.client("metrics") as scraper:
+        plain = scraper.get("/metrics")
+        negotiated = scraper.get("/metrics", headers={"Accept": openmetrics})
+        malformed = scraper.get("/metrics", headers={"Accept": "text/plain; version=x"})
+        assert scraper.get("/v1/nodes").status_code == 401, "and nothing else"
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert negotiated.headers["content-type"].startswith("application/openmetrics-text")
+    assert negotiated.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(negotiated.text)}
+    assert "idra_controlplane_requests" in families
+    assert malformed.status_code == 200
+    assert malformed.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = _samples(plain.text)
+    assert _value(samples, "idra_controlplane_build_info", version=__version__) == 1
+    assert _value(samples, "process_resident_memory_bytes") > 0
+    assert _value(samples, "process_open_fds") > 0
+    assert "python_info" in samples

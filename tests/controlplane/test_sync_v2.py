@@ -106,31 +106,37 @@ def test_a_change_for_one_node_leaves_the_others_waiting(cp: ControlPlane) -> No
 
 
 def test_held_long_polls_do_not_hold_up_heartbeats(cp: ControlPlane) -> None:
-    """100 held polls (more than the server's thread pool) and heartbeats still answer."""
-    node_id = _node(cp)
-    version = _get(cp, node_id).json()["version"]
-    headers = {"Authorization": f"Bearer {cp.credentials[node_id]}"}
+    """100 held polls (more than the server's thread pool; 2 for each of 50 nodes, the
+    most a node may hold, from 4 addresses within the per-client cap) and heartbeats
+    still answer."""
+    nodes = [cp.register() for _ in range(50)]
+    versions = {node: _get(cp, node).json()["version"] for node in nodes}
 
     async def scenario() -> list[float]:
-        limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(base_url=cp.url, headers=headers, timeout=30,
-                                     limits=limits) as http:  # fmt: skip
-            path = f"/v1/nodes/{node_id}/peers"
-            held = [
-                asyncio.create_task(http.get(path, params={"since": version, "wait": 8}))
-                for _ in range(100)
-            ]
-            await asyncio.sleep(1.5)
-            assert not any(task.done() for task in held)
-            timings = []
-            for _ in range(5):
-                started = time.monotonic()
-                await asyncio.to_thread(cp.heartbeat, node_id)
-                timings.append(time.monotonic() - started)
-            _add(cp, wg_key())  # wakes them all (same node)
-            replies = await asyncio.gather(*held)
-            assert all(len(r.json()["peers"]) == 1 for r in replies)
-            return timings
+        clients = [
+            httpx.AsyncClient(base_url=cp.url, timeout=30, limits=httpx.Limits(max_connections=50),
+                              transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{n}"))
+            for n in range(2, 6)
+        ]  # fmt: skip
+        held = [
+            asyncio.create_task(clients[i % 4].get(
+                f"/v1/nodes/{node}/peers", params={"since": versions[node], "wait": 4},
+                headers={"Authorization": f"Bearer {cp.credentials[node]}"},
+            ))
+            for i, node in enumerate(nodes * 2)
+        ]  # fmt: skip
+        await asyncio.sleep(1.5)
+        assert not any(task.done() for task in held)
+        timings = []
+        for _ in range(5):
+            started = time.monotonic()
+            await asyncio.to_thread(cp.heartbeat, nodes[0])
+            timings.append(time.monotonic() - started)
+        replies = await asyncio.gather(*held)
+        for client in clients:
+            await client.aclose()
+        assert [r.status_code for r in replies] == [200] * 100
+        return timings
 
     timings = asyncio.run(scenario())
     assert max(timings) < 1.0, timings

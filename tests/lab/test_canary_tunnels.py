@@ -6,6 +6,7 @@ from a namespace whose only way out is the tunnel. Needs root and the netns lock
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -75,7 +76,7 @@ def _canary(*extra: str) -> tuple[int, dict[str, dict], str]:
 def _nodes(state: str | None = None) -> list[dict]:
     args = ["nodes", "list", *_connection(), "--json"] + (["--state", state] if state else [])
     result = _in_ops(*args, timeout=30)
-    return json.loads(result.stdout)["nodes"] if result.returncode == 0 else []
+    return json.loads(result.stdout) if result.returncode == 0 else []
 
 
 def _checks(report: dict) -> dict[str, str]:
@@ -184,7 +185,11 @@ def test_the_canary_peer_is_never_a_user_the_drained_node_is_reaped(lab) -> None
         return next(n for n in _nodes("draining") if n["id"] == victim.node_id)
 
     seen = int(dump[0][4]) + 2 * world.LAB_HEARTBEAT_S + 1  # scan, then heartbeat
-    _eventually(lambda: drained()["last_heartbeat_at"] > seen, "a heartbeat after a scan")
+
+    def heard() -> float:  # the CLI gives times as UTC ISO-8601
+        return dt.datetime.fromisoformat(drained()["last_heartbeat_at"]).timestamp()
+
+    _eventually(lambda: heard() > seen, "a heartbeat after a scan")
     assert drained()["peers"] == 1, "the canary's peer is on the node"
     assert drained()["active_peers"] == 0, "the canary's peer is not a user"
     reap = _in_ops("reap", *_connection(), "--fleet", "lab", "--json")
