@@ -66,6 +66,7 @@ class ControlPlane:
             "--listen", f"127.0.0.1:{PORT}", "--heartbeat-interval", str(interval),
             *(arg for kind, path in tokens.items() for arg in (f"--{kind}-token-file", str(path))),
             "--iid-cert-file", str(cert), "--aws-account", LAB_ACCOUNT,
+            "--insecure-skip-aws-verify",  # the bench plays AWS with its own key
             "--allow-public-ip-range", "192.0.2.0/24",
             "--max-connections-per-client", "16384",  # every simulated node is on loopback
             log=workdir / "cp.log",

@@ -210,25 +210,67 @@ def drain(api_url, operator_token_file, ca_file, node_ids, reason, regions, olde
 @nodes.command()
 @connection_options
 @click.argument("node_id", metavar="ID", callback=lambda _c, _p, v: _node_id(v))
-@click.option("--force", is_flag=True, help="Also delete a node that is still active.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="First terminate its instance through the fleet (--fleet, --stack), then delete; "
+    "also an active node.",
+)
+@click.option("--fleet", "fleet_kind", type=click.Choice(["aws", "lab"]), default="aws",
+              show_default=True, help="With --force: who terminates the instance.")  # fmt: skip
+@click.option("--stack", envvar="IDRA_STACK", default=None,
+              help="With --force --fleet aws: the instance must be in idra-<stack>-<region> "
+              "with the stack's tags.")  # fmt: skip
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed off a terminal).")
 @output_options
-def delete(api_url, operator_token_file, ca_file, node_id, force, yes, out: Output) -> None:
-    """Forget node ID (after its instance is gone). An active node needs --force. Asks
-    first on a terminal; needs --yes off one."""
+def delete(
+    api_url, operator_token_file, ca_file, node_id, force, fleet_kind, stack, yes, out: Output
+) -> None:
+    """Forget node ID once its instance is gone: its clients are unassigned and its
+    instance can never register again. The control plane refuses while the node still
+    runs (it heartbeated within three intervals), and an active node needs --force;
+    --force terminates the instance through the fleet first (never one outside the
+    stack's own group). Asks first on a terminal; needs --yes off one."""
+    if force and fleet_kind == "aws" and not stack:
+        raise BadInput("--force --fleet aws needs --stack (or IDRA_STACK)")
     api = make_api(api_url, operator_token_file, ca_file)
     node = _call(api, "node", node_id)
-    if node.get("state") == "active" and not force:
+    if not force and node.get("state") == "active":
         raise Failed(f"{node_id}: still active; drain it first or give --force")
     _confirm("delete", [node], yes)
+    if not force:
+        try:
+            api.delete(node_id, missing_ok=False)
+        except ApiError as exc:
+            hint = " (or give --force)" if "HTTP 409" in str(exc) else ""
+            raise Failed(f"{exc}{hint}") from None
+        _deleted(out, node, f"{node_id} deleted")
+        return
+    from idra.lifecycle.commands import fleet_for
+
+    fleet = fleet_for(fleet_kind, stack)
     try:
-        api.delete(node_id, missing_ok=False)
+        problem = fleet.check(node)
+        if problem:
+            raise Failed(f"{node_id}: instance not terminated: {problem}")
+        outcome = fleet.terminate(node)
+    except Failed:
+        raise
+    except Exception as exc:  # an AWS or lab error: one line, nothing deleted
+        detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise Failed(f"{node_id}: instance not terminated: {detail}") from None
+    try:
+        api.delete(node_id, missing_ok=False, terminated=True)
     except ApiError as exc:
         raise Failed(str(exc)) from None
+    _deleted(out, node, f"{node_id} instance {outcome}; deleted")
+
+
+def _deleted(out: Output, node: dict, message: str) -> None:
     if out.data:
         out.print_data([as_data(node)])
-        return
-    click.echo(f"{node_id} deleted")
+    else:
+        click.echo(message)
 
 
 __all__ = ["COLUMNS", "as_data", "nodes"]

@@ -88,12 +88,15 @@ def test_list_filter_show_drain_delete(cp: ControlPlane) -> None:
     refused = idra(cp, "delete", eu, "--yes")
     assert refused.returncode == 1 and "still active" in refused.stderr
     assert eu in listed(cp), "an active node is not deleted without --force"
-    assert idra(cp, "delete", us, "--yes").returncode == 0
-    assert us not in listed(cp)
-    gone = idra(cp, "delete", us, "--yes")
+    running = idra(cp, "delete", us, "--yes")
+    assert running.returncode == 1 and "still runs" in running.stderr, "it heartbeats"
+    assert us in listed(cp), "deleting it would leave its instance serving (see --force)"
+    assert idra(cp, "drain", silent, "--yes").returncode == 0
+    assert idra(cp, "delete", silent, "--yes").returncode == 0, "never heard from: nothing runs"
+    assert silent not in listed(cp)
+    gone = idra(cp, "delete", silent, "--yes")
     assert gone.returncode == 1 and "no such node" in gone.stderr
-    assert idra(cp, "delete", eu, "--force", "--yes").returncode == 0
-    assert set(listed(cp)) == {silent}
+    assert set(listed(cp)) == {eu, us}
 
 
 def test_table_has_full_ids_and_a_timestamp_off_a_terminal(cp: ControlPlane) -> None:

@@ -34,6 +34,7 @@ from idra.controlplane.store import MAX_PAGE, PAGE, NoCapacity, NotFound, Refuse
 
 log = logging.getLogger("idra.controlplane")
 WgKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+CREDENTIAL = r"^[A-Za-z0-9_-]{43,64}$"  # ≥ 256 bits, URL-safe base64 (secrets.token_urlsafe(32))
 MAX_INT = 2**53  # every integer fits SQLite (2^63) and a JSON double exactly
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 Rate = Annotated[float, Field(ge=0, le=1e15)]
@@ -185,8 +186,11 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
     @app.post("/v1/nodes", status_code=201, **requires("node-token", 400, 403, 409, 503))
     def register(
-        body: Register, x_node_credential: Annotated[str | None, Header(max_length=64)] = None
+        body: Register,
+        x_node_credential: Annotated[str | None, Header(pattern=CREDENTIAL)] = None,
     ) -> dict:
+        """Bind the instance on first use (to the agent's ``X-Node-Credential`` when it
+        sends one), or return its node again when it presents that credential."""
         if settings.verifier is None:
             raise HTTPException(403, "identity refused: no trusted certificate configured")
         try:
@@ -196,7 +200,7 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
             raise HTTPException(403, f"identity refused: {exc}") from None
         if not public_ip_ok(body.public_ip, settings):
             raise HTTPException(400, "public_ip: not a global unicast address")
-        if settings.confirm and not store.bound(identity.instance_id):
+        if settings.confirm and store.needs_confirmation(identity.instance_id, body.public_ip):
             try:
                 problem = settings.confirm(identity, body.public_ip)
             except AwsUnavailable as exc:
@@ -292,10 +296,23 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         except NotFound:
             raise HTTPException(404, "no such node") from None
 
-    @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404))
-    def delete_node(node_id: str) -> Response:
+    @app.delete("/v1/nodes/{node_id}", status_code=204, **requires("operator", 404, 409))
+    def delete_node(node_id: str, terminated: bool = False) -> Response:
+        """Forget a node whose instance is gone; its instance is retired. A node that
+        heartbeated within three intervals still runs: 409, unless the caller says it
+        terminated the instance (``terminated=true``: the reaper, ``nodes delete --force``)."""
+        try:
+            last = store.node(node_id)["last_heartbeat_at"]
+        except NotFound:
+            raise HTTPException(404, "no such node") from None
+        if not terminated and last is not None and last >= fresh_after():
+            raise HTTPException(
+                409, f"node still runs (heartbeat {max(0, round(time.time() - last))} s ago): "
+                "terminate its instance first",
+            )  # fmt: skip
         if not store.delete_node(node_id):
             raise HTTPException(404, "no such node")
+        log.info("node %s deleted%s", node_id, " (instance terminated)" if terminated else "")
         return Response(status_code=204)
 
     @app.post("/v1/nodes/{node_id}/canary", **requires("operator", 400, 404, 409, 503))

@@ -37,8 +37,8 @@ ERRORS = {
     401: "Missing or wrong credential for this call (checked before the body is read)",
     403: "Instance identity refused (signature, account, region, auto-scaling group)",
     404: "No such node or peer",
-    409: "Instance already bound to another node credential, retired, key in use, "
-    "or (canary) node not active",
+    409: "Instance already bound to a node credential, retired, key in use, "
+    "(canary) node not active, or (delete) node still runs",
     413: "Body larger than 64 KiB",
     429: "This node already holds 2 long-polls, or the control plane is full: retry "
     "after Retry-After seconds",

@@ -155,6 +155,13 @@ def controlplane() -> None:
     help="Peer long-polls held at once, in total (and 2 per node); more get 429.",
 )
 @click.option(
+    "--insecure-skip-aws-verify",
+    "skip_aws",
+    is_flag=True,
+    help="Labs and tests only: no AWS check, so any instance of the allowed accounts and "
+    "regions that holds NODE_TOKEN can join the pool.",
+)
+@click.option(
     "--allow-public-ip-range",
     "extra_ranges",
     multiple=True,
@@ -185,6 +192,7 @@ def serve(
     max_connections,
     max_connections_per_client,
     max_long_polls,
+    skip_aws,
     extra_ranges,
 ) -> None:
     """Serve node API v1 on HOST:PORT (HTTPS with --tls-cert/--tls-key)."""
@@ -220,9 +228,16 @@ def serve(
     if verify_with_aws:
         if not stack:
             raise BadInput("--verify-with-aws needs --stack")
+        if skip_aws:
+            raise BadInput("--verify-with-aws and --insecure-skip-aws-verify exclude each other")
         from idra.controlplane.aws import AwsConfirm
 
         settings.confirm = AwsConfirm(stack)
+    elif not skip_aws:
+        raise BadInput(
+            "AWS verification is the default: give --verify-with-aws --stack S "
+            "(or, in labs and tests only, --insecure-skip-aws-verify)"
+        )
     try:
         store = Store(db, pool, keep_changes, change_retention)
     except sqlite3.Error as exc:
@@ -231,10 +246,9 @@ def serve(
         edge.connection_cap(max_connections, edge.raise_file_limit()), max_connections_per_client
     )
     sock = _bind(host, port, listen, caps)
+    log = logging.getLogger("idra.controlplane")
     if settings.verifier is None:
-        logging.getLogger("idra.controlplane").warning(
-            "no --iid-cert-file: every node registration will be refused"
-        )
+        log.warning("no --iid-cert-file: every node registration will be refused")
     app = create_app(store, settings)
     app.state.registry.register(caps)
     # uvicorn has no option for it: asyncio reads this default when each TLS connection
@@ -242,6 +256,11 @@ def serve(
     asyncio.constants.SSL_HANDSHAKE_TIMEOUT = header_timeout
     banner = f"control plane on {'https' if tls_cert else 'http'}://{listen}"
     print(line(banner, logger="idra.controlplane", event="listening"), flush=True)
+    if skip_aws:
+        log.warning(
+            "--insecure-skip-aws-verify: any instance of the allowed accounts and regions "
+            "that holds NODE_TOKEN can join the pool (labs and tests only)"
+        )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     config = uvicorn.Config(
         app,

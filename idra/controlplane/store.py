@@ -81,7 +81,38 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_node ON changes(node_id, version);
 CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);
+CREATE INDEX IF NOT EXISTS nodes_key ON nodes(public_key);
 """
+# One key, one owner: a WireGuard public key belongs to one node, one client peer or the
+# canary (whose one key is on many nodes). The database refuses a clash inside the
+# writing transaction, whoever writes; the message is the 409's reason.
+KEY_CLASH = "public key in use by"
+KEY_OWNERS = {"nodes": "a node", "peers": "a client", "canaries": "a canary peer"}
+
+
+def _key_triggers() -> str:
+    """Before a key is written to a table: refuse it when another owner holds it. Client
+    keys are the peers' primary key already; a node's key is checked against the other
+    nodes too; the canary's one key may be on many nodes."""
+    sql = []
+    for table in KEY_OWNERS:
+        checks = []
+        for other, owner in KEY_OWNERS.items():
+            if other == table and table != "nodes":
+                continue
+            itself = " AND id != NEW.id" if other == table else ""
+            owner = "another node" if other == table else owner
+            held = f"SELECT 1 FROM {other} WHERE public_key = NEW.public_key{itself}"  # noqa: S608
+            checks.append(f"SELECT RAISE(ABORT, '{KEY_CLASH} {owner}') WHERE EXISTS ({held});")
+        for event in ("INSERT", "UPDATE OF public_key"):
+            name = f"{table}_key_{event.split()[0].lower()}"
+            sql.append(f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {event} ON {table} "
+                       f"BEGIN {' '.join(checks)} END;")  # fmt: skip
+    return "\n".join(sql)
+
+
+SCHEMA += _key_triggers()
+
 # Columns added since the first schema: an older database gains them at start (its
 # nodes have no credential yet; each gets one when it next registers with a signed
 # identity document).
@@ -219,10 +250,12 @@ class Store:
             self._touched, self._undo = set(), []
             try:
                 yield self._db
-            except BaseException:
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
                 for undo in reversed(self._undo):
                     undo()
+                if isinstance(exc, sqlite3.IntegrityError) and KEY_CLASH in str(exc):
+                    raise Refused(str(exc)) from None  # one key, one owner (_key_triggers)
                 raise
             self._db.execute("COMMIT")
             touched = self._touched
@@ -271,15 +304,16 @@ class Store:
 
     # -- nodes ------------------------------------------------------------------------
 
-    def bound(self, instance_id: str) -> bool:
-        """The instance has a node record (it registered before) or was retired."""
+    def needs_confirmation(self, instance_id: str, public_ip: str) -> bool:
+        """Whether AWS must confirm this registration: a first use of the instance, or its
+        node now reports another ``public_ip``. A retired instance is refused anyway."""
         with self._read() as db:
-            return bool(
-                db.execute("SELECT 1 FROM nodes WHERE instance_id = ?", (instance_id,)).fetchone()
-                or db.execute(
-                    "SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)
-                ).fetchone()
-            )
+            if db.execute("SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)).fetchone():
+                return False
+            row = db.execute(
+                "SELECT public_ip FROM nodes WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+        return row is None or row["public_ip"] != public_ip
 
     def register(
         self, instance_id: str, region: str, account_id: str, body: dict[str, Any],
@@ -288,26 +322,23 @@ class Store:
         """Bind a first-seen instance (trust on first use) or update a bound one that
         presents its credential; return ``(node_id, credential)``.
 
-        A bound instance without its credential is refused (:class:`Refused`): the
-        refusal is counted on its record and the node drains as ``compromised``, so the
-        reaper replaces it instead of leaving it stuck. A retired instance or a WireGuard
-        key another node already uses is refused too.
+        The credential the agent sends (``X-Node-Credential``, chosen before its first
+        call) is bound on first use, so a retry after a lost reply finds the same node;
+        an agent that sends none gets one chosen here. A bound instance without its
+        credential (a reboot lost it, or a replay) is refused (:class:`Refused`, naming
+        no node): the refusal is counted on its record and the node drains as
+        ``identity_lost`` (``compromised`` stays), so the reaper replaces it at once
+        instead of leaving it stuck. A retired instance, or a key that another node, a
+        client or the canary holds, is refused too.
         """
-        refusal = None
         with self._write() as db:
             if db.execute("SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)).fetchone():
                 raise Refused("instance retired")
-            clash = db.execute(
-                "SELECT 1 FROM nodes WHERE public_key = ? AND instance_id != ?",
-                (body["public_key"], instance_id),
-            ).fetchone()
-            if clash:
-                raise Refused("public key in use by another node")
             row = db.execute("SELECT * FROM nodes WHERE instance_id = ?", (instance_id,)).fetchone()
             fields = (body["public_ip"], body["public_key"], body["listen_port"],
                       body["agent_version"])  # fmt: skip
             if row is None:
-                node_id, credential = "node-" + secrets.token_hex(6), new_credential()
+                node_id, credential = "node-" + secrets.token_hex(6), credential or new_credential()
                 db.execute(
                     "INSERT INTO nodes (id, instance_id, public_ip, public_key, listen_port, "
                     "agent_version, region, account_id, credential_sha256, registered_at) "
@@ -317,24 +348,26 @@ class Store:
                 )  # fmt: skip
                 return node_id, credential
             stored = row["credential_sha256"]
-            if stored is None:  # a record from before attestation: bind it now
-                credential = new_credential()
-            elif credential is None or not hmac.compare_digest(credential_hash(credential), stored):
-                refusal = row["id"]
-                db.execute(
-                    "UPDATE nodes SET identity_refusals = identity_refusals + 1, "
-                    "identity_refused_at = ?, state = 'draining', drain_reason = 'compromised', "
-                    "drain_started_at = COALESCE(drain_started_at, ?) WHERE id = ?",
-                    (time.time(), time.time(), row["id"]),
-                )
-            if refusal is None:
+            lost = stored is not None and (
+                credential is None or not hmac.compare_digest(credential_hash(credential), stored)
+            )
+            if not lost:  # its own agent (or a record from before attestation: bind it now)
+                credential = credential or new_credential()
                 db.execute(
                     "UPDATE nodes SET public_ip=?, public_key=?, listen_port=?, agent_version=?, "
                     "credential_sha256=? WHERE id=?",
                     (*fields, credential_hash(credential), row["id"]),
                 )
                 return row["id"], credential
-        raise Refused(f"instance bound to node {refusal}; its node credential is required")
+            now = time.time()
+            db.execute(
+                "UPDATE nodes SET identity_refusals = identity_refusals + 1, "
+                "identity_refused_at = ?, state = 'draining', drain_reason = CASE "
+                "WHEN drain_reason = 'compromised' THEN drain_reason ELSE 'identity_lost' END, "
+                "drain_started_at = COALESCE(drain_started_at, ?) WHERE id = ?",
+                (now, now, row["id"]),
+            )
+        raise Refused("instance already bound to a node; its node credential is required")
 
     def credential_ok(self, node_id: str, credential: str) -> bool:
         """``credential`` is this node's (constant-time compare; unknown node: False)."""
@@ -493,7 +526,8 @@ class Store:
         }
 
     def assign(self, public_key: str, region: str | None, fresh_after: float) -> dict[str, Any]:
-        """Place a client on the least-loaded healthy node (kept there while it is healthy)."""
+        """Place a client on the least-loaded healthy node (kept there while it is healthy).
+        A node's or the canary's key is :class:`Refused` (:func:`_key_triggers`)."""
         with self._write() as db:
             current = db.execute(
                 "SELECT p.slot, n.* FROM peers p JOIN nodes n ON n.id = p.node_id "
@@ -502,8 +536,6 @@ class Store:
             ).fetchone()
             if current and current["state"] == "active":
                 return self._assignment(current, current["slot"])
-            if db.execute("SELECT 1 FROM canaries WHERE public_key = ?", (public_key,)).fetchone():
-                raise Refused("public key in use by a canary peer")
             candidates = db.execute(
                 "SELECT * FROM nodes WHERE state = 'active' AND last_heartbeat_at >= ? "
                 "AND (? IS NULL OR region = ?)",
@@ -609,16 +641,13 @@ class Store:
 
     def _canary_slot(self, db: sqlite3.Connection, public_key: str) -> int:
         """The key's slot on other nodes, or the lowest one no canary key and no client
-        (from before the block was reserved) holds."""
+        (from before the block was reserved) holds (a client's or a node's key is
+        refused by the database: :func:`_key_triggers`)."""
         row = db.execute(
             "SELECT slot FROM canaries WHERE public_key = ? LIMIT 1", (public_key,)
         ).fetchone()
         if row:
             return row[0]
-        if db.execute("SELECT 1 FROM peers WHERE public_key = ?", (public_key,)).fetchone():
-            raise Refused("public key in use by a client")
-        if db.execute("SELECT 1 FROM nodes WHERE public_key = ?", (public_key,)).fetchone():
-            raise Refused("public key in use by a node")
         block = self.pool.canary_slots
         taken = {r[0] for r in db.execute("SELECT DISTINCT slot FROM canaries")}
         taken |= {

@@ -173,6 +173,7 @@ def start_control_plane(state: LabState, cfg: StackConfig) -> None:
         LAB_ACCOUNT,
         "--aws-region",
         state.region,
+        "--insecure-skip-aws-verify",  # the lab plays AWS: no AWS API to ask
         "--allow-public-ip-range",  # the lab's "internet" uses documentation ranges
         S.SEGMENT_V4,
         "--allow-public-ip-range",

@@ -108,9 +108,12 @@ class OperatorApi:
         if response.status_code == 404:
             raise NotFound(f"{node_id}: no such node")
 
-    def delete(self, node_id: str, *, missing_ok: bool = True) -> None:
-        """Forget a node; a node already gone is fine unless ``missing_ok`` is false."""
-        response = self._call("DELETE", f"/v1/nodes/{node_id}")
+    def delete(self, node_id: str, *, missing_ok: bool = True, terminated: bool = False) -> None:
+        """Forget a node; a node already gone is fine unless ``missing_ok`` is false. The
+        control plane refuses (409) while the node still heartbeats, unless the caller has
+        terminated its instance (``terminated``)."""
+        params = {"terminated": "true"} if terminated else {}
+        response = self._call("DELETE", f"/v1/nodes/{node_id}", params=params)
         if response.status_code == 404 and not missing_ok:
             raise NotFound(f"{node_id}: no such node")
 

@@ -312,7 +312,7 @@ def reap(api_url, operator_token_file, ca_file, out: Output, fleet_kind, stack, 
     api = make_api(api_url, operator_token_file, ca_file)
     if fleet_kind == "aws" and not stack:
         raise BadInput("--fleet aws needs --stack (or IDRA_STACK)")
-    fleet = _fleet(fleet_kind, stack)
+    fleet = fleet_for(fleet_kind, stack)
     try:
         decisions = reap_once(api, fleet, limit, regions=regions, dry_run=dry_run)
     except ApiError as exc:
@@ -328,7 +328,8 @@ def reap(api_url, operator_token_file, ca_file, out: Output, fleet_kind, stack, 
                      "their rows say why")  # fmt: skip
 
 
-def _fleet(kind: str, stack: str | None) -> Fleet:
+def fleet_for(kind: str, stack: str | None) -> Fleet:
+    """The fleet backend (``reap``, ``nodes delete --force``)."""
     if kind == "aws":
         import boto3
 
@@ -338,4 +339,4 @@ def _fleet(kind: str, stack: str | None) -> Fleet:
     return LabFleet()
 
 
-__all__ = ["canary", "parse_duration", "reap"]
+__all__ = ["canary", "fleet_for", "parse_duration", "reap"]

@@ -1,7 +1,8 @@
 """The reaper: terminate draining nodes once their users have left (ARCHITECTURE §5).
 
 ``blocked`` and ``manual`` wait until the last heartbeat reports no active peers, or the
-maximum drain time has passed; ``compromised`` goes at once. Only nodes the control
+maximum drain time has passed; ``compromised`` and ``identity_lost`` (its instance
+re-registered without its credential) go at once. Only nodes the control
 plane lists as draining are ever touched, and before any termination the fleet confirms
 the instance is the stack's own (its auto-scaling group and tags): anything else is
 ``refused``, reported, and its record kept for the operator. A record is deleted only
@@ -19,6 +20,8 @@ from typing import Any
 
 from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.fleet import Fleet, is_gone
+
+AT_ONCE = ("compromised", "identity_lost")  # drain reasons reaped without waiting
 
 
 @dataclass
@@ -52,8 +55,8 @@ def decide(node: dict[str, Any], now: dt.datetime, max_drain: dt.timedelta) -> D
     peers = node.get("active_peers")
     if node.get("state") != "draining":
         return Decision(node["id"], reason, "wait", "not draining")
-    if reason == "compromised":
-        return Decision(node["id"], reason, "terminate", "compromised: at once")
+    if reason in AT_ONCE:
+        return Decision(node["id"], reason, "terminate", f"{reason}: at once")
     if peers == 0:
         return Decision(node["id"], reason, "terminate", "no active peers")
     started = _time(node.get("drain_started_at"))
@@ -88,7 +91,7 @@ def reap(
                 elif not dry_run:
                     decision.outcome = fleet.terminate(node)
                     if is_gone(decision.outcome):  # else: still leaving; the next pass
-                        api.delete(node["id"])
+                        api.delete(node["id"], terminated=True)
             except Exception as exc:  # one node's AWS error never ends the pass
                 detail = " ".join(str(exc).split())
                 decision.outcome = f"error: {type(exc).__name__}: {detail}"

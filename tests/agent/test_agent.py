@@ -213,7 +213,7 @@ def test_no_instance_metadata_is_retried_not_fatal(env: Env) -> None:
 def test_lost_credential_is_refused_shown_and_replaced(env: Env) -> None:
     """A node that lost its credential (a reboot wipes the tmpfs) cannot take its
     instance's registration back: refused, visible in the fleet list, drained as
-    compromised so the reaper replaces it; the agent keeps serving and says why."""
+    identity_lost so the reaper replaces it; the agent keeps serving and says why."""
     env.start_agent()
     state = env.tmp / "state"
     credential = (state / "node.credential").read_text().strip()
@@ -226,7 +226,7 @@ def test_lost_credential_is_refused_shown_and_replaced(env: Env) -> None:
                what="the refusal")  # fmt: skip
     node = _nodes(env)[0]
     assert node["identity_refusals"] >= 1
-    assert (node["state"], node["drain_reason"]) == ("draining", "compromised")
+    assert (node["state"], node["drain_reason"]) == ("draining", "identity_lost")
     assert "registration refused (HTTP 409" in env.log.read_text()
     for text in (env.log.read_text(), env.cp.log.read_text(), env.metrics()):
         assert credential not in text, "a credential is never logged"

@@ -135,12 +135,6 @@ def test_lost_first_reply_is_retried_with_the_same_credential(
     assert env.agent.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the control plane to bind the agent's credential on first use (issue 23 "
-    "item 3, server side: engineer b2-identity); today's server chooses its own and "
-    "drains the retry as compromised. Remove this mark when that change is merged.",
-)
 @pytest.mark.parametrize("relay", [True], indirect=True)
 def test_lost_first_reply_keeps_the_node(env: Env, pyz: Path, relay: Relay) -> None:
     env.start_agent(pyz, "--api-url", relay.url, wait=False)

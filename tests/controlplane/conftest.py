@@ -146,17 +146,22 @@ def start(
     port: int | None = None,
     tokens: dict[str, str] | None = None,
     open_files: tuple[int, int] | None = None,
+    aws: tuple[str, ...] = ("--insecure-skip-aws-verify",),
+    entry: tuple[str, ...] = ("-m", "idra.cli"),
+    env: dict[str, str] | None = None,
 ) -> ControlPlane:
     """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
     Every test starts it here, so its flags are in one place. ``open_files``: its
-    RLIMIT_NOFILE (soft, hard)."""
+    RLIMIT_NOFILE (soft, hard); ``aws``: how it checks instances with AWS (as documented,
+    the tests say it out loud); ``entry``: what the interpreter runs
+    (``tests/controlplane/moto_serve.py``: with moto)."""
     kinds = ("node", "operator", "client", "metrics")
     tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in kinds}
     key_file = tmp / "iid.key"
     signer = IdentitySigner.load(key_file) if key_file.exists() else IdentitySigner()
     signer.write_key(key_file)
     args = ["--iid-cert-file", str(signer.write_cert(tmp / "iid.pem"))]
-    args += ["--aws-account", LAB_ACCOUNT]
+    args += ["--aws-account", LAB_ACCOUNT, *aws]
     for prefix in TEST_RANGES:
         args += ["--allow-public-ip-range", prefix]
     for kind, token in tokens.items():
@@ -171,8 +176,7 @@ def start(
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "idra.cli",
+            *entry,
             "controlplane",
             "serve",
             "--db",
@@ -187,6 +191,7 @@ def start(
         preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files))
         if open_files
         else None,
+        env=None if env is None else os.environ | env,
     )
     deadline = time.monotonic() + 20
     while True:

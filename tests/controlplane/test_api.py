@@ -1,10 +1,17 @@
-"""Node API v1 against the real control plane (uvicorn, SQLite) over HTTP and HTTPS."""
+"""Node API v1 against the real control plane (uvicorn, SQLite) over HTTP and HTTPS.
+
+One server for the module (starting one costs about a second): each test places its
+clients in a region of its own and looks only at its own nodes; the tests that need a
+server of their own (an old database, TLS) start one.
+"""
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import secrets
 import sqlite3
+import string
 import threading
 
 import pytest
@@ -12,6 +19,27 @@ import pytest
 from idra.controlplane.store import SCHEMA
 
 from .conftest import ControlPlane, start, wg_key
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory):
+    """Keeps 50 changes; knows the agent build the tests report (``b`` * 64)."""
+    folder = tmp_path_factory.mktemp("cp")
+    server = start(folder, "--keep-changes", "50", "--agent-sha256", "b" * 64)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def _region() -> str:
+    """A region of this test's own, so its clients land only on its nodes."""
+    return "xx-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(10)) + "-1"
+
+
+def _nodes(cp: ControlPlane, state: str | None = None) -> dict[str, dict]:
+    with cp.client("operator") as ops:
+        listed = ops.get("/v1/nodes", params={"state": state} if state else {}).json()["nodes"]
+    return {node["id"]: node for node in listed}
 
 
 def test_register_is_idempotent_per_instance(cp: ControlPlane) -> None:
@@ -31,23 +59,38 @@ def test_register_is_idempotent_per_instance(cp: ControlPlane) -> None:
 @pytest.mark.parametrize("kind", [None, "wrong", "client", "operator"])
 def test_registration_needs_the_node_token(cp: ControlPlane, kind: str | None) -> None:
     cp.tokens["wrong"] = "not-the-token-at-all"
+    before = _nodes(cp)
     with cp.client(kind) as client:
         reply = client.post("/v1/nodes", json={"identity": cp.identity(), "public_key": wg_key()})
     assert reply.status_code == 401
-    with cp.client("operator") as ops:
-        assert ops.get("/v1/nodes").json()["nodes"] == [], "nothing changed"
+    assert _nodes(cp) == before, "nothing changed"
 
 
 def test_operator_and_client_calls_refuse_other_tokens(cp: ControlPlane) -> None:
-    node_id = cp.register()
-    for kind in ("node", node_id):
-        with cp.client(kind) as node:
-            drain = node.post("/node/drain", json={"id": node_id, "reason": "manual"})
-            assert drain.status_code == 401
-            assert node.get("/v1/nodes").status_code == 401
-            assert node.post("/v1/peers", json={"public_key": wg_key()}).status_code == 401
+    """Every operator route (from the schema, plus /metrics) refuses the client token, the
+    node token and a node credential; every client route refuses the operator's and the
+    nodes'. Nothing changes."""
+    node_id, key = cp.register(), wg_key()
     with cp.client("operator") as ops:
-        assert ops.get("/v1/nodes", params={"state": "active"}).json()["nodes"][0]["id"] == node_id
+        schema = ops.get("/openapi.json").json()
+    routes: dict[str, list[tuple[str, str]]] = {"operator": [("GET", "/metrics"),
+                                                             ("GET", "/openapi.json")]}  # fmt: skip
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            path = path.replace("{node_id}", node_id).replace("{public_key}", key)
+            routes.setdefault(operation["x-idra-auth"], []).append((method.upper(), path))
+    assert len(routes["operator"]) >= 7 and len(routes["client"]) >= 2
+    before = _nodes(cp)
+    for policy, others in (("operator", ("client", "node", node_id)),
+                           ("client", ("operator", "node", node_id))):  # fmt: skip
+        for method, path in routes[policy]:
+            for kind in others:
+                with cp.client(kind) as http:
+                    body = {} if method in ("POST", "PUT", "PATCH") else None
+                    reply = http.request(method, path, json=body)
+                assert reply.status_code == 401, (kind, method, path)
+    assert _nodes(cp) == before
+    assert before[node_id]["state"] == "active"
 
 
 @pytest.mark.parametrize(
@@ -90,11 +133,12 @@ def _add(cp: ControlPlane, key: str, region: str | None = None) -> dict:
 
 
 def test_peers_delta_sync(cp: ControlPlane) -> None:
-    node_id = cp.register()
+    region = _region()
+    node_id = cp.register(region=region)
     cp.heartbeat(node_id)
     keys = [wg_key() for _ in range(3)]
     for key in keys:
-        _add(cp, key)
+        _add(cp, key, region)
     full = _peers(cp, node_id).json()
     assert full["full"] and {p["public_key"] for p in full["peers"]} == set(keys)
     version = full["version"]
@@ -104,7 +148,7 @@ def test_peers_delta_sync(cp: ControlPlane) -> None:
     assert len(idle.content) < 1024
 
     new = wg_key()
-    _add(cp, new)
+    _add(cp, new, region)
     with cp.client("client") as client:
         assert client.delete(f"/v1/peers/{keys[0]}").status_code == 204
         assert client.delete(f"/v1/peers/{keys[0]}").status_code == 404
@@ -118,21 +162,23 @@ def test_peers_delta_sync(cp: ControlPlane) -> None:
 
 
 def test_too_old_version_gets_the_full_list(cp: ControlPlane) -> None:
-    node_id = cp.register()
+    region = _region()
+    node_id = cp.register(region=region)
     cp.heartbeat(node_id)
-    first = _add(cp, wg_key())
+    first = _add(cp, wg_key(), region)
     assert first["node_id"] == node_id
     for _ in range(60):  # the server keeps 50 changes
-        _add(cp, wg_key())
+        _add(cp, wg_key(), region)
     reply = _peers(cp, node_id, 1).json()
     assert reply["full"] and len(reply["peers"]) == 61
 
 
 def test_addresses_unique_inside_the_pool(cp: ControlPlane) -> None:
-    cp.heartbeat(cp.register())
+    region = _region()
+    cp.heartbeat(cp.register(region=region))
     seen = set()
     for _ in range(20):
-        addresses = _add(cp, wg_key())["addresses"]
+        addresses = _add(cp, wg_key(), region)["addresses"]
         v4 = ipaddress.ip_interface(addresses["ipv4"])
         v6 = ipaddress.ip_interface(addresses["ipv6"])
         assert v4.network.prefixlen == 32 and v6.network.prefixlen == 128
@@ -144,28 +190,26 @@ def test_addresses_unique_inside_the_pool(cp: ControlPlane) -> None:
 
 
 def test_assignment_balances_by_region_and_is_idempotent(cp: ControlPlane) -> None:
-    a, b, c = cp.register(), cp.register(), cp.register(region="us-east-1")
+    one, two = _region(), _region()
+    a, b, c = cp.register(region=one), cp.register(region=one), cp.register(region=two)
     for node_id in (a, b, c):
         cp.heartbeat(node_id)
-    placed = [_add(cp, wg_key(), "eu-central-1")["node_id"] for _ in range(4)]
+    placed = [_add(cp, wg_key(), one)["node_id"] for _ in range(4)]
     assert sorted(placed) == sorted([a, a, b, b])
     key = wg_key()
-    assert _add(cp, key, "us-east-1")["node_id"] == c
-    assert _add(cp, key, "us-east-1") == _add(cp, key, "us-east-1")
+    assert _add(cp, key, two)["node_id"] == c
+    assert _add(cp, key, two) == _add(cp, key, two)
     with cp.client("client") as client:
-        assert (
-            client.post(
-                "/v1/peers", json={"public_key": wg_key(), "region": "ap-south-1"}
-            ).status_code
-            == 503
-        )
+        nowhere = client.post("/v1/peers", json={"public_key": wg_key(), "region": _region()})
+    assert nowhere.status_code == 503
 
 
 def test_drain_leaves_the_pool_and_clients_move(cp: ControlPlane) -> None:
-    a, b = cp.register(), cp.register()
+    region = _region()
+    a, b = cp.register(region=region), cp.register(region=region)
     cp.heartbeat(a)
     key = wg_key()
-    assignment = _add(cp, key)
+    assignment = _add(cp, key, region)
     assert assignment["node_id"] == a
     cp.heartbeat(b)
     with cp.client("operator") as ops:
@@ -174,17 +218,17 @@ def test_drain_leaves_the_pool_and_clients_move(cp: ControlPlane) -> None:
             ops.post("/node/drain", json={"id": "node-nope", "reason": "blocked"}).status_code
             == 404
         )
-        draining = ops.get("/v1/nodes", params={"state": "draining"}).json()["nodes"]
-    assert [n["id"] for n in draining] == [a]
-    assert draining[0]["drain_reason"] == "blocked" and draining[0]["drain_started_at"]
+    draining = _nodes(cp, "draining")
+    assert a in draining and b not in draining
+    assert draining[a]["drain_reason"] == "blocked" and draining[a]["drain_started_at"]
     assert cp.heartbeat(a) == {
         "drain": True,
         "drain_reason": "blocked",
         "peers_version": _peers(cp, a).json()["version"],
     }
-    assert _add(cp, wg_key())["node_id"] == b, "never assigned to a draining node"
+    assert _add(cp, wg_key(), region)["node_id"] == b, "never assigned to a draining node"
     version = _peers(cp, a).json()["version"]
-    moved = _add(cp, key)
+    moved = _add(cp, key, region)
     assert moved["node_id"] == b and moved["addresses"] == assignment["addresses"]
     assert _peers(cp, a, version).json()["removed"] == [key]
 
@@ -204,21 +248,14 @@ def test_delete_node(cp: ControlPlane) -> None:
     [{"nftables_sha256": "c" * 64}, {"sysctl_ok": False}, {"agent_sha256": "d" * 64}],
     ids=["ruleset changed", "sysctl drift", "unknown agent"],
 )
-def test_integrity_mismatch_drains_as_compromised(tmp_path, integrity: dict) -> None:
-    server = start(tmp_path, "--agent-sha256", "b" * 64)
-    try:
-        node_id = server.register()
-        assert server.heartbeat(node_id)["drain"] is False, "first report is the baseline"
-        assert server.heartbeat(node_id) == {
-            "drain": False,
-            "drain_reason": None,
-            "peers_version": 0,
-        }
-        reply = server.heartbeat(node_id, **integrity)
-        assert reply["drain"] is True and reply["drain_reason"] == "compromised"
-    finally:
-        server.process.terminate()
-        server.process.wait(10)
+def test_integrity_mismatch_drains_as_compromised(cp: ControlPlane, integrity: dict) -> None:
+    node_id = cp.register()
+    assert cp.heartbeat(node_id)["drain"] is False, "first report is the baseline"
+    reply = cp.heartbeat(node_id)
+    assert (reply["drain"], reply["drain_reason"]) == (False, None)
+    assert reply["peers_version"] == _peers(cp, node_id).json()["version"]
+    reply = cp.heartbeat(node_id, **integrity)
+    assert reply["drain"] is True and reply["drain_reason"] == "compromised"
 
 
 def test_unknown_integrity_is_no_verdict(cp: ControlPlane) -> None:
@@ -247,9 +284,7 @@ def test_root_made_writable_after_read_only_drains_as_compromised(
     assert cp.heartbeat(node_id, root_readonly=True)["drain_reason"] == "compromised", (
         "locking again does not undo it"
     )
-    with cp.client("operator") as ops:
-        (node,) = ops.get("/v1/nodes", params={"state": "draining"}).json()["nodes"]
-    assert (node["id"], node["drain_reason"]) == (node_id, "compromised")
+    assert _nodes(cp, "draining")[node_id]["drain_reason"] == "compromised"
 
 
 def test_root_never_read_only_is_no_compromise(cp: ControlPlane) -> None:
@@ -291,14 +326,16 @@ def test_database_from_before_root_readonly_is_upgraded(tmp_path) -> None:
 
 
 def test_concurrent_writes_keep_versions_consistent(cp: ControlPlane) -> None:
-    node_id = cp.register()
+    region = _region()
+    node_id = cp.register(region=region)
     cp.heartbeat(node_id)
+    before = _peers(cp, node_id).json()["version"]
     errors = []
 
     def worker() -> None:
         try:
             for _ in range(10):
-                _add(cp, wg_key())
+                _add(cp, wg_key(), region)
         except Exception as exc:
             errors.append(exc)
 
@@ -309,7 +346,7 @@ def test_concurrent_writes_keep_versions_consistent(cp: ControlPlane) -> None:
         thread.join()
     assert not errors
     full = _peers(cp, node_id).json()
-    assert len(full["peers"]) == 40 and full["version"] == 40
+    assert len(full["peers"]) == 40 and full["version"] == before + 40
     assert len({p["allowed_ips"][0] for p in full["peers"]}) == 40
 
 
@@ -325,16 +362,16 @@ def test_https_with_the_lab_ca(tmp_path) -> None:
 
 
 def test_logs_hold_no_peer_key_or_client_address(cp: ControlPlane) -> None:
-    node_id = cp.register()
+    region = _region()
+    node_id = cp.register(region=region)
     cp.heartbeat(node_id)
     keys = [wg_key() for _ in range(3)]
-    addresses = [_add(cp, key)["addresses"] for key in keys]
+    addresses = [_add(cp, key, region)["addresses"] for key in keys]
     with cp.client("client") as client:
         client.delete(f"/v1/peers/{keys[0]}")
     with cp.client("operator") as ops:
         ops.post("/node/drain", json={"id": node_id, "reason": "manual"})
-    cp.process.terminate()
-    cp.process.wait(10)
+        ops.get("/healthz")  # the drain is logged before its reply: the log has it
     log = cp.log.read_text()
     assert "registered" in log, "the log is being written"
     for key, address in zip(keys, addresses, strict=True):

@@ -118,6 +118,8 @@ def test_serve_refuses_bad_identity_options(tmp_path, args: list[str], message: 
     signer = IdentitySigner()
     cert, key = signer.write_cert(tmp_path / "c.pem"), signer.write_key(tmp_path / "k.pem")
     args = [a.replace("CERT", str(cert)).replace("KEY", str(key)) for a in args]
+    if "--verify-with-aws" not in args:
+        args.append("--insecure-skip-aws-verify")  # as documented: only the bad option is wrong
     for kind in ("node", "operator", "client"):
         token = write_token(tmp_path / kind, f"{kind}-token-long-enough")
         args += [f"--{kind}-token-file", str(token)]

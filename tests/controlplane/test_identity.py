@@ -14,7 +14,7 @@ import pytest
 
 from idra.lab.pki import IdentitySigner
 
-from .conftest import ControlPlane, wg_key
+from .conftest import ControlPlane, start, wg_key
 
 TABLES = ("nodes", "peers", "canaries", "changes", "retired")
 
@@ -147,7 +147,7 @@ def test_trust_on_first_use_then_only_with_the_credential(cp: ControlPlane) -> N
     with cp.client("operator") as ops:
         record = next(n for n in ops.get("/v1/nodes").json()["nodes"] if n["id"] == node)
     assert record["identity_refusals"] == 3 and record["identity_refused_at"]
-    assert (record["state"], record["drain_reason"]) == ("draining", "compromised"), (
+    assert (record["state"], record["drain_reason"]) == ("draining", "identity_lost"), (
         "refused, shown, and the reaper replaces it: never silently stuck"
     )
     assert cp.register(instance, credential=credential) == node, "its own agent still can"
@@ -275,3 +275,39 @@ def test_a_cannot_register_an_unrelated_instance(cp: ControlPlane, fleet) -> Non
         reply = http.post("/v1/nodes", json=register_body(cp, identity))
     assert reply.status_code == 403
     assert snapshot(cp) == before
+
+
+# -- regions: the allow-list and region-tied certificates (issue 27, item 2) -------------
+
+
+def test_regions_outside_the_allow_list_and_certificates_of_another_region(tmp_path) -> None:
+    """``--aws-region`` lists the regions that may register; ``REGION=FILE`` trusts a
+    certificate only for documents of that region. The test key (no region) vouches for
+    any region, so only the allow-list stops ap-south-1; the eu-central-1 key signs a
+    us-east-1 document validly, so only the per-region filter stops it."""
+    eu = IdentitySigner()
+    server = start(
+        tmp_path,
+        "--iid-cert-file", f"eu-central-1={eu.write_cert(tmp_path / 'eu.pem')}",
+        "--aws-region", "eu-central-1", "--aws-region", "us-east-1",
+    )  # fmt: skip
+    try:
+
+        def signed(signer: IdentitySigner, region: str) -> dict[str, str]:
+            document = IdentitySigner.document(region=region)
+            return {"document": document, "signature": signer.sign(document)}
+
+        before = snapshot(server)
+        other_region = server.register_reply(identity=signed(server.signer, "ap-south-1"))
+        assert other_region.status_code == 403
+        assert other_region.json()["detail"] == "identity refused: region not allowed"
+        wrong_cert = server.register_reply(identity=signed(eu, "us-east-1"))
+        assert wrong_cert.status_code == 403
+        assert "signature does not verify" in wrong_cert.json()["detail"]
+        assert snapshot(server) == before, "nothing joined"
+        for signer, region in ((eu, "eu-central-1"), (server.signer, "us-east-1")):
+            reply = server.register_reply(identity=signed(signer, region))
+            assert reply.status_code == 201, (region, reply.text)
+    finally:
+        server.process.terminate()
+        server.process.wait(10)

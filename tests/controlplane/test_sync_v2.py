@@ -214,7 +214,7 @@ def test_pages_and_long_polls_are_only_for_the_node_itself(cp: ControlPlane) -> 
 def test_unknown_node_is_404_for_pages_too(cp: ControlPlane) -> None:
     node_id = _node(cp)
     with cp.client("operator") as ops:
-        assert ops.delete(f"/v1/nodes/{node_id}").status_code == 204
+        assert ops.delete(f"/v1/nodes/{node_id}", params={"terminated": "1"}).status_code == 204
     with cp.client(node_id) as gone:
         reply = gone.get(f"/v1/nodes/{node_id}/peers", params={"cursor": "1.0", "limit": 5})
     assert reply.status_code in (401, 404)

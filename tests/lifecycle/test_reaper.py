@@ -216,3 +216,19 @@ def test_record_stays_until_aws_shows_the_instance_terminated(cp, aws) -> None:
     assert _node_ids(cp) == {nodes[healthy]}
     assert aws.terminate_calls == [(victim, False)]
     assert victim not in instances(aws) and len(instances(aws)) == 2, "replaced"
+
+
+def test_identity_lost_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
+    """Its instance registered again without the node's credential (a reboot lost it, or
+    a replay): drained as identity_lost, and the reaper does not wait for its users."""
+    nodes = _fleet_nodes(cp, aws)
+    rebooted, healthy = list(nodes)
+    assert cp.register_reply(rebooted, REGION, credential=None).status_code == 409
+    _expect_completion(aws, rebooted)
+    with aws.stubber:
+        decisions = reap(_api(cp), AwsFleet(lambda r: aws, STACK), HOURS)
+    assert [(d.node_id, d.reason, d.action, d.outcome) for d in decisions] == [
+        (nodes[rebooted], "identity_lost", "terminate", "terminated")
+    ]
+    assert rebooted not in instances(aws) and healthy in instances(aws)
+    assert _node_ids(cp) == {nodes[healthy]}
