@@ -192,6 +192,32 @@ def test_a_record_pointing_at_another_groups_instance_survives(cp, aws) -> None:
     assert bogus in _node_ids(cp), "kept for the operator to see"
 
 
+def test_record_stays_until_aws_shows_the_instance_terminated(cp, aws) -> None:
+    """A compromised node with users, whose own agent keeps sending lifecycle heartbeats:
+    the reaper terminates it at once and completes the hook itself as soon as AWS holds it
+    in Terminating:Wait; while it is not yet there the record stays and the next pass
+    resumes (it used to delete the record and never complete the hook)."""
+    nodes = _fleet_nodes(cp, aws)
+    victim, healthy = list(nodes)
+    _drain(cp, nodes[victim], "compromised")
+    aws.settle_polls = 100  # AWS is slow to reach Terminating:Wait this time
+    slow = AwsFleet(lambda r: aws, STACK, hook_wait_s=2, sleep=lambda _: None)
+    with aws.stubber:
+        (first,) = reap(_api(cp), slow, HOURS)
+    assert first.action == "terminate" and first.outcome.startswith("terminating")
+    assert not first.failed
+    assert nodes[victim] in _node_ids(cp), "kept: the instance is not terminated yet"
+    aws.settle_polls = 0
+    _expect_completion(aws, victim)
+    with aws.stubber:
+        (second,) = reap(_api(cp), slow, HOURS)
+    aws.stubber.assert_no_pending_responses()
+    assert second.outcome == "terminated"
+    assert _node_ids(cp) == {nodes[healthy]}
+    assert aws.terminate_calls == [(victim, False)]
+    assert victim not in instances(aws) and len(instances(aws)) == 2, "replaced"
+
+
 def test_identity_lost_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
     """Its instance registered again without the node's credential (a reboot lost it, or
     a replay): drained as identity_lost, and the reaper does not wait for its users."""
