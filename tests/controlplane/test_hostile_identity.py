@@ -24,7 +24,7 @@ from idra.controlplane.identity import Identity
 from idra.lab.pki import LAB_ACCOUNT
 from idra.nodes import nodes
 
-from .conftest import ControlPlane, dump, sql, start, wg_key
+from .conftest import ControlPlane, dump, sql, start, wg_key, write_token
 from .moto_serve import make_groups
 from .test_identity import snapshot
 
@@ -203,7 +203,7 @@ def test_delete_force_terminates_through_the_fleet_first(cp: ControlPlane, moto_
     runner = CliRunner()
 
     def delete(node_id: str, *args: str):
-        return runner.invoke(nodes, ["delete", node_id, *connection, *args])
+        return runner.invoke(nodes, ["delete", node_id, "--yes", *connection, *args])
 
     assert delete(ours, "--force").exit_code == 2, "--fleet aws needs --stack"
     refused = delete(ours)
@@ -228,8 +228,8 @@ def test_delete_force_terminates_through_the_fleet_first(cp: ControlPlane, moto_
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     for kind in ("node", "operator", "client"):
-        (tmp_path / kind).write_text(f"{kind}-token-long-enough")
-        args += (f"--{kind}-token-file", str(tmp_path / kind))
+        token = write_token(tmp_path / kind, f"{kind}-token-long-enough")
+        args += (f"--{kind}-token-file", str(token))
     return subprocess.run(
         [sys.executable, "-m", "idra.cli", "controlplane", "serve", "--db",
          str(tmp_path / "db"), "--listen", "127.0.0.1:1", *args],
