@@ -21,6 +21,7 @@ migration that drops it ships in a later release.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+
+log = logging.getLogger("idra.controlplane")
+# Alembic's own lines ("Context impl …") say nothing an operator needs; ours does.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # The advisory lock's key: any 64-bit number no other tool on the database uses.
 LOCK_KEY = zlib.crc32(b"idra.controlplane.migrations")
@@ -82,6 +87,7 @@ def _upgrade(connection: sa.Connection) -> tuple[str | None, str]:
     if before != head():
         _known(before)
         command.upgrade(_config(connection), "head")
+        log.info("database schema migrated from %s to revision %s", before or "empty", head())
         if connection.dialect.name == "postgresql":
             connection.commit()
     return before, head()
