@@ -10,11 +10,14 @@ import ipaddress
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from idra.controlplane import migrations
+from idra.controlplane.database import parse_url
 from idra.controlplane.store import Pool, Refused, Store
 
 from .conftest import database_url, sql, wg_key, write_token
@@ -82,17 +85,49 @@ def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path, backend
         store.close()
 
 
+def waiting(backend: str, url: str) -> int:
+    """Migrators waiting for the lock (SQLite cannot say: assume all after 8 s)."""
+    if backend == "sqlite":
+        time.sleep(8)
+        return 3
+    return sql(url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][
+        0
+    ]
+
+
 def test_two_migrators_at_once_migrate_once(tmp_path, backend) -> None:
-    """Two replicas starting together on an empty database: one migrates, the other
-    waits for the lock and finds the schema at head."""
+    """Replicas starting together on an empty database: while one holds the migration
+    lock (here: the test, as if mid-migration) the others wait; then exactly one
+    migrates and the rest find the schema at head."""
     url = database_url(tmp_path)
+    engine = sa.create_engine(parse_url(url), poolclass=sa.pool.NullPool)
+    holder = engine.connect()
+    if backend == "postgresql":
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrations.LOCK_KEY})
+        holder.commit()
+    else:  # a migrator that has opened the file (WAL) and holds SQLite's write lock
+        holder.exec_driver_sql("PRAGMA journal_mode=WAL")
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
     command = [sys.executable, "-m", "idra.cli", "controlplane", "migrate", "--database-url", url]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
+            for _ in range(3)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30  # until all three wait (they start slowly)
+        while time.monotonic() < deadline and waiting(backend, url) < 3:
+            if any(run.poll() is not None for run in runs):
+                break
+            time.sleep(0.2)
+        assert [run.poll() for run in runs] == [None] * 3, "they wait for the lock"
+    finally:
+        holder.rollback()
+        if backend == "postgresql":
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrations.LOCK_KEY})
+        holder.close()
+        engine.dispose()
     outputs = [run.communicate(timeout=60) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [run.returncode for run in runs] == [0] * 3, outputs
     said = sorted(out.split(" revision")[0] for out, _ in outputs)
-    assert said == ["schema already at", "schema migrated from empty to"], outputs
+    assert said == ["schema already at"] * 2 + ["schema migrated from empty to"], outputs
     assert sql(url, "SELECT version_num FROM alembic_version") == [(migrations.head(),)]
 
 
