@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -160,3 +161,23 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     final = readers and a.client(node_id).get(f"/v1/nodes/{node_id}/peers").json()
     assert set(added) <= seen, f"missed {len(set(added) - seen)} committed changes"
     assert seen == {p["public_key"] for p in final["peers"]}
+
+
+def test_heartbeats_touch_only_the_node_row(cp: ControlPlane) -> None:
+    """No version, no change-log row, no wake-up: a held long-poll sleeps through them."""
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    with cp.client(node_id) as node:
+        version = node.get(f"/v1/nodes/{node_id}/peers").json()["version"]
+        changes = sql(cp.database_url, "SELECT COUNT(*) FROM changes")
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            held = pool.submit(
+                node.get, f"/v1/nodes/{node_id}/peers", params={"since": version, "wait": 2}
+            )
+            for _ in range(5):
+                cp.heartbeat(node_id, active_peers=3)
+            reply = held.result(timeout=30)
+        assert time.monotonic() - started >= 1.9, "not woken by heartbeats"
+    assert reply.json()["version"] == version and reply.json()["peers"] == []
+    assert sql(cp.database_url, "SELECT COUNT(*) FROM changes") == changes
