@@ -40,12 +40,11 @@ def serve_args(tmp: Path, *args: str) -> list[str]:
             "--listen", "127.0.0.1:1", *args]  # fmt: skip
 
 
-def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path, backend) -> None:
+@pytest.mark.only_on("sqlite")
+def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path) -> None:
     """The file the release before Alembic wrote (its schema, triggers, AUTOINCREMENT
     versions, a pruned change log): ``migrate`` keeps every row, owns every key, and
     continues the versions where they were."""
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL never ran a release from before the migrations")
     path = tmp_path / "cp.db"
     node_key, client_key, canary_key = wg_key(), wg_key(), wg_key()
     with sqlite3.connect(path) as db:
@@ -155,9 +154,8 @@ def test_serve_refuses_a_schema_it_does_not_know(tmp_path, backend) -> None:
         (("--database-url", "postgresql://nobody@127.0.0.1:1/none"), "--database-url:"),
     ],
 )
-def test_bad_database_flags_are_one_line(tmp_path, backend, args, message) -> None:
-    if backend != "sqlite":
-        pytest.skip("flags only: once is enough")
+@pytest.mark.only_on("sqlite")  # flags only: once is enough
+def test_bad_database_flags_are_one_line(tmp_path, args, message) -> None:
     result = idra(*serve_args(tmp_path, *args))
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

@@ -44,6 +44,7 @@ def _nodes(a: ControlPlane, b: ControlPlane, count: int) -> list[str]:
     return node_ids
 
 
+@pytest.mark.only_on("postgresql")
 def test_1000_concurrent_peers_across_two_servers(pair) -> None:
     """1,000 POST /v1/peers split across both servers, 100 keys sent to both at once:
     no address is assigned twice, each key has one owner and one address."""
@@ -84,6 +85,7 @@ def test_1000_concurrent_peers_across_two_servers(pair) -> None:
     assert all(ipaddress.ip_interface(a).ip in pool_v4 for a in addresses)
 
 
+@pytest.mark.only_on("postgresql")
 def test_concurrent_canaries_get_one_slot_per_key(pair) -> None:
     """Canary keys set on many nodes through both servers at once: a key has the same
     slot on every node, two keys never share one."""
@@ -109,6 +111,7 @@ def test_concurrent_canaries_get_one_slot_per_key(pair) -> None:
     assert len({next(iter(s)) for s in by_key.values()}) == 3, "two keys never share a slot"
 
 
+@pytest.mark.only_on("postgresql")
 def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     """Writers on both servers; a node follows ``since`` through both while they write.
     Versions are commit-ordered, so the deltas it reads add up to the final list."""
