@@ -10,6 +10,7 @@ from infra import settings as stack_settings
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
 from infra.network import network
+from infra.roles import environment_roles
 from infra.security import security_group
 from infra.stack_secrets import environment_secrets
 
@@ -30,6 +31,7 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
     cfg = settings.cfg
     providers = {region: regional_provider(cfg, region) for region in cfg.regions}
     secrets = environment_secrets(settings, providers)
+    roles = environment_roles(cfg, secrets, providers)
     asg_names, asg_arns, group_ids = {}, {}, {}
     for region, provider in providers.items():
         net = network(cfg, region, provider)
@@ -45,6 +47,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         "securityGroupIds": group_ids,
         "secretArns": secrets.secret_arns,
         "kmsKeyArns": secrets.key_arns,
+        "opsRoleArn": roles.ops_role.arn,
+        "opsLeaseTable": roles.lease_table.name,
+        "ciRoleArns": {env: role.arn for env, role in roles.ci_roles.items()},
     }
 
 
