@@ -7,6 +7,7 @@ import pulumi_aws as aws
 
 from idra.config import ConfigError, StackConfig
 from infra import settings as stack_settings
+from infra.alarms import alarms
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
 from infra.network import network
@@ -41,7 +42,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         needs = [secrets.versions["NODE_TOKEN"], *identity.policies]
         asg = auto_scaling_group(cfg, region, template, net.subnet_ids, provider, needs)
         asg_names[region], asg_arns[region], group_ids[region] = asg.name, asg.arn, group.id
+    topics = alarms(cfg, providers)
     return {
+        "alarmTopicArns": {region: topic.arn for region, topic in topics.items()},
         "asgNames": asg_names,
         "asgArns": asg_arns,
         "securityGroupIds": group_ids,
