@@ -37,7 +37,7 @@ OPS_ACT = [
     "autoscaling:CompleteLifecycleAction",
     "autoscaling:SetDesiredCapacity",
 ]
-LEASE_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+LEASE_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem"]  # idra.lifecycle.ops.Lease
 # What `pulumi preview` reads (invokes and, with --refresh, every resource): no secret
 # value, no decrypt, no write.
 PREVIEW_READ = [
