@@ -129,6 +129,11 @@ class StackConfig(BaseModel):
     ops_rollout_interval_seconds: Interval = 300
     ops_reaper_interval_seconds: Interval = 60
     ops_lease_seconds: int = Field(default=180, ge=60, le=3600)
+    # The pinned ops artifact (the idra zipapp) for the ops service's instance; without
+    # it the stack has no ops group.
+    ops_url: HttpsUrl | None = None
+    ops_sha256: Sha256 | None = None
+    ops_instance_type: str = Field(default="t3.small", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
     # Present only as ``{secure: ...}`` entries in the file; values are read by Pulumi.
     secrets_set: frozenset[str] = frozenset()
 
@@ -183,6 +188,8 @@ class StackConfig(BaseModel):
             raise _KeyedError(
                 "controlPlaneRegion", f"{self.control_plane_region} is not in regions"
             )
+        if (self.ops_url is None) != (self.ops_sha256 is None):
+            raise _KeyedError("opsSha256", "opsUrl and opsSha256 go together")
         if self.ops_lease_seconds <= 2 * self.ops_tick_seconds:
             raise _KeyedError(
                 "opsLeaseSeconds",
@@ -224,6 +231,11 @@ class StackConfig(BaseModel):
     def ops_lease_table(self) -> str:
         """DynamoDB table holding the ops loop's lease."""
         return f"idra-{self.stack}-ops-lease"
+
+    @property
+    def ops_asg_name(self) -> str:
+        """The ops service's one-instance group (never a node group)."""
+        return f"idra-{self.stack}-ops"
 
     def asg_name(self, region: str) -> str:
         """The auto-scaling group's name (fixed, so user-data can name it before it exists)."""

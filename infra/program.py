@@ -11,6 +11,7 @@ from infra.alarms import alarms
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
 from infra.network import network
+from infra.ops import ops_service
 from infra.roles import environment_roles
 from infra.security import security_group
 from infra.stack_secrets import environment_secrets
@@ -33,9 +34,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
     providers = {region: regional_provider(cfg, region) for region in cfg.regions}
     secrets = environment_secrets(settings, providers)
     roles = environment_roles(cfg, secrets, providers)
-    asg_names, asg_arns, group_ids = {}, {}, {}
+    asg_names, asg_arns, group_ids, nets = {}, {}, {}, {}
     for region, provider in providers.items():
-        net = network(cfg, region, provider)
+        net = nets[region] = network(cfg, region, provider)
         group = security_group(cfg, region, net.vpc_id, provider)
         identity = NodeIdentity(cfg, region, secrets, provider)
         template = launch_template(cfg, region, group.id, identity.profile.arn, provider)
@@ -43,6 +44,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         asg = auto_scaling_group(cfg, region, template, net.subnet_ids, provider, needs)
         asg_names[region], asg_arns[region], group_ids[region] = asg.name, asg.arn, group.id
     topics = alarms(cfg, providers)
+    primary = nets[cfg.primary_region]
+    ops = ops_service(cfg, roles, secrets, primary.vpc_id, primary.subnet_ids,
+                      providers[cfg.primary_region])  # fmt: skip
     return {
         "alarmTopicArns": {region: topic.arn for region, topic in topics.items()},
         "asgNames": asg_names,
@@ -51,6 +55,7 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         "secretArns": secrets.secret_arns,
         "kmsKeyArns": secrets.key_arns,
         "opsRoleArn": roles.ops_role.arn,
+        "opsGroupName": ops.name if ops else "",
         "opsLeaseTable": roles.lease_table.name,
         "ciRoleArns": {env: role.arn for env, role in roles.ci_roles.items()},
     }

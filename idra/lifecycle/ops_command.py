@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from idra.cliutil import BadInput, connection_options, cwd_option, make_api
+from idra.cliutil import BadInput, Failed, connection_options, cwd_option, make_api
 from idra.lifecycle.dnsbl import DEFAULT_ZONES, make_resolver
 from idra.lifecycle.fleet import AwsFleet
 from idra.lifecycle.ops import FileConfirmations, Lease, Ops, default_holder, passes
@@ -21,6 +21,22 @@ SECONDS = click.FloatRange(min=0.1)
 @click.group()
 def ops() -> None:
     """The lifecycle service: canary, rollout and scale-in, reaper in one loop."""
+
+
+@ops.command("fetch-token")
+@click.option("--secret-id", required=True, help="Secrets Manager id of the operator token.")
+@click.option("--region", required=True, help="Region of the secret.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--attempts", type=click.IntRange(1, 20), default=8, show_default=True)
+def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
+    """Write the operator token to OUT (0600, atomic) with the instance's role; retried."""
+    from node_daemon.aws import SecretError, fetch_secret_with_retries
+
+    try:
+        fetch_secret_with_retries(secret_id, region, out, attempts,
+                                  warn=lambda text: click.echo(text, err=True))  # fmt: skip
+    except SecretError as exc:
+        raise Failed(str(exc)) from None
 
 
 @ops.command("run")
