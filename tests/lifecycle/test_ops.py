@@ -170,3 +170,24 @@ def test_two_loops_exactly_one_acts_and_the_other_takes_over(tmp_path: Path, mot
                 process.wait(10)
         cp.process.terminate()
         cp.process.wait(10)
+
+
+def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_server) -> None:
+    """What the ops instance's boot runs, through the installed entry point."""
+    token = "operator-" + os.urandom(12).hex()
+    secrets = boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_server,
+                           **_keys())  # fmt: skip
+    secrets.create_secret(Name="idra/staging/OPERATOR_TOKEN", SecretString=token)
+    env = os.environ | CREDENTIALS | {"AWS_ENDPOINT_URL": moto_server}
+    out = tmp_path / "run" / "token"
+    idra = str(Path(sys.executable).parent / "idra")
+    fetch = [idra, "ops", "fetch-token", "--region", REGION, "--out", str(out), "--attempts", "1"]
+    done = subprocess.run([*fetch, "--secret-id", "idra/staging/OPERATOR_TOKEN"], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == token and out.stat().st_mode & 0o777 == 0o600
+    assert token not in done.stdout + done.stderr
+    missing = subprocess.run([*fetch, "--secret-id", "idra/staging/NOPE"], env=env,
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].endswith("ResourceNotFoundException")
