@@ -165,6 +165,8 @@ class Ops:
         for job in self.passes:
             if now < job.due:
                 continue
+            if job is not self.passes[0] and not self._still_held():
+                return False  # a pass outlasted the lease: another loop may act now
             job.due = now + job.every
             started = time.monotonic()
             try:
@@ -180,6 +182,16 @@ class Ops:
         except Exception as exc:
             log.error("ops: metrics not put: %s", _short(exc), extra={"event": "ops.metrics_error"})
         return True
+
+    def _still_held(self) -> bool:
+        """Renew the lease before each further pass of a tick."""
+        try:
+            if self.lease.acquire():
+                return True
+        except Exception as exc:
+            log.error("ops: lease unavailable: %s", _short(exc), extra={"event": "ops.lease_error"})
+        log.warning("ops: lost the lease during a tick", extra={"event": "ops.lease_lost"})
+        return False
 
 
 def _short(exc: Exception) -> str:

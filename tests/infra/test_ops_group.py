@@ -130,7 +130,9 @@ def test_the_ops_resources_pass_every_policy(ops: Deployment) -> None:
 
 
 def test_no_ops_artifact_no_ops_group(deployment: Deployment) -> None:
-    assert not [r for r in deployment.resources if r.name in ("ops", "operator-token")
-                and r.typ != "aws:iam/role:Role" and "instanceProfile" not in r.typ
-                and "rolePolicy" not in r.typ]  # fmt: skip
+    assert not [
+        g.name for g in deployment.of_type("aws:autoscaling/group:Group") if g.name == "ops"
+    ]
+    assert not [s.name for s in deployment.of_type("aws:secretsmanager/secret:Secret")
+                if s.name == "operator-token"]  # fmt: skip
     assert deployment.outputs["opsGroupName"] == ""

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -100,6 +101,8 @@ def moto_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
+    # The server shares moto's in-process state: start from an empty account.
+    httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
     create_table(boto3.client("dynamodb", region_name=REGION, endpoint_url=url, **_keys()))
     yield url
     server.stop()
