@@ -62,7 +62,11 @@ def alarms(cfg: StackConfig, providers: dict[str, aws.Provider]) -> dict[str, aw
     topics = {}
     for region, provider in providers.items():
         opts = pulumi.ResourceOptions(provider=provider)
-        topic = aws.sns.Topic(f"{region}-alarms", name=f"idra-{cfg.stack}-alarms", opts=opts)
+        topic = aws.sns.Topic(
+            f"{region}-alarms",
+            name=f"idra-{cfg.stack}-alarms",
+            opts=pulumi.ResourceOptions(provider=provider, delete_before_replace=True),
+        )
         for index, email in enumerate(cfg.alarm_emails):
             aws.sns.TopicSubscription(
                 f"{region}-alarms-{index}",

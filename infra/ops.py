@@ -138,5 +138,7 @@ def ops_service(
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
             for key, value in instance_tags.items()
         ],
-        opts=pulumi.ResourceOptions(provider=provider, depends_on=[version, read]),
+        opts=pulumi.ResourceOptions(
+            provider=provider, depends_on=[version, read], delete_before_replace=True
+        ),
     )

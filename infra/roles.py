@@ -221,7 +221,7 @@ def environment_roles(
         hash_key="name",
         attributes=[aws.dynamodb.TableAttributeArgs(name="name", type="S")],
         server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
-        opts=opts,
+        opts=pulumi.ResourceOptions(provider=provider, delete_before_replace=True),  # fixed name
     )
     policy = pulumi.Output.all(account, table.arn).apply(lambda a: ops_policy(cfg, *a))
     ops_role = aws.iam.Role(
