@@ -194,3 +194,26 @@ def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_s
                              capture_output=True, text=True, check=False)  # fmt: skip
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].endswith("ResourceNotFoundException")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stack", "nope"], "Pulumi.nope.yaml: no such stack file"),
+        (["--stack", "staging", "--reap-every", "5", "--lease-seconds", "5"],
+         "the lease (5s) must outlast a tick (5s)"),
+        (["--stack", "staging", "--api-url", "http://api.example"], "must be https://"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    token = tmp_path / "operator.token"
+    token.write_text("x" * 32)
+    token.chmod(0o600)
+    base = ["--cwd", str(REPO_ROOT), "--api-url", "https://api.example",
+            "--operator-token-file", str(token)]  # fmt: skip
+    idra = str(Path(sys.executable).parent / "idra")
+    done = subprocess.run([idra, "ops", "run", *base, *args], capture_output=True, text=True,
+                          check=False, env=os.environ | CREDENTIALS)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
