@@ -146,8 +146,13 @@ class Ops:
                 stop.wait(self.tick)
         finally:
             if holding:
-                self.lease.release()
-                log.info("ops: lease released", extra={"event": "ops.released"})
+                try:
+                    self.lease.release()
+                except Exception as exc:  # it expires by itself
+                    log.error("ops: lease not released: %s", _short(exc),
+                              extra={"event": "ops.lease_error"})  # fmt: skip
+                else:
+                    log.info("ops: lease released", extra={"event": "ops.released"})
 
     def tick_once(self, held: bool) -> bool:
         try:
