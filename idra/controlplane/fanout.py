@@ -62,7 +62,9 @@ def parse(text: str) -> tuple[int, list[str] | None]:
     return version, None if EVERYONE in ids else ids
 
 
-def notify(execute: Callable[[str, dict[str, Any]], Any], version: int, nodes: Iterable[str]) -> None:
+def notify(
+    execute: Callable[[str, dict[str, Any]], Any], version: int, nodes: Iterable[str]
+) -> None:
     """Queue the notification inside the writer's transaction (sent on commit only).
     ``execute(sql, params)`` runs one statement on that transaction's connection."""
     execute("SELECT pg_notify(%(channel)s, %(payload)s)",
@@ -192,6 +194,11 @@ class PgNotifier(LocalNotifier):
     def close(self) -> None:
         """Every wait ends; the listener thread stops within a second (not awaited)."""
         super().close()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the listener thread to end (after :meth:`close`); True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def health(self) -> dict[str, Any]:
         """The watchdog: ``ok`` when connected and checked within three poll intervals."""
