@@ -43,6 +43,8 @@ from idra.render import render_node_files
 
 PYTHON = sys.executable
 FAILURES = "failures"  # logs of failed demo runs, kept by teardown
+# --replicas: the database cluster, beside the lab's folder (which only root may enter)
+POSTGRES_DIR = Path(f"{S.LAB_DIR}-postgres")
 LAB_HEARTBEAT_S = 2  # faster than production's 10 s, so the story moves quickly
 
 
@@ -138,52 +140,53 @@ def start_control_plane(state: LabState, cfg: StackConfig) -> None:
         token = S.LAB_DIR / f"{kind}-token"
         token.touch(mode=0o600)
         token.write_text(secrets.token_urlsafe(32))
-    _spawn(
-        state,
-        cp,
-        "controlplane",
-        PYTHON,
-        "-m",
-        "idra.cli",
-        "controlplane",
-        "serve",
-        "--db",
-        str(S.LAB_DIR / "controlplane.db"),
-        "--listen",
-        f"{S.CP_V4}:{S.CP_PORT}",
-        "--node-token-file",
-        str(S.LAB_DIR / "node-token"),
-        "--operator-token-file",
-        str(S.LAB_DIR / "operator-token"),
-        "--client-token-file",
-        str(S.LAB_DIR / "client-token"),
-        "--tls-cert",
-        str(pki / "server.pem"),
-        "--tls-key",
-        str(pki / "server.key"),
-        "--client-pool-v4",
-        str(cfg.client_pool_ipv4),
-        "--client-pool-v6",
-        str(cfg.client_pool_ipv6),
-        "--heartbeat-interval",
-        str(LAB_HEARTBEAT_S),
-        "--iid-cert-file",
-        f"{state.region}={pki / 'iid.pem'}",
-        "--aws-account",
-        LAB_ACCOUNT,
-        "--aws-region",
-        state.region,
+    serve = [
+        PYTHON, "-m", "idra.cli", "controlplane", "serve",
+        "--node-token-file", str(S.LAB_DIR / "node-token"),
+        "--operator-token-file", str(S.LAB_DIR / "operator-token"),
+        "--client-token-file", str(S.LAB_DIR / "client-token"),
+        "--tls-cert", str(pki / "server.pem"),
+        "--tls-key", str(pki / "server.key"),
+        "--client-pool-v4", str(cfg.client_pool_ipv4),
+        "--client-pool-v6", str(cfg.client_pool_ipv6),
+        "--heartbeat-interval", str(LAB_HEARTBEAT_S),
+        "--iid-cert-file", f"{state.region}={pki / 'iid.pem'}",
+        "--aws-account", LAB_ACCOUNT,
+        "--aws-region", state.region,
         "--insecure-skip-aws-verify",  # the lab plays AWS: no AWS API to ask
-        "--allow-public-ip-range",  # the lab's "internet" uses documentation ranges
-        S.SEGMENT_V4,
-        "--allow-public-ip-range",
-        S.SEGMENT_V6,
-    )
+        "--allow-public-ip-range", S.SEGMENT_V4,  # the lab's "internet": documentation ranges
+        "--allow-public-ip-range", S.SEGMENT_V6,
+    ]  # fmt: skip
+    if state.replicas == 1:
+        database = ["--db", str(S.LAB_DIR / "controlplane.db")]
+        _spawn(state, cp, "controlplane", *serve, *database, "--listen", f"{S.CP_V4}:{S.CP_PORT}")
+    else:
+        _start_replicas(state, cp, serve)
     _wait_for(lambda: _cp_up(cp), "the control plane")
 
 
-def _cp_up(cp: Netns) -> bool:
-    probe = f"import socket; socket.create_connection(('{S.CP_V4}', {S.CP_PORT}), 1)"
+def _start_replicas(state: LabState, cp: Netns, serve: list[str]) -> None:
+    """PostgreSQL on the namespace's loopback, ``state.replicas`` control planes on it
+    (ports 8444, 8445, …) and HAProxy on the one address everything uses."""
+    from idra.lab import balancer
+    from idra.lab.postgres import Cluster
+
+    cluster = Cluster(POSTGRES_DIR, prefix=("ip", "netns", "exec", cp.name))
+    cluster.create()
+    cluster.start()
+    url = ["--database-url", cluster.url()]
+    cp.run(*serve[:3], "controlplane", "migrate", *url)
+    replicas = [f"{S.CP_V4}:{S.CP_PORT + i}" for i in range(1, state.replicas + 1)]
+    for i, listen in enumerate(replicas, 1):
+        _spawn(state, cp, f"controlplane{i}", *serve, *url, "--listen", listen)
+        _wait_for(lambda p=S.CP_PORT + i: _cp_up(cp, p), f"control plane {i}")
+    cfg = S.LAB_DIR / "haproxy.cfg"
+    cfg.write_text(balancer.config(f"{S.CP_V4}:{S.CP_PORT}", replicas, tls=True))
+    _spawn(state, cp, "haproxy", *balancer.command(cfg))
+
+
+def _cp_up(cp: Netns, port: int = S.CP_PORT) -> bool:
+    probe = f"import socket; socket.create_connection(('{S.CP_V4}', {port}), 1)"
     return cp.run(PYTHON, "-c", probe, check=False).returncode == 0
 
 
@@ -299,6 +302,11 @@ def enter_ops() -> None:
 def teardown(state: LabState | None) -> list[str]:
     """Stop every process, delete every namespace and file; return what was removed."""
     removed = []
+    if POSTGRES_DIR.exists():  # --replicas: its database server (pg_ctl's daemon)
+        from idra.lab.postgres import Cluster
+
+        Cluster(POSTGRES_DIR).remove()
+        removed.append("postgresql cluster")
     if state:
         for node in state.nodes:
             stop_process(node.wireguard_pid)
@@ -408,9 +416,13 @@ def api_client(state: LabState, kind: str) -> httpx.Client:
     )
 
 
-def bring_up(cfg: StackConfig, nodes: int, clients: int, agent: Path, console) -> LabState:
-    """The whole lab; on return every node is active and every client has a handshake."""
-    state = LabState(stack=cfg.stack, region=cfg.regions[0], agent=str(agent.resolve()))
+def bring_up(
+    cfg: StackConfig, nodes: int, clients: int, agent: Path, console, replicas: int = 1
+) -> LabState:
+    """The whole lab; on return every node is active and every client has a handshake.
+    ``replicas`` > 1: that many control planes on PostgreSQL behind HAProxy."""
+    state = LabState(stack=cfg.stack, region=cfg.regions[0], agent=str(agent.resolve()),
+                     replicas=replicas)  # fmt: skip
     state.save()
     console.print("building the internet, control plane and services")
     build_world(state)
