@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import sqlite3
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,6 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from idra import __version__
 from idra.controlplane.auth import requires
@@ -149,7 +149,7 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
     def healthz() -> Response:
         try:
             store.ping()
-        except sqlite3.Error as exc:
+        except SQLAlchemyError as exc:
             log.error("health check: database does not answer: %s", type(exc).__name__)
             return JSONResponse({"status": "unavailable", "database": "error"}, status_code=503)
         listener = getattr(store.notifier, "health", None)  # PostgreSQL: the watchdog
