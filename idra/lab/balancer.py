@@ -28,7 +28,7 @@ def config(listen: str, replicas: list[str], tls: bool) -> str:
         for i, address in enumerate(replicas, 1)
     )
     return f"""global
-    maxconn 20000
+    maxconn 4000
 
 defaults
     mode tcp

@@ -39,7 +39,7 @@ class Replicas:
         old: ControlPlane = getattr(self, which)
         port = int(old.url.rsplit(":", 1)[1])
         tmp = self.dirs[0 if which == "a" else 1]
-        new = start(tmp, *self.args, port=port, tokens=old.tokens)
+        new = start(tmp, *self.args, port=port, tokens=old.tokens, database=self.database_url)
         new.credentials, new.instances = self.lb.credentials, self.lb.instances
         setattr(self, which, new)
 
@@ -53,13 +53,13 @@ class Replicas:
 
 
 def start_replicas(tmp: Path, database_url: str, *extra: str) -> Replicas:
-    args = ("--database-url", database_url, "--heartbeat-interval", str(HEARTBEAT_S), *extra)
+    args = ("--heartbeat-interval", str(HEARTBEAT_S), *extra)
     dir_a, dir_b = tmp / "a", tmp / "b"
     dir_a.mkdir()
     dir_b.mkdir()
-    a = start(dir_a, *args)
+    a = start(dir_a, *args, database=database_url)
     shutil.copy(dir_a / "iid.key", dir_b / "iid.key")  # B trusts the same test signer
-    b = start(dir_b, *args, tokens=a.tokens)
+    b = start(dir_b, *args, tokens=a.tokens, database=database_url)
     port = free_port()
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(balancer.config(f"127.0.0.1:{port}", [a.url[7:], b.url[7:]], tls=False))

@@ -12,7 +12,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.controlplane.replicas import (
+from tests.replicas.replicas import (
     HEARTBEAT_S,
     Agent,
     Replicas,
@@ -120,15 +120,16 @@ def test_postgresql_restarts_mid_traffic_and_every_agent_converges(replicas, pos
     fleet = agents(replicas, 3)
     token = replicas.lb.tokens["client"]
     try:
-        for _ in range(6):
-            add_peer(replicas.lb.url, token)
+        added = [add_peer(replicas.lb.url, token) for _ in range(6)]
         postgres_cluster.restart()
-        for _ in range(6):  # retried through the outage, as a client app would
-            add_peer(replicas.lb.url, token)
+        # retried through the outage, as a client app would
+        added += [add_peer(replicas.lb.url, token) for _ in range(6)]
         wait_healthy(replicas.lb, 2)
         expected = database_peers(replicas.database_url)
         converge(fleet, expected, timeout=15)
-        assert sum(len(a.peers) for a in fleet) >= 12
+        stored = {k for keys in expected.values() for k in keys}
+        assert {p["public_key"] for p in added} <= stored  # no peer lost
+        assert sum(len(a.peers) for a in fleet) > 0
     finally:
         for agent in fleet:
             agent.stop.set()
@@ -146,10 +147,15 @@ def test_replica_a_killed_agents_continue_on_b(replicas):
         added = [add_peer(replicas.lb.url, token) for _ in range(6)]
         expected = database_peers(replicas.database_url)
         converge(fleet, expected, timeout=HEARTBEAT_S * 3)
-        for agent in fleet:  # each heartbeat went on within one interval (and a retry)
-            assert any(t > killed_at for t in agent.heartbeats)
+        # Every agent's heartbeat goes on within one interval (and a retry's delay).
+        within = killed_at + HEARTBEAT_S + 1
+        while time.monotonic() < within and not all(
+            any(t > killed_at for t in a.heartbeats) for a in fleet
+        ):
+            time.sleep(0.05)
+        for agent in fleet:
             after = [t for t in agent.heartbeats if t > killed_at]
-            assert after[0] - killed_at < HEARTBEAT_S + 1
+            assert after and after[0] < within, f"{agent.node_id} stopped heartbeating"
         every_key = [k for keys in expected.values() for k in keys]
         assert len(every_key) == len(set(every_key))  # no key owned twice
         assert {p["public_key"] for p in added} <= set(every_key)  # no peer lost
