@@ -141,7 +141,7 @@ class PgNotifier(LocalNotifier):
             try:
                 with psycopg.connect(self.url, **CONNECT_OPTIONS) as conn:
                     self._listen(conn)
-            except psycopg.Error as exc:
+            except Exception as exc:  # whatever it was: listen again
                 if self.closed:
                     break
                 log.warning("change listener: %s; reconnecting", type(exc).__name__)
@@ -182,7 +182,8 @@ class PgNotifier(LocalNotifier):
     def _check(self, conn: psycopg.Connection) -> int:
         """The fallback poll on the listener's own connection (so it also proves the
         connection alive): the latest version and the notification queue's usage."""
-        version = conn.execute(self.version_sql).fetchone()[0] or 0
+        row = conn.execute(self.version_sql).fetchone()
+        version = (row[0] if row else 0) or 0
         usage = conn.execute("SELECT pg_notification_queue_usage()").fetchone()[0]
         self.queue_usage, self.checked_at = float(usage), time.monotonic()
         if not self.seen:

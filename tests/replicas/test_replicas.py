@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.controlplane.conftest import start
 from tests.replicas.replicas import (
     HEARTBEAT_S,
     Agent,
@@ -166,3 +167,37 @@ def test_replica_a_killed_agents_continue_on_b(replicas):
         for agent in fleet:
             agent.stop.set()
         replicas.restart("a")
+
+
+def test_two_replicas_start_at_once_on_an_empty_database_migrating_once(postgres_cluster, tmp_path):
+    url = postgres_cluster.create_database()
+    try:
+        dirs = [tmp_path / "x", tmp_path / "y"]
+        for d in dirs:
+            d.mkdir()
+        started: list = []
+        threads = [
+            threading.Thread(target=lambda d=d: started.append(start(d, database=url)))
+            for d in dirs
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        try:
+            assert len(started) == 2, "a replica did not start"
+            # A second upgrade would have failed on CREATE TABLE (and stopped its replica)
+            # or seeded the version counter twice.
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+                assert conn.execute("SELECT count(*) FROM counters").fetchone() == (1,)
+            for replica in started:
+                assert replica.process.poll() is None
+                with httpx.Client(base_url=replica.url) as http:
+                    assert http.get("/healthz").status_code == 200
+        finally:
+            for replica in started:
+                replica.process.terminate()
+                replica.process.wait(10)
+    finally:
+        postgres_cluster.drop_database(url)
