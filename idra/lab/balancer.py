@@ -37,8 +37,9 @@ defaults
     timeout client 90s
     timeout server 90s
     timeout check 2s
+    # a refused connection (a replica just died) is retried on another replica at once
     retries 2
-    option redispatch
+    option redispatch 1
 
 frontend api
     bind {listen}

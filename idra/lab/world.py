@@ -18,6 +18,7 @@ import secrets
 import shutil
 import ssl
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,8 +44,6 @@ from idra.render import render_node_files
 
 PYTHON = sys.executable
 FAILURES = "failures"  # logs of failed demo runs, kept by teardown
-# --replicas: the database cluster, beside the lab's folder (which only root may enter)
-POSTGRES_DIR = Path(f"{S.LAB_DIR}-postgres")
 LAB_HEARTBEAT_S = 2  # faster than production's 10 s, so the story moves quickly
 
 
@@ -171,7 +170,10 @@ def _start_replicas(state: LabState, cp: Netns, serve: list[str]) -> None:
     from idra.lab import balancer
     from idra.lab.postgres import Cluster
 
-    cluster = Cluster(POSTGRES_DIR, prefix=("ip", "netns", "exec", cp.name))
+    # Outside the lab's folder, which only root may enter; recorded first, for teardown.
+    state.postgres = tempfile.mkdtemp(prefix="idra-lab-postgres-")
+    state.save()
+    cluster = Cluster(Path(state.postgres), prefix=("ip", "netns", "exec", cp.name))
     cluster.create()
     cluster.start()
     url = ["--database-url", cluster.url()]
@@ -302,11 +304,11 @@ def enter_ops() -> None:
 def teardown(state: LabState | None) -> list[str]:
     """Stop every process, delete every namespace and file; return what was removed."""
     removed = []
-    if POSTGRES_DIR.exists():  # --replicas: its database server (pg_ctl's daemon)
+    if state and state.postgres:  # --replicas: its database server (pg_ctl's daemon)
         from idra.lab.postgres import Cluster
 
-        Cluster(POSTGRES_DIR).remove()
-        removed.append("postgresql cluster")
+        Cluster(Path(state.postgres)).remove()
+        removed.append(f"postgresql cluster {state.postgres}")
     if state:
         for node in state.nodes:
             stop_process(node.wireguard_pid)
