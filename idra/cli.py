@@ -22,7 +22,9 @@ from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
 from idra.lifecycle.rollout import rollout_command
+from idra.lifecycle.scale_in import scale_in_command
 from idra.nodes import nodes
+from idra.release import release
 from idra.render import write_node_files
 from idra.status import status
 from node_daemon.logsetup import LIBRARIES, line
@@ -102,6 +104,8 @@ main.add_command(nodes)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 main.add_command(rollout_command)
+main.add_command(release)
+main.add_command(scale_in_command)
 main.add_command(status)
 
 

@@ -69,6 +69,8 @@ class StackConfig(BaseModel):
     )
 
     stack: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    # The one AWS account this stack may deploy into (every provider's allowed_account_ids).
+    aws_account_id: str = Field(pattern=r"^\d{12}$")
     regions: list[Region] = Field(min_length=1)
     instance_types: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")]] = Field(
         min_length=1
@@ -101,9 +103,18 @@ class StackConfig(BaseModel):
     root_volume_gb: int = Field(default=4, ge=1, le=64)
     health_check_grace_seconds: int = Field(default=300, ge=0, le=7200)
     launch_hook_timeout_seconds: int = Field(default=900, ge=30, le=HOOK_TIMEOUT_MAX)
+    # After InService (the agent already serves): until its metrics count for scaling.
+    instance_warmup_seconds: int = Field(default=120, ge=0, le=3600)
     max_drain_seconds: int = Field(default=21600, ge=60, le=172800)
     # Present only as ``{secure: ...}`` entries in the file; values are read by Pulumi.
     secrets_set: frozenset[str] = frozenset()
+
+    @field_validator("aws_account_id", mode="before")
+    @classmethod
+    def _quoted_account(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            raise ValueError("quote it: YAML reads a bare number and drops leading zeros")
+        return value
 
     @field_validator("regions")
     @classmethod

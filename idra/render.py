@@ -5,6 +5,7 @@ The same :func:`render_node_files` feeds ``idra render`` and the Pulumi launch t
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ def _templates() -> Path:
 
 TEMPLATES = _templates()
 NODE_FILES = ("sysctl.conf", "nftables.nft", "node-daemon.initd", "user-data.yaml")
+USER_DATA_BUDGET = 12 * 1024  # bytes as sent to EC2 (gzipped); EC2 refuses above 16 KB
 
 # Destinations a client must never reach through a node (ARCHITECTURE §2). Documentation
 # ranges stay reachable: they are never routed on the internet, and the lab uses them.
@@ -71,9 +73,22 @@ def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, 
     return files
 
 
+def sent_user_data(text: str, where: str) -> bytes:
+    """``user-data.yaml`` as the launch template sends it: gzipped (cloud-init unpacks
+    it; ``mtime=0`` keeps it identical between runs). Above :data:`USER_DATA_BUDGET`,
+    a :class:`ConfigError` naming ``where``."""
+    sent = gzip.compress(text.encode(), compresslevel=9, mtime=0)
+    if len(sent) > USER_DATA_BUDGET:
+        raise ConfigError(
+            f"{where}: user-data is {len(sent)} bytes gzipped, above {USER_DATA_BUDGET}"
+        )
+    return sent
+
+
 def write_node_files(cfg: StackConfig, out: Path, region: str | None = None) -> list[Path]:
     """Render, then write all four files into ``out``: all of them or none."""
     files = render_node_files(cfg, region)
+    sent_user_data(files["user-data.yaml"], region or cfg.regions[0])
     out = Path(out)
     try:
         return _write_all(files, out)
@@ -103,4 +118,5 @@ def _write_all(files: dict[str, str], out: Path) -> list[Path]:
     return [out / name for name in NODE_FILES]
 
 
-__all__ = ["NODE_FILES", "render_node_files", "write_node_files"]
+__all__ = ["NODE_FILES", "USER_DATA_BUDGET", "render_node_files", "sent_user_data",
+           "write_node_files"]  # fmt: skip

@@ -1,7 +1,8 @@
 """Per region: the launch template and the auto-scaling group of exit nodes.
 
-Nodes leave only through drain: new instances are protected from scale-in, target
-tracking never scales in, a termination lifecycle hook gives the agent the whole drain,
+Nodes leave only through drain: new instances are protected from scale-in (target
+tracking lowers desired capacity; ``idra scale-in`` drains the excess), a termination
+lifecycle hook gives the agent the whole drain,
 and no instance refresh replaces serving nodes (``idra rollout`` does, through drain).
 Nodes count only once serving: a launch hook holds each new instance until its agent has
 registered and applied its first sync, and abandons it otherwise.
@@ -15,34 +16,42 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, StackConfig
-from idra.render import render_node_files
+from idra.render import render_node_files, sent_user_data
 from infra.settings import tags
 
-ROOT_DEVICE = "/dev/xvda"  # Alpine's cloud images
 
-
-def ami_id(cfg: StackConfig, region: str, provider: aws.Provider) -> pulumi.Input[str]:
-    """The region's pinned image: its id from ``amiIds``, else the one image of the
-    Alpine owner with exactly the pinned name. No ``most_recent``: a newer image never
-    matches, and two matches fail the preview instead of picking one."""
+def image(
+    cfg: StackConfig, region: str, provider: aws.Provider
+) -> pulumi.Output[aws.ec2.GetAmiResult]:
+    """The region's pinned image (its id and root device come from EC2): the id given in
+    ``amiIds``, else the one image of the Alpine owner with exactly the pinned name. No
+    ``most_recent``: a newer image never matches, and two matches fail the preview instead
+    of picking one. ``include_deprecated``: Alpine deprecates its images after a while; the
+    pinned one must still be found (AWS hides deprecated images from lookups otherwise)."""
     if region in cfg.ami_ids:
-        return cfg.ami_ids[region]
-    return aws.ec2.get_ami_output(
-        owners=[cfg.ami_owner],
-        most_recent=False,
-        filters=[
+        filters = [aws.ec2.GetAmiFilterArgs(name="image-id", values=[cfg.ami_ids[region]])]
+        owners = None
+    else:
+        filters = [
             aws.ec2.GetAmiFilterArgs(name="name", values=[cfg.ami_name]),
             aws.ec2.GetAmiFilterArgs(name="architecture", values=[cfg.architecture]),
             aws.ec2.GetAmiFilterArgs(name="state", values=["available"]),
-        ],
+        ]
+        owners = [cfg.ami_owner]
+    return aws.ec2.get_ami_output(
+        owners=owners,
+        most_recent=False,
+        include_deprecated=True,
+        filters=filters,
         opts=pulumi.InvokeOptions(provider=provider),
-    ).id
+    )
 
 
 def user_data(cfg: StackConfig, region: str) -> str:
-    """Base64 of the same ``user-data.yaml`` that ``idra render`` writes."""
+    """Base64 of the same ``user-data.yaml`` that ``idra render`` writes, as sent: gzipped,
+    within the budget (above it, the preview stops)."""
     text = render_node_files(cfg, region)["user-data.yaml"]
-    return base64.b64encode(text.encode()).decode()
+    return base64.b64encode(sent_user_data(text, region)).decode()
 
 
 def launch_template(
@@ -52,11 +61,14 @@ def launch_template(
     instance_profile_arn: pulumi.Input[str],
     provider: aws.Provider,
 ) -> aws.ec2.LaunchTemplate:
+    # The provider's default_tags reach neither the instances nor their volumes and
+    # interfaces: those get the stack's tags here (the reaper checks them on instances).
     instance_tags = tags(cfg, Name=f"idra-{cfg.stack}-{region}")
+    pinned = image(cfg, region, provider)
     return aws.ec2.LaunchTemplate(
         f"{region}-node",
         description=f"IDRA {cfg.stack} exit node",
-        image_id=ami_id(cfg, region, provider),
+        image_id=pinned.id,
         instance_type=cfg.instance_types[0],
         user_data=user_data(cfg, region),
         update_default_version=True,
@@ -69,7 +81,7 @@ def launch_template(
         ),
         block_device_mappings=[
             aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=ROOT_DEVICE,
+                device_name=pinned.root_device_name,
                 ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
                     volume_size=cfg.root_volume_gb,
                     volume_type="gp3",
@@ -92,7 +104,6 @@ def launch_template(
             aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
             for kind in ("instance", "volume", "network-interface")
         ],
-        tags=tags(cfg),
         opts=pulumi.ResourceOptions(provider=provider),
     )
 
@@ -117,6 +128,16 @@ def auto_scaling_group(
         health_check_type="EC2",
         health_check_grace_period=cfg.health_check_grace_seconds,
         protect_from_scale_in=True,
+        # The readiness hook is the gate, not Pulumi. The provider would otherwise wait up to
+        # 10 minutes for min_size InService instances, while each new instance may spend
+        # the launch hook's whole timeout plus its boot in Pending:Wait first: the
+        # first `up` of a stack or region would fail, and the hooks and policies made after
+        # the group would be left out. "0" skips the provider's capacity wait altogether.
+        wait_for_capacity_timeout="0",
+        # A failed launch (an abandoned readiness hook) is the group's business: it launches
+        # another; it must not fail `pulumi up`.
+        ignore_failed_scaling_activities=True,
+        default_instance_warmup=cfg.instance_warmup_seconds,
         mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
             launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
                 launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(
@@ -140,6 +161,7 @@ def auto_scaling_group(
                 default_result="ABANDON",
             )
         ],
+        # The AWS provider applies no default_tags to groups: the stack's tags, propagated.
         tags=[
             aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
             for key, value in tags(cfg, Name=f"idra-{cfg.stack}-{region}").items()
@@ -148,6 +170,8 @@ def auto_scaling_group(
     )
     # The same hook as its own resource too: `initial_lifecycle_hooks` only acts when the
     # group is created, this one applies later changes (and adds it to an older group).
+    # Hook names are fixed: a replaced hook must go before its successor takes the name.
+    hook_opts = pulumi.ResourceOptions(provider=provider, delete_before_replace=True)
     aws.autoscaling.LifecycleHook(
         f"{region}-ready",
         name=LAUNCH_HOOK,
@@ -155,7 +179,7 @@ def auto_scaling_group(
         lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
         heartbeat_timeout=cfg.launch_hook_timeout_seconds,
         default_result="ABANDON",
-        opts=opts,
+        opts=hook_opts,
     )
     aws.autoscaling.LifecycleHook(
         f"{region}-drain",
@@ -164,7 +188,7 @@ def auto_scaling_group(
         lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
         heartbeat_timeout=cfg.termination_hook_timeout_seconds,
         default_result="CONTINUE",
-        opts=opts,
+        opts=hook_opts,
     )
     _scale_on_load(cfg, region, group, opts)
     return group
@@ -173,7 +197,9 @@ def auto_scaling_group(
 def _scale_on_load(
     cfg: StackConfig, region: str, group: aws.autoscaling.Group, opts: pulumi.ResourceOptions
 ) -> None:
-    """Target tracking that only ever adds nodes; removing one is the reaper's decision."""
+    """Target tracking both ways. Scale-in only lowers desired capacity: every instance is
+    protected from scale-in, so AWS terminates none; ``idra scale-in`` drains the excess
+    (emptiest first) and the reaper terminates it once empty, without a replacement."""
     targets = {"cpu": ("ASGAverageCPUUtilization", cfg.scale_cpu_target)}
     if cfg.scale_network_out_target_mbps:
         bytes_per_minute = cfg.scale_network_out_target_mbps * 1e6 / 8 * 60
@@ -188,7 +214,7 @@ def _scale_on_load(
                     predefined_metric_type=metric
                 ),
                 target_value=target,
-                disable_scale_in=True,
+                disable_scale_in=False,
             ),
             opts=opts,
         )

@@ -11,7 +11,6 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import StackConfig
-from infra.settings import tags
 from infra.stack_secrets import EnvironmentSecrets
 
 ASSUME_BY_EC2 = json.dumps(
@@ -93,7 +92,6 @@ class NodeIdentity:
             description=f"IDRA {cfg.stack} exit nodes in {region}",
             assume_role_policy=ASSUME_BY_EC2,
             max_session_duration=3600,
-            tags=tags(cfg),
             opts=opts,
         )
         token = aws.iam.RolePolicy(
@@ -116,6 +114,4 @@ class NodeIdentity:
             opts=opts,
         )
         self.policies: list[pulumi.Resource] = [token, lifecycle]
-        self.profile = aws.iam.InstanceProfile(
-            f"{region}-node", role=self.role.name, tags=tags(cfg), opts=opts
-        )
+        self.profile = aws.iam.InstanceProfile(f"{region}-node", role=self.role.name, opts=opts)

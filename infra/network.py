@@ -11,7 +11,6 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import StackConfig
-from infra.settings import tags
 
 MAX_ZONES = 3
 
@@ -41,10 +40,10 @@ def network(cfg: StackConfig, region: str, provider: aws.Provider) -> Network:
         assign_generated_ipv6_cidr_block=True,
         enable_dns_support=True,
         enable_dns_hostnames=True,
-        tags=tags(cfg, Name=f"idra-{cfg.stack}-{region}"),
+        tags={"Name": f"idra-{cfg.stack}-{region}"},
         opts=opts,
     )
-    gateway = aws.ec2.InternetGateway(f"{region}-igw", vpc_id=vpc.id, tags=tags(cfg), opts=opts)
+    gateway = aws.ec2.InternetGateway(f"{region}-igw", vpc_id=vpc.id, opts=opts)
     routes = aws.ec2.RouteTable(
         f"{region}-public",
         vpc_id=vpc.id,
@@ -52,7 +51,6 @@ def network(cfg: StackConfig, region: str, provider: aws.Provider) -> Network:
             aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=gateway.id),
             aws.ec2.RouteTableRouteArgs(ipv6_cidr_block="::/0", gateway_id=gateway.id),
         ],
-        tags=tags(cfg),
         opts=opts,
     )
     zones = aws.get_availability_zones(state="available", opts=invoke).names[:MAX_ZONES]
@@ -67,7 +65,7 @@ def network(cfg: StackConfig, region: str, provider: aws.Provider) -> Network:
             ipv6_cidr_block=vpc.ipv6_cidr_block.apply(lambda v6, i=index: _ipv6_subnet(v6, i)),
             map_public_ip_on_launch=True,
             assign_ipv6_address_on_creation=True,
-            tags=tags(cfg, Name=f"idra-{cfg.stack}-{zone}"),
+            tags={"Name": f"idra-{cfg.stack}-{zone}"},
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from idra.config import ConfigError
+from idra.config import ConfigError, StackConfig
 from infra import settings as stack_settings
 from infra.fleet import auto_scaling_group, launch_template
 from infra.identity import NodeIdentity
@@ -14,10 +14,21 @@ from infra.security import security_group
 from infra.stack_secrets import environment_secrets
 
 
+def regional_provider(cfg: StackConfig, region: str) -> aws.Provider:
+    """One region's provider: it refuses credentials of any account but the stack's
+    (``idra:awsAccountId``) and tags every resource that takes tags."""
+    return aws.Provider(
+        f"aws-{region}",
+        region=region,
+        allowed_account_ids=[cfg.aws_account_id],
+        default_tags=aws.ProviderDefaultTagsArgs(tags=stack_settings.tags(cfg)),
+    )
+
+
 def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
     """Register every resource; return the stack outputs (no secret value among them)."""
     cfg = settings.cfg
-    providers = {region: aws.Provider(f"aws-{region}", region=region) for region in cfg.regions}
+    providers = {region: regional_provider(cfg, region) for region in cfg.regions}
     secrets = environment_secrets(settings, providers)
     asg_names, asg_arns, group_ids = {}, {}, {}
     for region, provider in providers.items():
@@ -40,10 +51,9 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
 def main() -> dict[str, pulumi.Input[object]]:
     """Entry point of ``pulumi up``: a bad stack value stops it with one clear line."""
     try:
-        settings = stack_settings.load()
+        outputs = build(stack_settings.load())
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
-    outputs = build(settings)
     for name, value in outputs.items():
         pulumi.export(name, value)
     return outputs

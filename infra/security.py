@@ -8,7 +8,6 @@ import pulumi
 import pulumi_aws as aws
 
 from idra.config import StackConfig
-from infra.settings import tags
 
 SSH_PORT = 22
 WORLD = {"cidr_blocks": ["0.0.0.0/0"], "ipv6_cidr_blocks": ["::/0"]}
@@ -52,6 +51,6 @@ def security_group(
                 description="Exit traffic", protocol="-1", from_port=0, to_port=0, **WORLD
             )
         ],
-        tags=tags(cfg, Name=f"idra-{cfg.stack}-nodes"),
+        tags={"Name": f"idra-{cfg.stack}-nodes"},
         opts=pulumi.ResourceOptions(provider=provider),
     )

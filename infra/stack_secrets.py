@@ -1,5 +1,11 @@
 """Per environment: a KMS key (replicated to every region of the stack) and the three
-Secrets Manager secrets, encrypted with it and replicated the same way."""
+Secrets Manager secrets, encrypted with it and replicated the same way.
+
+Keys, replica keys and secrets are ``protect``ed: Pulumi refuses to delete or replace
+them until an operator lifts the protection on purpose (a deleted key makes every secret
+unreadable; a deleted secret keeps its fixed name for the recovery window). Resources
+with a fixed name (secrets, aliases) are deleted before their replacement is created,
+since both cannot hold the name at once."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from infra.settings import SECRETS, Settings, tags
+from infra.settings import SECRETS, Settings
 
 RECOVERY_DAYS = 7
 TOKEN_LENGTH = 48
@@ -45,8 +51,7 @@ def environment_secrets(
         enable_key_rotation=True,
         deletion_window_in_days=30,
         multi_region=True,
-        tags=tags(cfg),
-        opts=pulumi.ResourceOptions(provider=providers[primary]),
+        opts=pulumi.ResourceOptions(provider=providers[primary], protect=True),
     )
     key_arns = {primary: key.arn}
     for region in replicas:
@@ -55,8 +60,7 @@ def environment_secrets(
             description=f"IDRA {cfg.stack}: Secrets Manager secrets",
             primary_key_arn=key.arn,
             deletion_window_in_days=30,
-            tags=tags(cfg),
-            opts=pulumi.ResourceOptions(provider=providers[region]),
+            opts=pulumi.ResourceOptions(provider=providers[region], protect=True),
         )
         key_arns[region] = replica.arn
     for region, arn in key_arns.items():
@@ -64,7 +68,7 @@ def environment_secrets(
             f"{region}-secrets-key",
             name=f"alias/idra-{cfg.stack}-secrets",
             target_key_id=arn,
-            opts=pulumi.ResourceOptions(provider=providers[region]),
+            opts=pulumi.ResourceOptions(provider=providers[region], delete_before_replace=True),
         )
 
     values = dict(settings.secrets)
@@ -85,8 +89,9 @@ def environment_secrets(
                 aws.secretsmanager.SecretReplicaArgs(region=region, kms_key_id=key_arns[region])
                 for region in replicas
             ],
-            tags=tags(cfg),
-            opts=pulumi.ResourceOptions(provider=providers[primary]),
+            opts=pulumi.ResourceOptions(
+                provider=providers[primary], protect=True, delete_before_replace=True
+            ),
         )
         versions[name] = aws.secretsmanager.SecretVersion(
             label,

@@ -412,7 +412,7 @@ def test_destructive_commands_need_yes_off_a_terminal(cp: ControlPlane, verb: st
     """Off a terminal without --yes: what it would do on stderr, then one error line,
     exit 2, and nothing changed."""
     node = cp.register(f"i-yes{verb}")
-    args = ["--force"] if verb == "delete" else []
+    args = ["--force", "--fleet", "lab"] if verb == "delete" else []
     result = run(IDRA, "nodes", verb, node, *args, *ops(cp))
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and "Traceback" not in result.stderr

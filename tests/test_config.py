@@ -55,6 +55,9 @@ BAD_VALUES = {
     ),
     "plaintext secret": ("idra:nodeToken", "hunter2", "idra:nodeToken"),
     "foreign namespace": ("idar:regions", ["eu-west-1"], "idar:regions"),
+    "missing account": ("idra:awsAccountId", None, "idra:awsAccountId"),
+    "unquoted account": ("idra:awsAccountId", 12345678901, "quote it"),
+    "short account": ("idra:awsAccountId", "1234", "idra:awsAccountId"),
 }
 
 

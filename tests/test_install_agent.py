@@ -116,3 +116,26 @@ def test_download_failure_refuses(server, tmp_path: Path) -> None:
     result, dest = _install(server, tmp_path, hashlib.sha256(PAYLOAD).hexdigest(), "missing")
     assert result.returncode != 0
     assert not dest.exists()
+
+
+def test_later_boots_verify_the_kept_file_without_downloading(server, tmp_path: Path) -> None:
+    """First boot downloads; every later boot re-verifies the file on disk against the pin
+    and never asks the network (here the URL names a file the server does not have)."""
+    pin = hashlib.sha256(PAYLOAD).hexdigest()
+    first, dest = _install(server, tmp_path, pin)
+    assert first.returncode == 0, first.stderr
+    later, again = _install(server, tmp_path, pin, "gone-during-an-outage")
+    assert later.returncode == 0, later.stderr
+    assert again == dest and dest.read_bytes() == PAYLOAD
+
+
+def test_a_changed_file_on_disk_is_refused_not_replaced(server, tmp_path: Path) -> None:
+    pin = hashlib.sha256(PAYLOAD).hexdigest()
+    first, dest = _install(server, tmp_path, pin)
+    assert first.returncode == 0, first.stderr
+    dest.chmod(0o644)
+    dest.write_bytes(PAYLOAD + b"tampered")
+    later, _ = _install(server, tmp_path, pin)
+    assert later.returncode != 0
+    assert "does not match the pinned sha256" in later.stderr
+    assert dest.read_bytes() == PAYLOAD + b"tampered", "not silently downloaded again"

@@ -49,6 +49,7 @@ def test_user_data_carries_the_rendered_files(rendered: Path) -> None:
     assert files["/etc/init.d/node-daemon"] == (rendered / "node-daemon.initd").read_text()
     assert data["ssh_pwauth"] is False and data["disable_root"] is True
     assert {"wireguard-tools", "nftables", "python3"} <= set(data["packages"])
+    assert not {"package_update", "package_upgrade", "apt_update"} & set(data), "once, no upgrade"
     tmpfs = {m[1]: m for m in data["mounts"] if m[0] == "tmpfs"}
     assert {"/var/log", "/etc/wireguard"} <= set(tmpfs)
     boot = files["/var/lib/cloud/scripts/per-boot/idra-boot"]
@@ -160,3 +161,14 @@ def test_every_flag_reads_an_idra_environment_variable(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Pulumi.production.yaml" in result.stderr
     assert "production" in (tmp_path / "o" / "sysctl.conf").read_text()
+
+
+def test_user_data_above_the_budget_is_refused_and_nothing_written(tmp_path, monkeypatch) -> None:
+    """The same 12 KB budget (gzipped, as sent) as the launch template's, before a deploy."""
+    import idra.render
+    from idra.config import ConfigError
+
+    monkeypatch.setattr(idra.render, "USER_DATA_BUDGET", 512)
+    with pytest.raises(ConfigError, match=r"^eu-central-1: user-data is \d+ bytes gzipped"):
+        write_node_files(load_stack("staging"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,9 @@ from tests.controlplane.conftest import start
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "lifecycle.yml"
 PULUMI_ACTION = REPO_ROOT / ".github" / "actions" / "pulumi" / "action.yml"
+# The running interpreter's environment (a venv, a CI image, a distro's python), never
+# a path of this checkout.
+CHECK_JSONSCHEMA = str(Path(sys.executable).parent / "check-jsonschema")
 
 
 def test_every_workflow_is_schema_valid() -> None:
@@ -27,7 +30,7 @@ def test_every_workflow_is_schema_valid() -> None:
     assert len(files) >= 2
     result = run(
         [
-            str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")),
+            CHECK_JSONSCHEMA,
             "--builtin-schema",
             "vendor.github-workflows",
             *files,
@@ -40,7 +43,7 @@ def test_every_workflow_is_schema_valid() -> None:
 def test_pulumi_action_is_schema_valid() -> None:
     result = run(
         [
-            str(Path(REPO_ROOT, ".venv/bin/check-jsonschema")),
+            CHECK_JSONSCHEMA,
             "--builtin-schema",
             "vendor.github-actions",
             str(PULUMI_ACTION),
@@ -112,21 +115,40 @@ def test_pull_request_code_never_holds_production_credentials() -> None:
 
 
 def test_main_deploys_staging_then_production_behind_approval() -> None:
+    """Production starts only after staging's rollout job finished (every staging node on
+    the new version and serving): a job dependency, not a timer."""
     workflow = _load(WORKFLOWS / "infra-deploy.yml")
     assert workflow[True]["push"]["branches"] == ["main"]
     assert "concurrency" not in workflow, "per stack, not one group for both"
-    assert workflow["jobs"]["test"]["uses"] == "./.github/workflows/ci.yml"
-    staging, production = workflow["jobs"]["staging"], workflow["jobs"]["production"]
-    assert (staging["needs"], production["needs"]) == ("test", "staging")
-    for job, stack in ((staging, "staging"), (production, "production")):
+    jobs = workflow["jobs"]
+    assert jobs["test"]["uses"] == "./.github/workflows/ci.yml"
+    needs = {name: job.get("needs") for name, job in jobs.items()}
+    assert needs == {"test": None, "staging": "test", "staging-rollout": "staging",
+                     "production": "staging-rollout", "pin-production": "staging-rollout",
+                     "production-rollout": "production"}  # fmt: skip
+    for name, job in jobs.items():
+        if name != "test":
+            assert job["if"] == "github.ref == 'refs/heads/main'", name  # workflow_dispatch too
+    for stack in ("staging", "production"):
+        job = jobs[stack]
         assert job["environment"] == stack
-        assert job["if"] == "github.ref == 'refs/heads/main'"  # workflow_dispatch too
         assert job["concurrency"] == {"group": f"pulumi-{stack}", "cancel-in-progress": False}
         assert job["permissions"]["id-token"] == "write"
         (step,) = _pulumi_steps(job)
         assert (step["with"]["command"], step["with"]["stack"]) == ("up", stack)
         assert step["with"]["role-to-assume"] == f"${{{{ vars.{stack.upper()}_DEPLOY_ROLE_ARN }}}}"
         assert step["with"]["pulumi-access-token"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+        rollout = jobs[f"{stack}-rollout"]
+        assert rollout["environment"] == f"{stack}-lifecycle"
+        (run,) = [s for s in rollout["steps"] if "idra rollout" in s.get("run", "")]
+        assert f"--stack {stack} --wait " in run["run"]
+        assert "<(printf '%s' \"$OPERATOR_TOKEN\")" in run["run"], "never on disk"
+        assert run["env"] == {"OPERATOR_TOKEN": "${{ secrets.OPERATOR_TOKEN }}"}
+    pin = jobs["pin-production"]
+    assert "secrets." not in str(pin) and "environment" not in pin
+    command = " ".join(s.get("run", "") for s in pin["steps"])
+    assert "idra release pin --stack production --from-stack staging" in command
+    assert "gh pr create" in command
 
 
 def test_test_job_lints_and_runs_the_suite() -> None:
@@ -146,11 +168,25 @@ def test_pulumi_cli_version_is_pinned() -> None:
     assert version == importlib.metadata.version("pulumi"), "the CLI release of the tested SDK"
 
 
-def test_release_builds_and_attaches_the_agent() -> None:
-    release = yaml.safe_load((WORKFLOWS / "release.yml").read_text())
+def test_release_builds_pins_staging_and_opens_a_pull_request() -> None:
+    """The tag's build is the one attached and the one pinned; staging only."""
+    release = _load(WORKFLOWS / "release.yml")
     assert release[True]["push"]["tags"] == ["v*"]
-    steps = " ".join(str(step) for step in release["jobs"]["agent"]["steps"])
-    assert "agent/build.py" in steps and "node-daemon.pyz.sha256" in steps
+    assert release["permissions"] == {"contents": "read"}
+    job = release["jobs"]["agent"]
+    assert job["permissions"] == {"contents": "write", "pull-requests": "write"}
+    runs = [step.get("run", "") for step in job["steps"]]
+    joined = "\n".join(runs)
+    pin = next(i for i, r in enumerate(runs) if "idra release pin" in r)
+    attach = next(i for i, r in enumerate(runs) if "gh release create" in r)
+    pull = next(i for i, r in enumerate(runs) if "gh pr create" in r)
+    assert pin < attach < pull
+    assert '--stack staging --version "$GITHUB_REF_NAME" --out dist' in runs[pin]
+    assert "dist/node-daemon.pyz dist/node-daemon.pyz.sha256" in runs[attach]
+    assert "-- Pulumi.staging.yaml" in runs[pull] and "--stack production" not in joined
+    shiv = re.search(r'SHIV_VERSION = "(.+?)"', (REPO_ROOT / "agent/build.py").read_text())
+    assert f'"shiv=={shiv.group(1)}"' in joined, "the shiv release of agent/build.py"
+    assert "${{" not in joined.replace("${{ github.token }}", ""), "no expression in a script"
 
 
 def test_scheduled_with_oidc_for_both_stacks() -> None:
@@ -163,7 +199,7 @@ def test_scheduled_with_oidc_for_both_stacks() -> None:
     commands = " ".join(step.get("run", "") for step in job["steps"])
     assert "idra canary" in commands and "--state-file" in commands
     assert "idra reap" in commands and "--fleet aws" in commands
-    assert "idra rollout" in commands
+    assert "idra rollout" in commands and "idra scale-in" in commands
     assert not any("aws-access-key-id" in str(step.get("with", {})) for step in job["steps"])
 
 
@@ -174,7 +210,7 @@ def test_operator_token_only_in_the_steps_that_call_the_control_plane() -> None:
     assert "secrets." not in str(job.get("env", {}))
     for step in job["steps"]:
         holds = "secrets." in str(step)
-        calls = re.search(r"^\s*idra (canary|rollout|reap) ", step.get("run", ""), re.M)
+        calls = re.search(r"^\s*idra (canary|rollout|scale-in|reap) ", step.get("run", ""), re.M)
         assert holds == bool(calls), step.get("name")
         if holds:
             assert step["env"]["OPERATOR_TOKEN"] == "${{ secrets.OPERATOR_TOKEN }}"
@@ -208,7 +244,7 @@ def test_reaper_reads_the_stacks_max_drain() -> None:
     assert "idra reap" in commands and "--stack ${{ matrix.stack }}" in commands
 
 
-@pytest.mark.parametrize("name", ["Rollout", "Reaper"])
+@pytest.mark.parametrize("name", ["Rollout", "Scale-in", "Reaper"])
 def test_lifecycle_steps_run_as_written(name: str, tmp_path: Path) -> None:
     """The step's own command, through bash as Actions runs it, against a control plane."""
     server = start(tmp_path)

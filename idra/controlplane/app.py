@@ -90,7 +90,7 @@ class Heartbeat(Body):
 
 class Drain(Body):
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    reason: Literal["blocked", "compromised", "manual", "outdated"]
+    reason: Literal["blocked", "compromised", "manual", "outdated", "scale_in"]
 
 
 class PeerRequest(Body):

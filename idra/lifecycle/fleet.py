@@ -3,6 +3,7 @@ and how it first makes sure the instance really is one of the stack's own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -10,6 +11,9 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
+HOOK_WAIT = "Terminating:Wait"  # held by the termination hook until completed
+HOOK_WAIT_S = 60.0  # how long one pass waits for an instance to reach HOOK_WAIT
+POLL_S = 2.0
 ROLE_TAGS = {"role": "exit-node", "project": "idra"}  # with environment=<stack> (infra tags)
 
 
@@ -19,8 +23,15 @@ class Fleet(Protocol):
         ...
 
     def terminate(self, node: dict[str, Any]) -> str:
-        """Terminate ``node``'s instance (idempotent); return what happened."""
+        """Terminate ``node``'s instance (idempotent); return what happened: starting with
+        ``terminated`` or ``already gone`` once the instance is gone (the record may go),
+        anything else while it is still on its way out (the record stays; retried)."""
         ...
+
+
+def is_gone(outcome: str) -> bool:
+    """The fleet's outcome says the instance is gone: its record may be deleted."""
+    return outcome.startswith(("terminated", "already gone"))
 
 
 def group_name(stack: str, region: str) -> str:
@@ -52,6 +63,8 @@ def membership(autoscaling: Any, ec2: Any, instance_id: str, stack: str, region:
     if not found or found[0]["State"]["Name"] == "terminated":
         return Membership(None, gone=True)
     instance = found[0]
+    if instance["State"]["Name"] == "shutting-down":  # on its way out: nothing left to do
+        return Membership(None, state="shutting-down")
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
     ips = {instance.get("PublicIpAddress", "")} | {
         a["Ipv6Address"] for eni in instance.get("NetworkInterfaces", [])
@@ -72,47 +85,84 @@ def membership(autoscaling: Any, ec2: Any, instance_id: str, stack: str, region:
 
 
 class AwsFleet:
-    """Auto Scaling: terminate without decrementing desired capacity, so the group
-    launches a replacement (new instance, new address, new key), then complete the
-    termination lifecycle hook (the node is already drained). Before that, the instance
-    must be in the stack's own group ``idra-<stack>-<region>`` with the stack's tags."""
+    """Auto Scaling: terminate without decrementing desired capacity (a replacement, with
+    a new address and key, follows; for a ``scale_in`` drain target tracking has already
+    lowered desired capacity, so none does), wait (bounded) until the instance is held in
+    ``Terminating:Wait`` by the termination hook, then complete the hook at once — the
+    node is drained, and a compromised node's own lifecycle heartbeats must not keep it
+    alive. The instance is reported gone only once AWS shows it terminated; until then
+    each later pass picks up where this one stopped. Before anything, the instance must be
+    in the stack's own group ``idra-<stack>-<region>`` with the stack's tags."""
 
     def __init__(
         self,
         client_for_region: Callable[[str], Any],
         stack: str,
         ec2_for_region: Callable[[str], Any] | None = None,
+        *,
+        hook_wait_s: float = HOOK_WAIT_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client_for_region, self.stack = client_for_region, stack
         self._ec2_for_region = ec2_for_region or _boto3_ec2
+        self.hook_wait_s, self._sleep = hook_wait_s, sleep
 
-    def check(self, node: dict[str, Any]) -> str | None:
+    def _membership(self, node: dict[str, Any]) -> Membership:
         region = node["region"]
         return membership(
             self._client_for_region(region), self._ec2_for_region(region),
             node["instance_id"], self.stack, region,
-        ).problem  # fmt: skip
+        )  # fmt: skip
+
+    def check(self, node: dict[str, Any]) -> str | None:
+        return self._membership(node).problem
 
     def terminate(self, node: dict[str, Any]) -> str:
-        problem = self.check(node)
-        if problem:
-            raise NotOurs(problem)
+        seen = self._membership(node)
+        if seen.problem:
+            raise NotOurs(seen.problem)
+        if seen.gone:
+            return "already gone"
         client = self._client_for_region(node["region"])
         instance_id = node["instance_id"]
-        found = client.describe_auto_scaling_instances(InstanceIds=[instance_id])
-        if not found["AutoScalingInstances"]:
-            return "already gone"
-        instance = found["AutoScalingInstances"][0]
-        group = instance["AutoScalingGroupName"]
-        if not instance["LifecycleState"].startswith("Terminat"):
+        state = self._lifecycle_state(client, instance_id)
+        if state is None:
+            return f"terminating (EC2 {seen.state}); record kept until it is terminated"
+        if not state.startswith("Terminat"):
             client.terminate_instance_in_auto_scaling_group(
                 InstanceId=instance_id, ShouldDecrementDesiredCapacity=False
             )
-        hooks = client.describe_lifecycle_hooks(AutoScalingGroupName=group)["LifecycleHooks"]
-        for hook in hooks:
-            if hook["LifecycleTransition"] == TERMINATING:
-                self._complete(client, hook["LifecycleHookName"], group, instance_id)
-        return "terminated"
+        state = self._await_hook(client, instance_id)
+        if state == HOOK_WAIT:
+            group = group_name(self.stack, node["region"])
+            hooks = client.describe_lifecycle_hooks(AutoScalingGroupName=group)["LifecycleHooks"]
+            for hook in hooks:
+                if hook["LifecycleTransition"] == TERMINATING:
+                    self._complete(client, hook["LifecycleHookName"], group, instance_id)
+            state = self._lifecycle_state(client, instance_id)
+        if state is None and self._membership(node).gone:
+            return "terminated"
+        return f"terminating ({state or 'leaving'}); record kept until it is terminated"
+
+    @staticmethod
+    def _lifecycle_state(client: Any, instance_id: str) -> str | None:
+        """The instance's state in its group, or None when no group lists it any more."""
+        found = client.describe_auto_scaling_instances(InstanceIds=[instance_id])
+        listed = found["AutoScalingInstances"]
+        return listed[0]["LifecycleState"] if listed else None
+
+    def _await_hook(self, client: Any, instance_id: str) -> str | None:
+        """Poll until the instance is held in ``Terminating:Wait`` (or past it), at most
+        ``hook_wait_s``; return its last state."""
+        waited = 0.0
+        while True:
+            state = self._lifecycle_state(client, instance_id)
+            if state in (None, HOOK_WAIT, "Terminating:Proceed", "Terminated"):
+                return state
+            if waited >= self.hook_wait_s:
+                return state
+            self._sleep(POLL_S)
+            waited += POLL_S
 
     @staticmethod
     def _complete(client: Any, hook: str, group: str, instance_id: str) -> None:

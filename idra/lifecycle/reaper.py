@@ -5,8 +5,10 @@ maximum drain time has passed; ``compromised`` and ``identity_lost`` (its instan
 re-registered without its credential) go at once. Only nodes the control
 plane lists as draining are ever touched, and before any termination the fleet confirms
 the instance is the stack's own (its auto-scaling group and tags): anything else is
-``refused``, reported, and its record kept for the operator. Safe to run every minute:
-a node whose instance is gone is just forgotten.
+``refused``, reported, and its record kept for the operator. A record is deleted only
+once AWS shows its instance terminated; until then every pass resumes the termination
+(completing the hook when the instance reaches ``Terminating:Wait``). Safe to run every
+minute: a node whose instance is gone is just forgotten.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idra.lifecycle.api import OperatorApi
-from idra.lifecycle.fleet import Fleet
+from idra.lifecycle.fleet import Fleet, is_gone
 
 AT_ONCE = ("compromised", "identity_lost")  # drain reasons reaped without waiting
 
@@ -88,7 +90,8 @@ def reap(
                     decision.action, decision.why = "refused", f"not terminated: {problem}"
                 elif not dry_run:
                     decision.outcome = fleet.terminate(node)
-                    api.delete(node["id"], terminated=True)
+                    if is_gone(decision.outcome):  # else: still leaving; the next pass
+                        api.delete(node["id"], terminated=True)
             except Exception as exc:  # one node's AWS error never ends the pass
                 detail = " ".join(str(exc).split())
                 decision.outcome = f"error: {type(exc).__name__}: {detail}"

@@ -30,11 +30,22 @@ NODE_IP = "192.0.2.1"
 INSTANCE_ID = "i-0agenttest"
 
 
+class Unreachable(AssertionError):
+    """The agent's metrics endpoint did not answer (yet)."""
+
+
 def eventually(condition: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
+    """Wait until ``condition`` holds, at most ``timeout`` s. A metrics endpoint not up
+    yet counts as "not yet"; any other error fails at once."""
+    deadline, last = time.monotonic() + timeout, ""
+    while True:
+        try:
+            if condition():
+                return
+        except Unreachable as exc:
+            last = f" (last: {exc})"
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
+            raise AssertionError(f"timed out waiting for {what or condition}{last}")
         time.sleep(0.1)
 
 
@@ -118,15 +129,27 @@ class Env:
             self.agent.wait(10)
 
     def metrics(self) -> str:
+        """The agent's metrics page; raises :class:`Unreachable` if it does not answer."""
         try:
-            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            return ""
+            reply = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+            reply.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"agent metrics: {type(exc).__name__}: {exc}") from None
+        return reply.text
 
     def metric(self, name: str, labels: str = "") -> float:
+        """One sample's value. A labelled sample not counted yet is 0 (the client library
+        shows a label set once used) when its family is exported; a family missing from
+        the page, or a page that does not answer, fails the test."""
+        text = self.metrics()
         pattern = rf"^{name}{{{labels}}} (\S+)$" if labels else rf"^{name} (\S+)$"
-        match = re.search(pattern, self.metrics(), re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        match = re.search(pattern, text, re.MULTILINE)
+        if match:
+            return float(match.group(1))
+        family = rf"(?:{name}|{name.removesuffix('_total')})"
+        if labels and re.search(rf"^# TYPE {family} ", text, re.MULTILINE):
+            return 0.0
+        raise AssertionError(f"{name}{{{labels}}}: not on the agent's metrics page")
 
     def dump(self) -> dict[str, list[str]]:
         """The node interface's peers: key → [endpoint, allowed, handshake, rx, tx]."""

@@ -178,6 +178,7 @@ class ScriptedControlPlane(Scripted):
         self.node_key: str | None = None
         self.registrations = 0
         self.too_many = 2000  # peers in a ``too_many_peers`` reply: over the agent's cap
+        self.drain = False  # the heartbeat's drain flag (reason "manual")
 
     def set_peers(self, desired: dict[str, list[str]]) -> None:
         with self.lock:
@@ -232,7 +233,8 @@ class ScriptedControlPlane(Scripted):
                 return 200, {"drain": "no", "drain_reason": 5, "peers_version": "7"}
             if fault == "missing_keys":
                 return 200, {"drain": False}
-            return 200, {"drain": False, "drain_reason": None, "peers_version": self.version}
+            return 200, {"drain": self.drain, "drain_reason": "manual" if self.drain else None,
+                         "peers_version": self.version}  # fmt: skip
         if parts[3] == "peers" and method == "GET":
             if fault == "wrong_types":
                 return 200, {"version": "x", "full": 1, "peers": {}, "removed": None}

@@ -16,10 +16,17 @@ from tests.controlplane.conftest import free_port, start, wg_key
 
 from .conftest import INSTANCE_ID, Env, eventually
 
+OUTAGE_S = float(os.environ.get("IDRA_TEST_OUTAGE_S", "10"))
+
 
 def _nodes(env: Env, state: str | None = None) -> list[dict]:
     with env.cp.client("operator") as ops:
         return ops.get("/v1/nodes", params={"state": state} if state else {}).json()["nodes"]
+
+
+def _received(env: Env, key: str) -> int:
+    """Bytes the node's interface has received from the peer ``key``."""
+    return int(env.dump()[key][3])
 
 
 def test_restart_keeps_key_registration_and_sessions(env: Env, pyz: Path) -> None:
@@ -30,15 +37,20 @@ def test_restart_keeps_key_registration_and_sessions(env: Env, pyz: Path) -> Non
     assert env.ping(client) == 3
     public_key = env.node.run("wg", "show", env.wg, "public-key").stdout
     node_id = _nodes(env)[0]["id"]
+    received = _received(env, client.public_key)
     ping = subprocess.Popen(
         client.ns.exec_args("ping", "-n", "-q", "-c", "150", "-i", "0.02", "10.96.0.1"),
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
-    env.stop_agent(kill=True)
-    env.start_agent(pyz)
-    out, _ = ping.communicate(timeout=30)
+    try:
+        eventually(lambda: _received(env, client.public_key) > received, what="ping running")
+        env.stop_agent(kill=True)
+        env.start_agent(pyz)
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        ping.kill()
+        ping.wait()
     assert " 150 received" in out, out
     assert env.node.run("wg", "show", env.wg, "public-key").stdout == public_key
     nodes = _nodes(env)
@@ -81,7 +93,7 @@ def test_one_new_peer_among_a_thousand_changes_only_it(env: Env) -> None:
         return cycles, sent + env.metric("idra_agent_api_bytes_total", 'direction="received"')
 
     cycles, total = exchanged()
-    time.sleep(3)
+    eventually(lambda: env.metric("idra_agent_heartbeats_total") >= cycles + 3, what="3 cycles")
     cycles2, total2 = exchanged()
     assert cycles2 - cycles >= 3
     per_cycle = (total2 - total) / (cycles2 - cycles)
@@ -148,7 +160,13 @@ def test_bad_peers_rejected_one_by_one(env: Env, tmp_path: Path) -> None:
 
 
 def test_outage_keeps_peers_then_recovers(env: Env) -> None:
-    env.start_agent()
+    """The control plane gone for OUTAGE_S seconds (``IDRA_TEST_OUTAGE_S``, 10 by
+    default): peers kept, sessions unaffected, retries backed off. The bound comes from
+    the agent's own timings, set here: without backoff it would retry every cycle
+    (``interval``); with full jitter up to ``backoff_max`` it retries about once a second."""
+    interval, backoff_max = 0.2, 2.0
+    env.start_agent(None, "--heartbeat-interval", str(interval), "--backoff-max",
+                    str(backoff_max))  # fmt: skip
     client = env.add_client()
     env.cp.process.terminate()
     env.cp.process.wait(10)
@@ -158,12 +176,14 @@ def test_outage_keeps_peers_then_recovers(env: Env) -> None:
         lambda: env.metric("idra_agent_syncs_total", 'result="error"') >= errors + 2,
         what="retries during the outage",
     )
-    while time.monotonic() - stopped < 60:  # a minute without a control plane
+    while time.monotonic() - stopped < OUTAGE_S:
         assert client.public_key in env.dump(), "peers kept during the outage"
-        time.sleep(5)
+        time.sleep(1)
     assert env.ping(client) == 3, "sessions unaffected"
-    # retries back off with full jitter up to --backoff-max (2 s here, 300 s by default)
-    assert env.metric("idra_agent_syncs_total", 'result="error"') < errors + 80
+    retries = env.metric("idra_agent_syncs_total", 'result="error"') - errors
+    outage = time.monotonic() - stopped
+    without_backoff = outage / interval  # one retry a cycle
+    assert retries < without_backoff / 2, f"{retries:.0f} retries in {outage:.0f} s"
     port = int(env.cp.url.rsplit(":", 1)[1])
     beats = env.metric("idra_agent_heartbeats_total")
     env.cp = start(env.tmp, port=port, tokens=env.cp.tokens)
@@ -251,8 +271,9 @@ def test_logs_and_metrics_hold_no_peer_identifiers(env: Env) -> None:
         env.ping(client)
     with env.cp.client("client") as api:
         api.delete(f"/v1/peers/{clients[0].public_key}")
-    eventually(lambda: clients[0].public_key not in env.dump(), what="removal")
-    time.sleep(1.5)
+    eventually(lambda: "1 removed" in env.log.read_text(), what="the removal logged")
+    beats = env.metric("idra_agent_heartbeats_total")
+    eventually(lambda: env.metric("idra_agent_heartbeats_total") >= beats + 2, what="2 cycles")
     captured = env.metrics() + env.log.read_text() + env.cp.log.read_text()
     assert "idra_agent_peers" in captured
     for client in clients:

@@ -3,7 +3,7 @@ scripted IMDSv2 stand-in that take turns failing in every way listed in
 tests/agent/scripted.py, each several times, while a real WireGuard client pings through
 the node. The agent never exits, no ping of the unchanged client is lost, every fault
 is counted, and after each fault the interface matches the control plane's peers within
-one backoff bound."""
+one backoff bound. And a draining agent adds no peer that a control plane still offers."""
 
 from __future__ import annotations
 
@@ -150,16 +150,21 @@ def test_agent_survives_every_fault_and_converges(world, pyz: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    schedule = [(cp, "control_plane", f) for f in CP_FAULTS]
-    schedule += [(imds, "imds", f) for f in IMDS_FAULTS]
-    slowest = 0.0
-    for repeat in range(REPEATS):
-        for index, (server, dependency, fault) in enumerate(schedule):
-            desired = {public: [CLIENT_IP], random_key(): [f"10.96.{repeat + 1}.{index + 2}/32"]}
-            slowest = max(slowest, inject(env, cp, server, dependency, fault, desired))
-    assert env.agent.poll() is None
-    ping.send_signal(signal.SIGINT)
-    out, _ = ping.communicate(timeout=10)
+    try:
+        schedule = [(cp, "control_plane", f) for f in CP_FAULTS]
+        schedule += [(imds, "imds", f) for f in IMDS_FAULTS]
+        slowest = 0.0
+        for repeat in range(REPEATS):
+            for index, (server, dependency, fault) in enumerate(schedule):
+                extra = f"10.96.{repeat + 1}.{index + 2}/32"
+                desired = {public: [CLIENT_IP], random_key(): [extra]}
+                slowest = max(slowest, inject(env, cp, server, dependency, fault, desired))
+        assert env.agent.poll() is None
+        ping.send_signal(signal.SIGINT)
+        out, _ = ping.communicate(timeout=10)
+    finally:
+        ping.kill()
+        ping.wait()
     sent = int(out.split(" packets transmitted")[0].rsplit(None, 1)[1])
     assert sent > 100 and f"{sent} packets transmitted, {sent} received" in out, out
     log = env.log.read_text()
@@ -167,3 +172,22 @@ def test_agent_survives_every_fault_and_converges(world, pyz: Path) -> None:
     assert public not in log and node_key not in log, "no key in the log"
     assert all(line.isprintable() for line in log.splitlines())
     print(f"{REPEATS * len(schedule)} faults, {sent} pings, slowest convergence {slowest:.2f} s")
+
+
+def test_a_draining_agent_adds_no_peer_the_control_plane_offers(world, pyz: Path) -> None:
+    """Only the agent stands between a draining node and a control plane (buggy or
+    hostile) that still hands it new users: updates and removals apply, additions never."""
+    env, cp, imds = world
+    stays, gone, new = random_key(), random_key(), random_key()
+    cp.set_peers({stays: ["10.96.0.2/32"], gone: ["10.96.0.3/32"]})
+    start_agent(env, pyz, cp, imds)
+    eventually(lambda: set(env.dump()) == {stays, gone}, what="the first peers")
+    cp.drain = True
+    eventually(lambda: env.metric("idra_agent_draining") == 1, what="the drain")
+    cp.set_peers({stays: ["10.96.0.4/32"], new: ["10.96.0.5/32"]})
+    eventually(
+        lambda: stays in env.dump() and env.dump()[stays][1] == "10.96.0.4/32",
+        what="the update",
+    )
+    eventually(lambda: gone not in env.dump(), what="the removal")
+    assert set(env.dump()) == {stays}, "a draining node took a new peer"

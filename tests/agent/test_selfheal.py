@@ -53,9 +53,13 @@ def test_database_restored_then_deleted(env: Env, pyz: Path) -> None:
         for f in _db_files(old):
             shutil.copy(f, env.tmp / f.name)
 
-    _restart(env, restore)
-    eventually(lambda: newcomer not in env.dump(), what="resync to the older copy")
-    out, _ = ping.communicate(timeout=30)
+    try:
+        _restart(env, restore)
+        eventually(lambda: newcomer not in env.dump(), what="resync to the older copy")
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        ping.kill()
+        ping.wait()
     assert " 100 received" in out, out
     assert client.public_key in env.dump()
 

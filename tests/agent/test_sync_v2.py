@@ -145,7 +145,10 @@ def test_control_plane_killed_mid_page_keeps_every_old_peer(env: Env, pyz: Path)
     try:
         env.start_agent(pyz, "--page-size", "4", "--api-url", proxy.url, wait=False)
         eventually(killed.is_set, what="the second page (and the kill)")
-        time.sleep(3)  # the agent retries against a dead control plane
+        eventually(  # the agent retries against a dead control plane
+            lambda: env.metric("idra_agent_syncs_total", 'result="error"') >= 3,
+            what="three failed retries",
+        )
         kept = set(env.dump())
         assert set(old) <= kept, "a broken full sync removed an old peer"
         assert env.agent.poll() is None

@@ -21,7 +21,7 @@ from .conftest import ControlPlane, start, wg_key
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
+def cp(tmp_path_factory, backend):
     """Keeps 50 changes; knows the agent build the tests report (``b`` * 64)."""
     folder = tmp_path_factory.mktemp("cp")
     server = start(folder, "--keep-changes", "50", "--agent-sha256", "b" * 64)

@@ -24,7 +24,7 @@ from idra.controlplane.identity import Identity
 from idra.lab.pki import LAB_ACCOUNT
 from idra.nodes import nodes
 
-from .conftest import ControlPlane, dump, sql, start, wg_key
+from .conftest import ControlPlane, dump, sql, start, wg_key, write_token
 from .moto_serve import make_groups
 from .test_identity import snapshot
 
@@ -32,7 +32,7 @@ MOTO_SERVE = Path(__file__).with_name("moto_serve.py")
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
+def cp(tmp_path_factory, backend):
     """One server for the module: each test looks only at its own nodes."""
     server = start(tmp_path_factory.mktemp("cp"))
     yield server
@@ -203,13 +203,13 @@ def test_delete_force_terminates_through_the_fleet_first(cp: ControlPlane, moto_
     runner = CliRunner()
 
     def delete(node_id: str, *args: str):
-        return runner.invoke(nodes, ["delete", node_id, *connection, *args])
+        return runner.invoke(nodes, ["delete", node_id, "--yes", *connection, *args])
 
     assert delete(ours, "--force").exit_code == 2, "--fleet aws needs --stack"
     refused = delete(ours)
     assert refused.exit_code == 1 and "still active" in refused.output
     foreign = delete(theirs, "--force", "--stack", STACK)
-    assert foreign.exit_code == 1 and "not terminated" in foreign.output
+    assert foreign.exit_code == 1 and "not terminated" in foreign.output, foreign.output
     done = delete(ours, "--force", "--stack", STACK)
     assert done.exit_code == 0, done.output
     assert "terminated; deleted" in done.output
@@ -228,8 +228,8 @@ def test_delete_force_terminates_through_the_fleet_first(cp: ControlPlane, moto_
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     for kind in ("node", "operator", "client"):
-        (tmp_path / kind).write_text(f"{kind}-token-long-enough")
-        args += (f"--{kind}-token-file", str(tmp_path / kind))
+        token = write_token(tmp_path / kind, f"{kind}-token-long-enough")
+        args += (f"--{kind}-token-file", str(token))
     return subprocess.run(
         [sys.executable, "-m", "idra.cli", "controlplane", "serve", "--db",
          str(tmp_path / "db"), "--listen", "127.0.0.1:1", *args],

@@ -37,6 +37,7 @@ class Deployment:
     secret_values: list[str] = field(default_factory=list)
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     depends_on: dict[str, set[str]] = field(default_factory=dict)  # name -> "type::name"s
+    options: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)  # (typ, name)
 
     def of_type(self, typ: str) -> list[Resource]:
         return [r for r in self.resources if r.typ == typ]
@@ -64,6 +65,8 @@ class Image:
     created: str  # creationDate, ISO 8601
     architecture: str = "x86_64"
     owner: str = ALPINE
+    deprecated: bool = False  # past its DeprecationTime: lookups skip it unless asked
+    root_device: str = "/dev/xvda"
 
     def id_in(self, region: str) -> str:
         return f"ami-{_short(f'{region}/{self.name}', 17)}"
@@ -140,9 +143,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
         owners narrow the images; ``mostRecent`` picks the newest, else more than one
         match is an error."""
         fields = {"name": "name", "architecture": "architecture"}
-        found = [i for i in self.images if i.owner in args.get("owners", [i.owner])]
+        found = [i for i in self.images if i.owner in (args.get("owners") or [i.owner])]
+        if not args.get("includeDeprecated"):
+            found = [i for i in found if not i.deprecated]
         for entry in args.get("filters", []):
-            if entry["name"] in fields:
+            if entry["name"] == "image-id":
+                found = [i for i in found if i.id_in(region) in entry["values"]]
+            elif entry["name"] in fields:
                 attr = fields[entry["name"]]
                 found = [
                     i for i in found
@@ -153,7 +160,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if len(found) > 1 and not args.get("mostRecent"):
             raise ValueError("Your query returned more than one result")
         image = max(found, key=lambda i: i.created)
-        return {"id": image.id_in(region), "name": image.name, "creationDate": image.created}
+        return {"id": image.id_in(region), "name": image.name, "creationDate": image.created,
+                "rootDeviceName": image.root_device}  # fmt: skip
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
         self.deployment.invokes.append((args.token, dict(args.args)))
@@ -183,5 +191,9 @@ class RecordingMonitor(MockMonitor):
         urns = request.dependencies
         self.deployment.depends_on[request.name] = {
             "::".join(u.split("::")[-2:]).split("$")[-1] for u in urns
+        }
+        self.deployment.options[(request.type, request.name)] = {
+            "protect": bool(request.protect),
+            "delete_before_replace": bool(request.deleteBeforeReplace),
         }
         return super().RegisterResource(request)

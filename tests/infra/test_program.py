@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pulumi
 import pytest
 
+import idra.render
 from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, load_stack
 from idra.netns import run
-from idra.render import render_node_files
+from idra.render import USER_DATA_BUDGET, render_node_files
 from tests.infra.harness import ACCOUNTS, IMAGES, Deployment, Image, Resource, deploy, stack_config
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -21,16 +24,6 @@ ASG = "aws:autoscaling/group:Group"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 SECRET = "aws:secretsmanager/secret:Secret"
 VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
-UNTAGGABLE = {
-    "aws:ec2/routeTableAssociation:RouteTableAssociation",
-    "aws:kms/alias:Alias",
-    "aws:secretsmanager/secretVersion:SecretVersion",
-    "aws:iam/rolePolicy:RolePolicy",
-    "aws:autoscaling/lifecycleHook:LifecycleHook",
-    "aws:autoscaling/policy:Policy",
-    "random:index/randomPassword:RandomPassword",
-    "pulumi:providers:aws",
-}
 
 
 def staging_with(changes: dict[str, str | None] | None = None) -> dict[str, str]:
@@ -137,23 +130,85 @@ def test_two_images_with_the_pinned_name_stop_the_preview() -> None:
         deploy("staging", staging_with(), images=(*IMAGES, twin))
 
 
-def test_ami_ids_per_region_skip_the_lookup() -> None:
-    config = staging_with({"idra:amiIds": json.dumps({"eu-central-1": "ami-0fedcba9876543210"})})
-    deployment = deploy("staging", config)
-    assert not [token for token, _ in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
-    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == "ami-0fedcba9876543210"
+def test_ami_ids_per_region_are_looked_up_by_id() -> None:
+    """An id pinned in ``amiIds`` is still asked of EC2 (by id), for its root device."""
+    pinned = IMAGES[0].id_in("eu-central-1")
+    deployment = deploy(
+        "staging", staging_with({"idra:amiIds": json.dumps({"eu-central-1": pinned})})
+    )
+    (lookup,) = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert lookup["filters"] == [{"name": "image-id", "values": [pinned]}]
+    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == pinned
+
+
+def test_a_deprecated_pinned_image_is_still_found() -> None:
+    """Alpine deprecates its images; EC2 then hides them from lookups unless
+    ``include_deprecated`` is set, and the next preview would fail."""
+    images = tuple(replace(i, deprecated=True) for i in IMAGES)
+    deployment = deploy("staging", staging_with(), images=images)
+    assert deployment.one(LT, "eu-central-1").inputs["imageId"] == IMAGES[1].id_in("eu-central-1")
+
+
+def test_root_device_is_the_images_own() -> None:
+    images = (IMAGES[0], replace(IMAGES[1], root_device="/dev/sda1"), IMAGES[2])
+    template = deploy("staging", staging_with(), images=images).one(LT, "eu-central-1")
+    (root,) = template.inputs["blockDeviceMappings"]
+    assert root["deviceName"] == "/dev/sda1"
+
+
+def test_providers_refuse_other_accounts_and_tag_everything(deployment: Deployment) -> None:
+    cfg = load_stack(deployment.stack)
+    assert cfg.aws_account_id == ACCOUNTS[deployment.stack]
+    for provider in deployment.of_type("pulumi:providers:aws"):
+        assert json.loads(provider.inputs["allowedAccountIds"]) == [cfg.aws_account_id]
+        tags = json.loads(provider.inputs["defaultTags"])["tags"]
+        assert tags == {"environment": cfg.stack, "role": "exit-node", "project": "idra"}
+
+
+def test_stateful_resources_are_protected(deployment: Deployment) -> None:
+    """A key or secret is never deleted or replaced by an update; fixed names go first."""
+    options = deployment.options
+    stateful = ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey", SECRET)
+    found = [key for key in options if key[0] in stateful]
+    assert len(found) == 1 + 3 + (len(load_stack(deployment.stack).regions) - 1)
+    assert all(options[key]["protect"] for key in found)
+    fixed_names = (SECRET, "aws:kms/alias:Alias", "aws:autoscaling/lifecycleHook:LifecycleHook")
+    assert all(options[k]["delete_before_replace"] for k in options if k[0] in fixed_names)
+    assert not any(options[k]["protect"] for k in options if k[0] not in stateful)
+
+
+def sent_user_data(template: Resource) -> bytes:
+    """What EC2 hands the instance: the launch template's user-data, base64-decoded."""
+    return base64.b64decode(template.inputs["userData"])
 
 
 def test_user_data_is_the_rendered_file_and_valid(deployment: Deployment, tmp_path: Path) -> None:
+    """Sent gzipped; cloud-init's own user-data processor (the system's cloud-init, as on
+    the node) unpacks it into exactly the rendered cloud-config, which its schema accepts."""
     cfg = load_stack(deployment.stack)
     for template in deployment.of_type(LT):
-        text = base64.b64decode(template.inputs["userData"]).decode()
+        blob = sent_user_data(template)
+        text = gzip.decompress(blob).decode()
         assert text == render_node_files(cfg, template.region)["user-data.yaml"]
+        (tmp_path / "blob").write_bytes(blob)
+        read = run(["/usr/bin/python3", "-c", CLOUD_INIT_READS, str(tmp_path / "blob")])
+        assert read.stdout == f"text/cloud-config {len(text.encode())}\n"
         path = tmp_path / f"{template.region}.yaml"
         path.write_text(text)
         result = run(["cloud-init", "schema", "--config-file", str(path)], check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"--region '{template.region}'" in text  # region becomes the node's location
+
+
+CLOUD_INIT_READS = """
+import sys
+from cloudinit import helpers, user_data
+blob = open(sys.argv[1], "rb").read()
+message = user_data.UserDataProcessor(helpers.Paths({})).process(blob)
+for part in message.walk():
+    if not part.is_multipart():
+        print(part.get_content_type(), len(part.get_payload(decode=True)))
+"""
 
 
 def _inputs_text(resource: Resource) -> str:
@@ -243,6 +298,7 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         assert (asg.inputs["minSize"], asg.inputs["maxSize"]) == (cfg.min_size, cfg.max_size)
         assert "desiredCapacity" not in asg.inputs  # left to the scaling policies
         assert asg.inputs["healthCheckGracePeriod"] == cfg.health_check_grace_seconds
+        assert asg.inputs["defaultInstanceWarmup"] == cfg.instance_warmup_seconds
         assert "instanceRefresh" not in asg.inputs  # serving nodes are rolled through drain
         overrides = asg.inputs["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
         assert [o["instanceType"] for o in overrides] == cfg.instance_types
@@ -252,7 +308,9 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
     for policy in policies:
         tracking = policy.inputs["targetTrackingConfiguration"]
         assert policy.inputs["policyType"] == "TargetTrackingScaling"
-        assert tracking["disableScaleIn"] is True
+        # Scale-in lowers desired capacity only: protected instances are never terminated by
+        # AWS (asserted above); idra scale-in drains the excess.
+        assert tracking["disableScaleIn"] is False
     hooks = [
         h
         for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
@@ -291,6 +349,33 @@ def test_new_nodes_count_only_once_serving(deployment: Deployment) -> None:
         assert own.inputs == expected | {"autoscalingGroupName": asg.inputs["name"]}
 
 
+PROVIDER_CAPACITY_WAIT_S = 600  # aws_autoscaling_group's default wait_for_capacity_timeout
+
+
+def test_pulumi_never_waits_for_capacity_the_readiness_hook_does(deployment: Deployment) -> None:
+    """The AWS provider's group resource waits by default up to 10 min for ``min_size``
+    InService instances and fails on a failed scaling activity (provider docs,
+    aws_autoscaling_group: "Waiting for Capacity"; ``wait_for_capacity_timeout`` "0" skips
+    all capacity waiting; ``ignore_failed_scaling_activities``). A new instance may stay in
+    Pending:Wait for the launch hook's whole heartbeat timeout before it is InService
+    (Auto Scaling user guide, "Amazon EC2 Auto Scaling lifecycle hooks"), longer than that
+    wait: so the program does not wait, and the hook alone decides what counts."""
+    cfg = load_stack(deployment.stack)
+    assert cfg.launch_hook_timeout_seconds + cfg.health_check_grace_seconds > (
+        PROVIDER_CAPACITY_WAIT_S
+    ), "the default wait would cut the readiness hook short"
+    for asg in deployment.of_type(ASG):
+        assert asg.inputs["waitForCapacityTimeout"] == "0"
+        assert asg.inputs["ignoreFailedScalingActivities"] is True
+    # The hooks and policies wait only for the group's creation, never for its capacity.
+    for typ in ("aws:autoscaling/lifecycleHook:LifecycleHook", "aws:autoscaling/policy:Policy"):
+        for resource in deployment.of_type(typ):
+            assert deployment.depends_on[resource.name] <= {
+                f"{ASG}::{resource.region}-nodes",
+                f"pulumi:providers:aws::aws-{resource.region}",
+            }
+
+
 def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment) -> None:
     for asg in deployment.of_type(ASG):
         needs = deployment.depends_on[asg.name]
@@ -299,15 +384,21 @@ def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment)
         assert f"{ROLE_POLICY}::{asg.region}-node-lifecycle" in needs
 
 
-def test_everything_tagged_with_environment_and_role(deployment: Deployment) -> None:
+def test_instances_carry_the_stack_tags(deployment: Deployment) -> None:
+    """Resources get the stack's tags from the provider's default_tags; those never reach
+    instances, so the group and the template's tag specifications carry them (the reaper
+    checks them before it terminates anything)."""
+    stack_tags = {"environment": deployment.stack, "role": "exit-node", "project": "idra"}
+    for asg in deployment.of_type(ASG):
+        propagated = {t["key"]: t["value"] for t in asg.inputs["tags"] if t["propagateAtLaunch"]}
+        assert propagated.items() >= stack_tags.items()
+    for template in deployment.of_type(LT):
+        specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
+        assert sorted(specs) == ["instance", "network-interface", "volume"]
+        assert all(tags.items() >= stack_tags.items() for tags in specs.values())
     for resource in deployment.resources:
-        if resource.typ in UNTAGGABLE:
-            continue
-        tags = resource.inputs.get("tags")
-        if resource.typ == ASG:
-            tags = {t["key"]: t["value"] for t in tags if t["propagateAtLaunch"]}
-        assert tags, f"{resource.typ} {resource.name} has no tags"
-        assert tags["environment"] == deployment.stack and tags["role"] == "exit-node"
+        if resource.typ not in (ASG, LT):
+            assert set(resource.inputs.get("tags") or {}) <= {"Name"}, resource.name
 
 
 def test_dual_stack_public_subnets_across_zones(deployment: Deployment) -> None:
@@ -380,15 +471,23 @@ def test_bad_config_stops_with_one_clear_line(change: dict, message: str) -> Non
     assert "\n" not in str(error.value)
 
 
-USER_DATA_LIMIT = 16 * 1024  # EC2's limit on raw user-data (before base64)
-
-
-def test_user_data_fits_ec2s_limit(deployments: dict[str, Deployment]) -> None:
-    """Largest stack and region; docs/infrastructure.md quotes the measured size."""
-    sizes = {
-        (stack, t.region): len(base64.b64decode(t.inputs["userData"]))
+def user_data_sizes(deployments: dict[str, Deployment]) -> dict[tuple[str, str], int]:
+    """Bytes sent per stack and region (gzipped, before base64)."""
+    return {
+        (stack, t.region): len(sent_user_data(t))
         for stack, deployment in deployments.items()
         for t in deployment.of_type(LT)
     }
+
+
+def test_user_data_fits_the_budget(deployments: dict[str, Deployment]) -> None:
+    """12 KB as sent, well inside EC2's 16 KB; docs/infrastructure.md quotes the sizes."""
+    sizes = user_data_sizes(deployments)
     assert len(sizes) == 3
-    assert max(sizes.values()) <= USER_DATA_LIMIT, sizes
+    assert max(sizes.values()) <= USER_DATA_BUDGET == 12 * 1024, sizes
+
+
+def test_user_data_above_the_budget_stops_the_preview(monkeypatch) -> None:
+    monkeypatch.setattr(idra.render, "USER_DATA_BUDGET", 512)
+    with pytest.raises(pulumi.RunError, match=r"eu-central-1: user-data is \d+ bytes gzipped"):
+        deploy("staging", staging_with())

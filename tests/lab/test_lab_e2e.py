@@ -49,9 +49,13 @@ def test_killed_agent_is_restarted_and_sessions_survive(lab) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1)
-    run(["kill", "-9", str(agent)])
-    out, _ = ping.communicate(timeout=30)
+    try:
+        time.sleep(1)
+        run(["kill", "-9", str(agent)])
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        ping.kill()
+        ping.wait()
     received = int(re.search(r"(\d+) received", out).group(1))
     assert received >= 59, f"{received}/60 pings: a session was disturbed"
     deadline = time.monotonic() + 20

@@ -213,17 +213,21 @@ def test_progress_bar_on_a_terminal(world) -> None:
         stdout=subprocess.PIPE, stderr=terminal, env=os.environ | {"TERM": "xterm"},
     )  # fmt: skip
     os.close(terminal)
-    out, _ = canary.communicate(timeout=60)
-    shown = b""
-    while select.select([master], [], [], 1)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the terminal closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
+    try:
+        out, _ = canary.communicate(timeout=60)
+        shown = b""
+        while select.select([master], [], [], 1)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        canary.kill()
+        canary.wait()
+        os.close(master)
     assert canary.returncode == 0 and len(json.loads(out)) == 3
     assert b"checking nodes" in shown and b"100%" in shown
     assert b"checked 1/" not in shown, "no plain progress lines on a terminal"

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
-from idra.lifecycle.fleet import AwsFleet, NotOurs
+from idra.lifecycle.fleet import AwsFleet, NotOurs, is_gone
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
+
+
+def _node(instance_id: str, region: str = REGION) -> dict:
+    return {"id": "n1", "instance_id": instance_id, "region": region}
 
 
 def test_terminate_replaces_without_decrementing(aws) -> None:
@@ -43,20 +48,70 @@ def test_terminating_a_gone_instance_is_a_no_op(aws) -> None:
     assert len(instances(aws)) == 2
 
 
-def test_lifecycle_already_completed_by_the_agent(aws) -> None:
+def _expect_completion(aws, instance: str) -> None:
+    aws.stubber.add_response(
+        "complete_lifecycle_action",
+        {},
+        {"LifecycleHookName": "drain", "AutoScalingGroupName": GROUP,
+         "InstanceId": instance, "LifecycleActionResult": "CONTINUE"},
+    )  # fmt: skip
+
+
+def test_waits_for_terminating_wait_then_completes_the_hook(aws) -> None:
+    """AWS moves the instance to Terminating:Wait a little after the call: the fleet polls
+    (bounded), and completes the hook only once it is held there."""
     victim = instances(aws)[0]
+    aws.settle_polls = 3
+    naps: list[float] = []
+    _expect_completion(aws, victim)
+    with aws.stubber:
+        outcome = AwsFleet(lambda region: aws, STACK, sleep=naps.append).terminate(_node(victim))
+    aws.stubber.assert_no_pending_responses()
+    assert outcome == "terminated"
+    assert len(naps) == 3 and aws.terminate_calls == [(victim, False)]
+    assert victim not in instances(aws)
+
+
+def test_not_yet_held_within_the_bound_keeps_the_record_for_the_next_pass(aws) -> None:
+    """No completion before Terminating:Wait (AWS would refuse it, and the old code then
+    forgot the node); the next pass neither terminates again nor skips the hook."""
+    victim = instances(aws)[0]
+    aws.settle_polls = 10
+    fleet = AwsFleet(lambda region: aws, STACK, hook_wait_s=4, sleep=lambda _: None)
+    with aws.stubber:  # nothing scripted: any completion here would fail the test
+        first = fleet.terminate(_node(victim))
+    assert first == "terminating (Terminating); record kept until it is terminated"
+    assert not is_gone(first)
+    assert victim in instances(aws)
+    aws.settle_polls = 0
+    _expect_completion(aws, victim)
+    with aws.stubber:
+        second = fleet.terminate(_node(victim))
+    aws.stubber.assert_no_pending_responses()
+    assert second == "terminated" and is_gone(second)
+    assert aws.terminate_calls == [(victim, False)], "terminated once, completed later"
+
+
+def test_hook_completed_by_the_agent_first_is_picked_up_later(aws) -> None:
+    """The agent won the race: AWS answers ValidationError, which is no error; the record
+    stays until AWS shows the instance gone, and the next pass forgets it."""
+    victim = instances(aws)[0]
+    fleet = AwsFleet(lambda region: aws, STACK)
     aws.stubber.add_client_error(
         "complete_lifecycle_action", "ValidationError", "No active Lifecycle Action found"
     )
     with aws.stubber:
-        outcome = AwsFleet(lambda region: aws, STACK).terminate(
-            {"id": "n1", "instance_id": victim, "region": REGION}
-        )
-    assert outcome == "terminated"
+        first = fleet.terminate(_node(victim))
+    assert first == "terminating (Terminating:Wait); record kept until it is terminated"
+    aws.finish(victim)  # the agent's own completion takes effect
+    assert fleet.terminate(_node(victim)) == "already gone"
 
 
-def _node(instance_id: str, region: str = REGION) -> dict:
-    return {"id": "n1", "instance_id": instance_id, "region": region}
+def test_other_errors_of_the_completion_propagate(aws) -> None:
+    victim = instances(aws)[0]
+    aws.stubber.add_client_error("complete_lifecycle_action", "Throttling", "Rate exceeded")
+    with aws.stubber, pytest.raises(ClientError, match="Throttling"):
+        AwsFleet(lambda region: aws, STACK).terminate(_node(victim))
 
 
 def test_only_the_stacks_own_tagged_instances_are_terminated(aws) -> None:

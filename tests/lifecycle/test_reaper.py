@@ -9,7 +9,7 @@ import sys
 
 from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.fleet import AwsFleet
-from idra.lifecycle.reaper import reap
+from idra.lifecycle.reaper import decide, reap
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
 
@@ -192,6 +192,32 @@ def test_a_record_pointing_at_another_groups_instance_survives(cp, aws) -> None:
     assert bogus in _node_ids(cp), "kept for the operator to see"
 
 
+def test_record_stays_until_aws_shows_the_instance_terminated(cp, aws) -> None:
+    """A compromised node with users, whose own agent keeps sending lifecycle heartbeats:
+    the reaper terminates it at once and completes the hook itself as soon as AWS holds it
+    in Terminating:Wait; while it is not yet there the record stays and the next pass
+    resumes (it used to delete the record and never complete the hook)."""
+    nodes = _fleet_nodes(cp, aws)
+    victim, healthy = list(nodes)
+    _drain(cp, nodes[victim], "compromised")
+    aws.settle_polls = 100  # AWS is slow to reach Terminating:Wait this time
+    slow = AwsFleet(lambda r: aws, STACK, hook_wait_s=2, sleep=lambda _: None)
+    with aws.stubber:
+        (first,) = reap(_api(cp), slow, HOURS)
+    assert first.action == "terminate" and first.outcome.startswith("terminating")
+    assert not first.failed
+    assert nodes[victim] in _node_ids(cp), "kept: the instance is not terminated yet"
+    aws.settle_polls = 0
+    _expect_completion(aws, victim)
+    with aws.stubber:
+        (second,) = reap(_api(cp), slow, HOURS)
+    aws.stubber.assert_no_pending_responses()
+    assert second.outcome == "terminated"
+    assert _node_ids(cp) == {nodes[healthy]}
+    assert aws.terminate_calls == [(victim, False)]
+    assert victim not in instances(aws) and len(instances(aws)) == 2, "replaced"
+
+
 def test_identity_lost_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
     """Its instance registered again without the node's credential (a reboot lost it, or
     a replay): drained as identity_lost, and the reaper does not wait for its users."""
@@ -206,3 +232,35 @@ def test_identity_lost_is_reaped_at_once_with_users_on_it(cp, aws) -> None:
     ]
     assert rebooted not in instances(aws) and healthy in instances(aws)
     assert _node_ids(cp) == {nodes[healthy]}
+
+
+# -- the decision alone (no server, no AWS): what the mutation check runs -----------------
+
+NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+
+
+def _decide(**node) -> tuple[str, str]:
+    decision = decide({"id": "node-1", "state": "draining"} | node, NOW, HOURS)
+    return decision.action, decision.why
+
+
+def test_only_a_draining_node_is_ever_terminated() -> None:
+    for state in ("active", "retired", None):
+        assert _decide(state=state, drain_reason="compromised", active_peers=0)[0] == "wait"
+
+
+def test_users_keep_a_blocked_or_manual_node_until_the_drain_time_is_over() -> None:
+    started = (NOW - HOURS + dt.timedelta(minutes=1)).isoformat()
+    for reason in ("blocked", "manual", None):
+        assert _decide(drain_reason=reason, active_peers=2, drain_started_at=started) == (
+            "wait", "2 active peers",
+        )  # fmt: skip
+        assert _decide(drain_reason=reason, active_peers=0)[0] == "terminate"
+        over = (NOW - HOURS).isoformat()
+        assert _decide(drain_reason=reason, active_peers=2, drain_started_at=over)[0] == (
+            "terminate"
+        )
+
+
+def test_a_compromised_node_goes_at_once_with_users_on_it() -> None:
+    assert _decide(drain_reason="compromised", active_peers=40)[0] == "terminate"

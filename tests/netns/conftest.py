@@ -4,16 +4,19 @@ its own network namespace, for proving the rendered firewall with real packets.
     client1 ─┐                         ┌─ vpc (10/8, 172.16/12, 192.168/16, 100.64/10,
     client2 ─┼─ router ("internet") ───┤       169.254.169.254, fd00::5)
              │  198.51.100.80           └─ node eth0 203.0.113.10 ── wg → clients
-             │  2001:db8:80::80
+             │  2001:db8:80::80                    eth1 ── stranger (192.0.2.98)
 
 Clients reach the node's WireGuard port over the router and send everything else
-through their tunnel. Addresses exist only inside these namespaces.
+through their tunnel. The stranger sits on another of the node's interfaces (not the
+tunnel) and sends everything through the node. Addresses exist only inside these
+namespaces.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +27,11 @@ from idra.netns import Netns, Topology, netns_names, unique_name, wg_keypair
 from idra.render import render_node_files
 
 PROBE = Path(__file__).with_name("probe.py")
-PORTS = ("22", "25", "8080", "9999")
+PORTS = ("22", "25", "68", "546", "8080", "9999")  # 68, 546: DHCP and DHCPv6 clients
 NODE_V4, NODE_V6 = "203.0.113.10", "2001:db8:1::10"
 ROUTER_V4, ROUTER_V6 = "203.0.113.1", "2001:db8:1::1"
 UPLINK_LINK_LOCAL = "fe80::5"  # a neighbour on the node's uplink segment
+STRANGER_V4, STRANGER_V6 = "192.0.2.98", "2001:db8:5::2"  # behind the node's eth1
 PUBLIC_V4, PUBLIC_V6 = "198.51.100.80", "2001:db8:80::80"
 VPC_TARGETS = {
     "metadata": "169.254.169.254",
@@ -73,6 +77,7 @@ class Lab:
     router: Netns
     node: Netns
     vpc: Netns
+    stranger: Netns
     clients: list[Client]
 
     def ruleset(self, **changes) -> str:
@@ -82,10 +87,21 @@ class Lab:
     def load(self, ruleset: str) -> None:
         self.node.run("nft", "-f", "-", input=ruleset)
 
-    def probe(self, ns: Netns, kind: str, host: str, port: int = 8080) -> str | None:
-        """What the server at host:port saw as our source address; None if unreachable."""
-        result = ns.run(sys.executable, str(PROBE), kind, host, str(port), check=False)
+    def probe(
+        self, ns: Netns, kind: str, host: str, port: int = 8080, *source: str | int
+    ) -> str | None:
+        """What the server at host:port saw as our source address; None if unreachable.
+        ``source`` (UDP): the source port, and address, to send from."""
+        args = (kind, host, str(port), *map(str, source))
+        result = ns.run(sys.executable, str(PROBE), *args, check=False)
         return result.stdout.strip() or None
+
+    def unreachable(self, ns: Netns, host: str, port: int = 8080) -> bool:
+        """No answer over TCP nor UDP. Both probes run at once: a dropped probe costs
+        its whole timeout."""
+        with ThreadPoolExecutor(2) as pool:
+            answers = pool.map(lambda kind: self.probe(ns, kind, host, port), ("tcp", "udp"))
+            return list(answers) == [None, None]
 
     def ping(self, ns: Netns, host: str, count: int = 1, interval: float = 0.2) -> int:
         """Number of echo replies received."""
@@ -131,6 +147,15 @@ def lab() -> Lab:
         router.route(str(cfg.client_pool_ipv4), "via", NODE_V4)
         router.route(str(cfg.client_pool_ipv6), "via", NODE_V6)
         router.addr("lo", f"{PUBLIC_V4}/32", f"{PUBLIC_V6}/128")
+
+        stranger = topo.netns("stranger")
+        topo.link(node, "eth1", stranger, "eth0")
+        node.addr("eth1", "192.0.2.97/28", "2001:db8:5::1/64")
+        stranger.addr("eth0", f"{STRANGER_V4}/28", f"{STRANGER_V6}/64")
+        stranger.route("default", "via", "192.0.2.97")
+        stranger.route("default", "via", "2001:db8:5::1")
+        router.route("192.0.2.96/28", "via", NODE_V4)
+        router.route("2001:db8:5::/64", "via", NODE_V6)
 
         node.load_sysctl(render_node_files(cfg)["sysctl.conf"])
         node.run("nft", "-f", "-", input=render_node_files(cfg)["nftables.nft"])
@@ -197,11 +222,11 @@ def lab() -> Lab:
             )
             assert server.stdout.readline().strip() == "ready"
 
-        lab = Lab(topo, cfg, router, node, vpc, clients)
+        lab = Lab(topo, cfg, router, node, vpc, stranger, clients)
         for client in clients:  # handshake through the rendered ruleset
             assert lab.ping(client.ns, cfg.tunnel_address(4).split("/")[0], count=3) > 0
         yield lab
-    names = {ns.name for ns in (router, node, vpc, *(c.ns for c in clients))}
+    names = {ns.name for ns in (router, node, vpc, stranger, *(c.ns for c in clients))}
     left = set(netns_names())
     assert not names & left, "namespaces left behind"
     assert not any(Path(f"/var/run/wireguard/{c.wg}.sock").exists() for c in clients)
