@@ -7,6 +7,7 @@ throwaway one (idra/lab/postgres.py) with its default durability (fsync on)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import tempfile
 import time
@@ -154,11 +155,13 @@ def run_backend(backend: str, nodes: int, paced_s: float, interval: float, conne
             if url:
                 planes.append(ControlPlane.start(topo, ns, Path(workdir), int(interval), url,
                                                  port=8081, like=first))  # fmt: skip
+            load = os.getloadavg()[0]  # what else this machine was doing
             pids = [p.pid for p in topo.processes]
             cpu = sum(cpu_seconds(pid) for pid in pids)
             with inside(ns):
                 result = asyncio.run(_measure(planes, nodes, paced_s, interval, connects))
             result["server_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - cpu
+            result["load_before"] = load
             return result
         finally:
             if cluster:
@@ -201,7 +204,11 @@ def section(quick: bool) -> str:
             "SQLite is one process (its one writer); PostgreSQL runs two replicas of "
             "`idra controlplane serve`. *Connect*: a node long-polls replica B, a client's "
             "`POST /v1/peers` goes to replica A, the wait ends when B answers the node with the "
-            "peer; *wake*: from A's answer to B's (NOTIFY, LISTEN, the long-poll re-reading).",
+            "peer; *wake*: from A's answer to B's (NOTIFY, LISTEN, the long-poll re-reading; "
+            "on SQLite the long-poll is woken in-process before the POST's answer is sent, "
+            "so it can be negative). The machine's load average before each run: "
+            f"{sq['load_before']:.1f} (SQLite), {pg['load_before']:.1f} (PostgreSQL) — other "
+            "work shared the cores.",
             "",
             table(
                 ["measure", "SQLite", "PostgreSQL"],
