@@ -138,6 +138,7 @@ class PgNotifier(LocalNotifier):
     def _run(self) -> None:
         backoff = 0.1
         while not self.closed:
+            attempt_at = time.monotonic()
             try:
                 with psycopg.connect(self.url, **CONNECT_OPTIONS) as conn:
                     self._listen(conn)
@@ -149,9 +150,9 @@ class PgNotifier(LocalNotifier):
                 self.connected = False
             if self.closed:
                 break
-            # Whatever was committed while no one listened: everyone re-reads (at once,
-            # and again after the next LISTEN).
-            self.wake_all("reconnect")
+            if self.checked_at >= attempt_at:  # it had listened: a fresh backoff
+                backoff = 0.1
+            # (Held long-polls are woken once listening again: see _listen.)
             time.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
 
@@ -160,6 +161,8 @@ class PgNotifier(LocalNotifier):
         was_ready = self._ready.is_set()
         self.connected, self.checked_at = True, time.monotonic()
         if was_ready:
+            # Whatever was committed while no one listened: everyone re-reads, now that
+            # every later commit is announced.
             self.reconnects += 1
             log.info("change listener reconnected")
             self.wake_all("reconnect")

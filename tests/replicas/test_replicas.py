@@ -117,6 +117,30 @@ def test_a_killed_listener_reconnects_and_no_change_is_lost(replicas, postgres_c
         assert http.get("/healthz").json()["listener"] == "ok"
 
 
+def test_healthz_is_503_while_the_listener_is_down(replicas, postgres_cluster):
+    """The listener cannot reconnect (the database refuses new connections; the pool's
+    open ones still answer): the replica says so and the balancer takes it out."""
+    database = replicas.database_url.rsplit("/", 1)[1]
+    with httpx.Client(base_url=replicas.b.url, timeout=5) as http:
+        for _ in range(3):  # the pool holds open connections
+            assert http.get("/healthz").status_code == 200
+        postgres_cluster.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        try:
+            _kill_listeners(postgres_cluster, replicas.database_url)
+            deadline = time.monotonic() + 5
+            while (reply := http.get("/healthz")).status_code == 200:
+                assert time.monotonic() < deadline, "/healthz stayed 200 without a listener"
+                time.sleep(0.1)
+            assert reply.status_code == 503 and reply.json()["listener"] == "down"
+        finally:
+            postgres_cluster.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        deadline = time.monotonic() + 10
+        while http.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the listener did not come back"
+            time.sleep(0.1)
+    wait_healthy(replicas.lb, 2)
+
+
 def test_postgresql_restarts_mid_traffic_and_every_agent_converges(replicas, postgres_cluster):
     fleet = agents(replicas, 3)
     token = replicas.lb.tokens["client"]
