@@ -41,15 +41,18 @@ def create_engine(url: URL) -> Engine:
 
 def _sqlite_engine(url: URL) -> Engine:
     path = Path(url.database)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    if not path.exists():  # never open (and close) it beside SQLite: that drops its locks
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     path.chmod(0o600)  # WAL and shared-memory files inherit this mode
     engine = sa.create_engine(url, pool_size=8, max_overflow=32, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we say BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
-            dbapi_connection.execute(f"PRAGMA {pragma}")
+            cursor.execute(f"PRAGMA {pragma}").fetchall()
+        cursor.close()
 
     @sa.event.listens_for(engine, "begin")
     def _begin(connection) -> None:

@@ -1,8 +1,10 @@
 """Schema migrations (Alembic; the scripts are in ``versions/``).
 
 ``upgrade`` runs them under a lock, so two replicas starting together migrate once:
-``pg_advisory_lock`` on PostgreSQL, an exclusive ``flock`` on the SQLite file. The second
-waits, then finds the schema at head and does nothing.
+``pg_advisory_lock`` on PostgreSQL; on SQLite the whole check-and-migrate is one
+``BEGIN IMMEDIATE`` transaction (SQLite's own write lock: a second opener of the file
+would drop SQLite's POSIX locks when it closes it). The second waits, then finds the
+schema at head and does nothing.
 
 ``prepare`` is what ``serve`` (and :class:`~idra.controlplane.store.Store`) calls: a
 SQLite file is always brought to head (one process owns it; an earlier release's file
@@ -19,8 +21,7 @@ migration that drops it ships in a later release.
 
 from __future__ import annotations
 
-import fcntl
-import os
+import logging
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+
+log = logging.getLogger("idra.controlplane")
+# Alembic's own lines ("Context impl …") say nothing an operator needs; ours does.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # The advisory lock's key: any 64-bit number no other tool on the database uses.
 LOCK_KEY = zlib.crc32(b"idra.controlplane.migrations")
@@ -70,21 +75,21 @@ def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
                 connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
                 connection.commit()
         else:
-            fd = os.open(engine.url.database, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            connection = connection.execution_options(immediate=True)
+            with connection.begin():  # held to the end: Alembic runs inside it
                 yield connection
-            finally:
-                os.close(fd)  # releases the flock
 
 
 def _upgrade(connection: sa.Connection) -> tuple[str | None, str]:
     before = current(connection)
-    connection.commit()
+    if connection.dialect.name == "postgresql":
+        connection.commit()
     if before != head():
         _known(before)
         command.upgrade(_config(connection), "head")
-        connection.commit()
+        log.info("database schema migrated from %s to revision %s", before or "empty", head())
+        if connection.dialect.name == "postgresql":
+            connection.commit()
     return before, head()
 
 
