@@ -10,6 +10,7 @@ it back. A replica whose change listener is down answers 503 there too.
 
 from __future__ import annotations
 
+import pwd
 import shutil
 import subprocess
 import time
@@ -29,6 +30,7 @@ def config(listen: str, replicas: list[str], tls: bool) -> str:
     )
     return f"""global
     maxconn 4000
+{_unprivileged()}
 
 defaults
     mode tcp
@@ -52,6 +54,15 @@ backend replicas
     default-server inter {CHECK_INTERVAL_MS}ms fall 2 rise 2 on-marked-down shutdown-sessions
 {servers}
 """
+
+
+def _unprivileged() -> str:
+    """Drop root after binding, to the ``haproxy`` user Debian's package creates."""
+    try:
+        pwd.getpwnam("haproxy")
+    except KeyError:
+        return ""
+    return "    user haproxy\n    group haproxy"
 
 
 def haproxy() -> str:
