@@ -158,16 +158,16 @@ class PgNotifier(LocalNotifier):
 
     def _listen(self, conn: psycopg.Connection) -> None:
         conn.execute(f"LISTEN {CHANNEL}")
-        was_ready = self._ready.is_set()
-        self.connected, self.checked_at = True, time.monotonic()
-        if was_ready:
+        pending, next_check = self._check(conn), time.monotonic() + self.poll_s
+        self.connected = True
+        if self._ready.is_set():
             # Whatever was committed while no one listened: everyone re-reads, now that
             # every later commit is announced.
             self.reconnects += 1
             log.info("change listener reconnected")
+            self.seen = max(self.seen, pending)
             self.wake_all("reconnect")
         self._ready.set()
-        pending, next_check = self._check(conn), time.monotonic() + self.poll_s
         while not self.closed:
             # Short rounds, so that close() is noticed within a second.
             left = max(0.01, min(1.0, next_check - time.monotonic()))
