@@ -604,6 +604,7 @@ class Store:
 
         def work(tx: _Tx) -> dict[str, Any]:
             db = tx.conn
+            self._lock_slots(tx)
             current = db.execute(
                 sa.select(peers.c.slot, nodes)
                 .join(nodes, nodes.c.id == peers.c.node_id)
@@ -647,13 +648,29 @@ class Store:
 
         return self._write(work)
 
+    @staticmethod
+    def _lock_slots(tx: _Tx) -> None:
+        """Take the version row's lock first (PostgreSQL; SQLite has one writer): slot
+        choices of all replicas are made one at a time, each seeing the others' commits.
+        (Writers queue on this row at their commit anyway.)"""
+        tx.conn.execute(
+            sa.select(counters.c.value).where(counters.c.name == "version").with_for_update()
+        )
+
     def _take(self, tx: _Tx) -> int:
-        """The lowest free slot by the index, O(log n); given back if the transaction
+        """The lowest free slot by the index, O(log n), checked against the database
+        (another replica may have taken it: then the next); given back if the transaction
         rolls back. The UNIQUE slot columns are what make it the client's alone."""
-        with self._hints:
-            slot = self._slots.take()
-        if slot is None:
-            raise NoCapacity("client address pool exhausted")
+        while True:
+            with self._hints:
+                slot = self._slots.take()
+            if slot is None:
+                raise NoCapacity("client address pool exhausted")
+            taken = tx.conn.execute(
+                sa.select(key_owners.c.slot).where(key_owners.c.slot == slot)
+            ).first()
+            if taken is None:
+                break
 
         def undo() -> None:
             self._slots.free(slot)
@@ -709,6 +726,7 @@ class Store:
 
         def work(tx: _Tx) -> dict[str, Any]:
             db = tx.conn
+            self._lock_slots(tx)
             node = db.execute(
                 sa.select(nodes).where(nodes.c.id == node_id).with_for_update()
             ).first()
