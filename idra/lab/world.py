@@ -2,7 +2,8 @@
 outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
 
     internet (bridge 203.0.113.0/24, 2001:db8:1::/64; web server 198.51.100.80)
-      ├── cp      203.0.113.2   reference control plane over TLS (lab CA)
+      ├── cp      203.0.113.2   reference control plane over TLS (lab CA); with --replicas N:
+      │                         N of them on PostgreSQL behind HAProxy (:8443)
       ├── svc     203.0.113.3   DNS blocklist (listed.json) + "streaming" service that
       │                         refuses the addresses in refused.json
       ├── ops     203.0.113.4   where the canary and the reaper run
