@@ -14,3 +14,7 @@ def cp(tmp_path):
     yield server
     server.process.terminate()
     server.process.wait(10)
+
+
+# The throwaway PostgreSQL cluster (tests/pg.py), for every test folder.
+from tests.pg import postgres, postgres_cluster  # noqa: E402, F401

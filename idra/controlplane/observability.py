@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import sqlite3
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,6 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from idra import __version__
 from idra.controlplane.auth import requires
@@ -141,16 +141,28 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
         buckets=(0.01, 0.1, 0.5, 1, 5, 10, 30, 45, 60, 75),
     )  # fmt: skip
     registry.register(_StoreCollector(store))
+    if hasattr(store.notifier, "collect"):  # PostgreSQL: the listener's watchdog
+        registry.register(store.notifier)
     app.add_middleware(_RequestMetrics, requests=requests, latency=latency, held=held)
 
     @app.get("/healthz", include_in_schema=False, **requires("public"))
     def healthz() -> Response:
         try:
             store.ping()
-        except sqlite3.Error as exc:
+        except SQLAlchemyError as exc:
             log.error("health check: database does not answer: %s", type(exc).__name__)
             return JSONResponse({"status": "unavailable", "database": "error"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        listener = getattr(store.notifier, "health", None)  # PostgreSQL: the watchdog
+        if listener is not None and listener()["listener"] != "ok":
+            # Long-polls here would wait for the fallback poll: the balancer sends the
+            # agents to a replica that hears every change at once.
+            log.error("health check: the change listener is down")
+            return JSONResponse(
+                {"status": "unavailable", "database": "ok", "listener": "down"}, status_code=503
+            )
+        return JSONResponse(
+            {"status": "ok", "database": "ok"} | ({"listener": "ok"} if listener else {})
+        )
 
     @app.get("/metrics", include_in_schema=False, **requires("metrics"))
     def metrics(request: Request) -> Response:

@@ -6,7 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import sqlite3
 import ssl
 import stat
 from pathlib import Path
@@ -14,9 +13,12 @@ from types import FrameType
 
 import click
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
-from idra.controlplane import edge
+from idra.controlplane import edge, migrations
 from idra.controlplane.app import Settings, create_app
+from idra.controlplane.database import BadDatabaseUrl, create_engine, parse_url
+from idra.controlplane.fanout import PgNotifier
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
 from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
@@ -69,8 +71,60 @@ def controlplane() -> None:
     """The reference control plane (node API v1)."""
 
 
+VERSION_SQL = "SELECT value FROM counters WHERE name = 'version'"  # the fallback poll
+DATABASE_HELP = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB."
+
+
+def _database(db: Path | None, database_url: str | None) -> tuple[str | Path, str]:
+    """The database to use (``--db PATH`` is short for a SQLite URL) and its flag."""
+    if (db is None) == (database_url is None):
+        raise BadInput("give exactly one of --db PATH and --database-url URL")
+    flag = "--db" if db is not None else "--database-url"
+    try:
+        url = parse_url(db if db is not None else database_url)
+    except BadDatabaseUrl as exc:
+        raise BadInput(f"--database-url: {exc}") from None
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database)
+        if not path.parent.is_dir():
+            raise BadInput(f"{flag} {path}: folder {path.parent} does not exist")
+        return path, flag
+    return database_url, flag
+
+
 @controlplane.command()
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--database-url", help=DATABASE_HELP)
+def migrate(database_url: str) -> None:
+    """Bring the database's schema to this release's (once, under a lock: safe while
+    other replicas start). Old and new releases both run on the migrated schema."""
+    if not database_url:
+        raise BadInput("--database-url is required")
+    database, _ = _database(None, database_url)
+    try:
+        engine = create_engine(parse_url(database))
+        before, after = migrations.upgrade(engine)
+    except migrations.SchemaError as exc:
+        raise BadInput(f"--database-url: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"--database-url: {_reason(exc)}") from None
+    engine.dispose()
+    if before == after:
+        click.echo(f"schema already at revision {after}")
+    else:
+        click.echo(f"schema migrated from {before or 'empty'} to revision {after}")
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """One line about a database error (no URL, no password)."""
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+@controlplane.command()
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite file (a shorthand)."
+)
+@click.option("--database-url", help=DATABASE_HELP)
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
 @click.option("--node-token-file", type=click.Path(path_type=Path), required=True)
 @click.option("--operator-token-file", type=click.Path(path_type=Path), required=True)
@@ -169,6 +223,7 @@ def controlplane() -> None:
 )
 def serve(
     db,
+    database_url,
     listen,
     node_token_file,
     operator_token_file,
@@ -203,8 +258,7 @@ def serve(
         raise BadInput("--listen: plain HTTP only on a loopback address; give --tls-cert/--tls-key")
     if tls_cert:
         _check_tls(tls_cert, tls_key)
-    if not db.parent.is_dir():
-        raise BadInput(f"--db {db}: folder {db.parent} does not exist")
+    database, flag = _database(db, database_url)
     try:
         pool = Pool(ipaddress.IPv4Network(client_pool_v4), ipaddress.IPv6Network(client_pool_v6))
     except ValueError as exc:
@@ -239,9 +293,16 @@ def serve(
             "(or, in labs and tests only, --insecure-skip-aws-verify)"
         )
     try:
-        store = Store(db, pool, keep_changes, change_retention)
-    except sqlite3.Error as exc:
-        raise BadInput(f"--db {db}: {exc}") from None
+        store = Store(database, pool, keep_changes, change_retention)
+    except migrations.SchemaError as exc:
+        raise BadInput(f"{flag}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise BadInput(f"{flag}: {_reason(exc)}") from None
+    if not store.sqlite:  # changes from every replica wake the long-polls held here
+        store.notifier = PgNotifier(
+            store.url.set(drivername="postgresql").render_as_string(hide_password=False),
+            VERSION_SQL,
+        )
     caps = edge.Caps(
         edge.connection_cap(max_connections, edge.raise_file_limit()), max_connections_per_client
     )

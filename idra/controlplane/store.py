@@ -1,127 +1,69 @@
-"""The control plane's state in SQLite (WAL): nodes, client peers, and a versioned change
-log so a node fetches only what changed since the version it already has.
+"""The control plane's state: nodes, client peers, and a versioned change log so a node
+fetches only what changed since the version it already has. SQLAlchemy 2 Core on SQLite
+(the embedded default) or PostgreSQL (several replicas); the schema comes from the
+migrations (:mod:`idra.controlplane.migrations`).
 
-Every write is one ``BEGIN IMMEDIATE`` transaction. Versions grow monotonically across
-the whole database; each change row names the node it concerns. The log is pruned to
-the last ``keep_changes`` rows and to ``change_retention_s`` seconds: a ``since`` older
-than that gets the full list, so a removed client's key is kept no longer than a node
-needs to learn of its removal. The database file is created 0600.
+Every write is one transaction. Its changes get their versions at the end of it, from
+the ``version`` counter row: the row's lock orders the writers, so versions are
+commit-ordered and a reader that has seen version V has seen every change up to V (a
+sequence would not be: a smaller number can commit later). Heartbeats touch only
+their node's row. The log is pruned to the last ``keep_changes`` rows and to
+``change_retention_s`` seconds: a ``since`` older than that gets the full list, so a
+removed client's key is kept no longer than a node needs to learn of its removal.
+
+Concurrency is the database's: key ownership (``key_owners``' primary key), client
+slots (UNIQUE) and canary slots (UNIQUE) are constraints; a transaction that loses a
+race (IntegrityError, serialization failure, deadlock) is retried from the start and
+then sees the winner's row. The in-process free-slot index and peer counts are only
+hints that make the usual case O(log n); they are rebuilt from the database after a
+lost race.
 
 Node credentials are stored only as sha256 (they are 256-bit random, so a plain hash
 suffices) and compared in constant time. A deleted node's instance id is kept as
-retired: its identity document can never register again.
+retired: its identity document can never register again. A SQLite file is created 0600.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
-import os
+import random
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from idra.controlplane import fanout, migrations
+from idra.controlplane.database import create_engine, parse_url
 from idra.controlplane.notify import ChangeNotifier, LocalNotifier
+from idra.controlplane.schema import (
+    canaries,
+    changes,
+    counters,
+    key_owners,
+    nodes,
+    peers,
+    retired,
+)
 from idra.controlplane.slots import SlotIndex
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY,
-    instance_id TEXT NOT NULL UNIQUE,
-    public_ip TEXT NOT NULL,
-    public_key TEXT NOT NULL,
-    listen_port INTEGER NOT NULL,
-    region TEXT NOT NULL,
-    agent_version TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'active',
-    drain_reason TEXT,
-    drain_started_at REAL,
-    registered_at REAL NOT NULL,
-    last_heartbeat_at REAL,
-    reported_state TEXT,
-    active_peers INTEGER NOT NULL DEFAULT 0,
-    stats TEXT,
-    nftables_baseline TEXT,
-    root_readonly_baseline INTEGER NOT NULL DEFAULT 0,
-    account_id TEXT,
-    credential_sha256 TEXT,
-    identity_refusals INTEGER NOT NULL DEFAULT 0,
-    identity_refused_at REAL
-);
-CREATE TABLE IF NOT EXISTS retired (instance_id TEXT PRIMARY KEY, retired_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS peers (
-    public_key TEXT PRIMARY KEY,
-    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
-    slot INTEGER NOT NULL UNIQUE,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS peers_node ON peers(node_id);
-CREATE INDEX IF NOT EXISTS peers_node_slot ON peers(node_id, slot);
-CREATE TABLE IF NOT EXISTS canaries (
-    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
-    public_key TEXT NOT NULL,
-    slot INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS canaries_key ON canaries(public_key);
-CREATE TABLE IF NOT EXISTS changes (
-    version INTEGER PRIMARY KEY AUTOINCREMENT,
-    node_id TEXT NOT NULL,
-    public_key TEXT NOT NULL,
-    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
-);
-CREATE INDEX IF NOT EXISTS changes_node ON changes(node_id, version);
-CREATE INDEX IF NOT EXISTS changes_age ON changes(created_at);
-CREATE INDEX IF NOT EXISTS nodes_key ON nodes(public_key);
-"""
 # One key, one owner: a WireGuard public key belongs to one node, one client peer or the
-# canary (whose one key is on many nodes). The database refuses a clash inside the
-# writing transaction, whoever writes; the message is the 409's reason.
+# canary (whose one key is on many nodes); ``key_owners`` holds it. The message is the
+# 409's reason.
 KEY_CLASH = "public key in use by"
-KEY_OWNERS = {"nodes": "a node", "peers": "a client", "canaries": "a canary peer"}
-
-
-def _key_triggers() -> str:
-    """Before a key is written to a table: refuse it when another owner holds it. Client
-    keys are the peers' primary key already; a node's key is checked against the other
-    nodes too; the canary's one key may be on many nodes."""
-    sql = []
-    for table in KEY_OWNERS:
-        checks = []
-        for other, owner in KEY_OWNERS.items():
-            if other == table and table != "nodes":
-                continue
-            itself = " AND id != NEW.id" if other == table else ""
-            owner = "another node" if other == table else owner
-            held = f"SELECT 1 FROM {other} WHERE public_key = NEW.public_key{itself}"  # noqa: S608
-            checks.append(f"SELECT RAISE(ABORT, '{KEY_CLASH} {owner}') WHERE EXISTS ({held});")
-        for event in ("INSERT", "UPDATE OF public_key"):
-            name = f"{table}_key_{event.split()[0].lower()}"
-            sql.append(f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {event} ON {table} "
-                       f"BEGIN {' '.join(checks)} END;")  # fmt: skip
-    return "\n".join(sql)
-
-
-SCHEMA += _key_triggers()
-
-# Columns added since the first schema: an older database gains them at start (its
-# nodes have no credential yet; each gets one when it next registers with a signed
-# identity document).
-ADDED_COLUMNS = {
-    "nodes": ("root_readonly_baseline INTEGER NOT NULL DEFAULT 0",
-              "account_id TEXT", "credential_sha256 TEXT",
-              "identity_refusals INTEGER NOT NULL DEFAULT 0", "identity_refused_at REAL"),
-    "changes": ("created_at REAL NOT NULL DEFAULT 0",),
-}  # fmt: skip
+KEY_OWNERS = {"node": "a node", "client": "a client", "canary": "a canary peer"}
+RETRIES = 30  # attempts of a transaction that lost a race
+RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock (PostgreSQL)
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -193,22 +135,47 @@ class Pool:
         return (f"{self.ipv4.network_address + slot}/32", f"{self.ipv6.network_address + slot}/128")
 
 
-PAGE = 2000  # peers per page of a full list; each page is read under the lock alone
+PAGE = 2000  # peers per page of a full list; each page is its own short read
 MAX_PAGE = 10_000
 
 
-class Store:
-    """Thread-safe access to the database (one connection, one writer at a time).
+@dataclass
+class _Tx:
+    """One write transaction: its connection, the changes to log at its end, the nodes
+    to notify after its commit, and the in-process hints to undo if it rolls back."""
 
-    Besides the database: a free-slot index and each node's peer count (rebuilt at
-    start, kept in step by every write, undone on rollback), so an assignment costs
-    O(log n); and a :class:`ChangeNotifier` told, after each commit, which nodes'
-    peers changed (long-polls, ARCHITECTURE §3b).
+    conn: sa.Connection
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (node id, key)
+    touched: set[str] = field(default_factory=set)
+    version: int = 0  # the version its last change got (0: none)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def log(self, node_id: str, public_key: str) -> None:
+        self.changes.append((node_id, public_key))
+        self.touched.add(node_id)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A transaction that lost a race with another writer (it runs again)."""
+    if isinstance(exc, sa_exc.IntegrityError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, sa_exc.DBAPIError) and code in RETRY_SQLSTATES
+
+
+class Store:
+    """Thread-safe access to the database (``database``: a SQLite ``Path`` or a URL).
+
+    Besides the database: a free-slot index and each node's peer count (hints, see the
+    module docstring); and a :class:`ChangeNotifier` told, after each commit, which
+    nodes' peers changed (long-polls, ARCHITECTURE §3b). The schema must be this
+    release's: :func:`migrations.prepare` brings a SQLite file or an empty PostgreSQL
+    database there and raises :class:`migrations.SchemaError` otherwise.
     """
 
     def __init__(
         self,
-        path: Path,
+        database: str | Path,
         pool: Pool,
         keep_changes: int = 100_000,
         change_retention_s: float = 3600,
@@ -216,104 +183,154 @@ class Store:
     ) -> None:
         self.pool, self.keep_changes = pool, keep_changes
         self.change_retention_s = change_retention_s
-        self._lock = threading.Lock()
+        self.url = parse_url(database)
+        self.engine = create_engine(self.url)
+        try:
+            migrations.prepare(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        # SQLite has one writer anyway: waiting here is cheaper than its busy loop. On
+        # PostgreSQL writers run concurrently; the database orders them.
+        self._writer = threading.Lock() if self.sqlite else contextlib.nullcontext()
+        self._hints = threading.Lock()  # guards the slot index and the peer counts
         self._pruned_at = 0.0
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        Path(path).chmod(0o600)  # WAL and shared-memory files inherit this mode
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-        self._db.executescript(SCHEMA)
         self.notifier: ChangeNotifier = notifier or LocalNotifier()
-        self._touched: set[str] = set()  # nodes whose peers changed in this transaction
-        self._undo: list = []  # in-memory index changes to revert on rollback
-        used = (row[0] for row in self._db.execute("SELECT slot FROM peers ORDER BY slot"))
-        self._slots = SlotIndex(used, 2, pool.user_slots)
-        self._load: dict[str, int] = dict(
-            self._db.execute("SELECT node_id, COUNT(*) FROM peers GROUP BY node_id").fetchall()
-        )
+        self._resync()
 
-    def _migrate(self) -> None:
-        for table, columns in ADDED_COLUMNS.items():
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if have and column.split()[0] not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    def _resync(self) -> None:
+        """Rebuild the hints from the database."""
+        with self.engine.connect() as conn:
+            used = conn.execute(sa.select(peers.c.slot).order_by(peers.c.slot)).scalars().all()
+            load = conn.execute(
+                sa.select(peers.c.node_id, sa.func.count()).group_by(peers.c.node_id)
+            ).all()
+        with self._hints:
+            self._slots = SlotIndex(used, 2, self.pool.user_slots)
+            self._load: dict[str, int] = dict(load)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._touched, self._undo = set(), []
+    def _write(self, work: Callable[[_Tx], T]) -> T:
+        """Run ``work`` in one transaction (again, from the start, when it lost a race);
+        log its changes at its end; notify after the commit."""
+        for attempt in range(RETRIES):
+            tx = None
             try:
-                yield self._db
+                with self._writer, self.engine.connect() as conn:
+                    conn = conn.execution_options(immediate=True)
+                    with conn.begin():
+                        tx = _Tx(conn)
+                        result = work(tx)
+                        self._commit_changes(tx)
+                        if tx.touched and not self.sqlite:  # to every replica, on commit
+                            fanout.notify(conn.exec_driver_sql, tx.version, tx.touched)
             except BaseException as exc:
-                self._db.execute("ROLLBACK")
-                for undo in reversed(self._undo):
-                    undo()
-                if isinstance(exc, sqlite3.IntegrityError) and KEY_CLASH in str(exc):
-                    raise Refused(str(exc)) from None  # one key, one owner (_key_triggers)
-                raise
-            self._db.execute("COMMIT")
-            touched = self._touched
-        if touched:
-            self.notifier.publish(touched)
+                if tx is not None:
+                    with self._hints:
+                        for undo in reversed(tx.undo):
+                            undo()
+                if not _retryable(exc) or attempt == RETRIES - 1:
+                    raise
+                self._resync()
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+                continue
+            if tx.touched:
+                self.notifier.publish(tx.touched)
+            return result
+        raise AssertionError("unreachable")
 
-    def _count(self, node_id: str, delta: int) -> None:
-        """Change a node's peer count (undone if the transaction rolls back)."""
-        self._load[node_id] = self._load.get(node_id, 0) + delta
-        self._undo.append(lambda: self._load.__setitem__(node_id, self._load[node_id] - delta))
+    def _commit_changes(self, tx: _Tx) -> None:
+        """Number the transaction's changes from the counter row (its lock, held to the
+        commit, orders writers) and log them; prune the log."""
+        if not tx.changes:
+            return
+        top = tx.conn.execute(
+            sa.update(counters)
+            .where(counters.c.name == "version")
+            .values(value=counters.c.value + len(tx.changes))
+            .returning(counters.c.value)
+        ).scalar_one()
+        now, tx.version = time.time(), top
+        first = top - len(tx.changes) + 1
+        tx.conn.execute(
+            sa.insert(changes),
+            [
+                {"version": first + i, "node_id": node, "public_key": key, "created_at": now}
+                for i, (node, key) in enumerate(tx.changes)
+            ],
+        )
+        tx.conn.execute(sa.delete(changes).where(changes.c.version <= top - self.keep_changes))
+        self._prune(tx.conn)
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            yield self._db
+    def _prune(self, conn: sa.Connection) -> None:
+        """Forget changes older than the retention (at most every few seconds)."""
+        now = time.time()
+        if now - self._pruned_at >= min(10.0, self.change_retention_s):
+            self._pruned_at = now
+            conn.execute(
+                sa.delete(changes).where(changes.c.created_at < now - self.change_retention_s)
+            )
+
+    def _count(self, tx: _Tx, node_id: str, delta: int) -> None:
+        """Change a node's peer count hint (undone if the transaction rolls back)."""
+        with self._hints:
+            self._load[node_id] = self._load.get(node_id, 0) + delta
+
+        def undo() -> None:
+            self._load[node_id] = self._load.get(node_id, 0) - delta
+
+        tx.undo.append(undo)
+
+    def _claim(self, tx: _Tx, public_key: str, kind: str, owner: str | None = None,
+               slot: int | None = None) -> None:  # fmt: skip
+        """Record who owns ``public_key`` (:class:`Refused` when another owner does; the
+        primary key refuses it in the database whoever writes, and a concurrent claim
+        makes this transaction retry and then see the winner)."""
+        row = tx.conn.execute(
+            sa.select(key_owners).where(key_owners.c.public_key == public_key)
+        ).first()
+        if row is None:
+            tx.conn.execute(
+                sa.insert(key_owners).values(
+                    public_key=public_key, kind=kind, owner=owner, slot=slot
+                )
+            )
+            return
+        if row.kind == kind and kind != "client" and (kind == "canary" or row.owner == owner):
+            return  # already this owner's
+        theirs = "another node" if row.kind == kind == "node" else KEY_OWNERS[row.kind]
+        raise Refused(f"{KEY_CLASH} {theirs}")
+
+    @staticmethod
+    def _release(tx: _Tx, public_key: str) -> None:
+        tx.conn.execute(sa.delete(key_owners).where(key_owners.c.public_key == public_key))
 
     # -- versions -------------------------------------------------------------------
 
     @staticmethod
-    def _version(db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
-        return row[0] if row else 0
+    def _version(conn: sa.Connection) -> int:
+        return conn.execute(
+            sa.select(counters.c.value).where(counters.c.name == "version")
+        ).scalar_one()
 
     def version(self) -> int:
-        with self._read() as db:
-            return self._version(db)
-
-    def _log(self, db: sqlite3.Connection, node_id: str, public_key: str) -> None:
-        self._touched.add(node_id)
-        db.execute(
-            "INSERT INTO changes (node_id, public_key, created_at) VALUES (?, ?, ?)",
-            (node_id, public_key, time.time()),
-        )
-        db.execute(
-            "DELETE FROM changes WHERE version <= (SELECT MAX(version) FROM changes) - ?",
-            (self.keep_changes,),
-        )
-        self._prune(db)
-
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Forget changes older than the retention (at most every few seconds)."""
-        now = time.time()
-        if now - self._pruned_at >= min(10.0, self.change_retention_s):
-            db.execute("DELETE FROM changes WHERE created_at < ?", (now - self.change_retention_s,))
-            self._pruned_at = now
+        with self.engine.connect() as conn:
+            return self._version(conn)
 
     # -- nodes ------------------------------------------------------------------------
 
     def needs_confirmation(self, instance_id: str, public_ip: str) -> bool:
         """Whether AWS must confirm this registration: a first use of the instance, or its
         node now reports another ``public_ip``. A retired instance is refused anyway."""
-        with self._read() as db:
-            if db.execute("SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)).fetchone():
+        with self.engine.connect() as conn:
+            if conn.execute(
+                sa.select(retired.c.instance_id).where(retired.c.instance_id == instance_id)
+            ).first():
                 return False
-            row = db.execute(
-                "SELECT public_ip FROM nodes WHERE instance_id = ?", (instance_id,)
-            ).fetchone()
-        return row is None or row["public_ip"] != public_ip
+            ip = conn.execute(
+                sa.select(nodes.c.public_ip).where(nodes.c.instance_id == instance_id)
+            ).scalar()
+        return ip is None or ip != public_ip
 
     def register(
         self, instance_id: str, region: str, account_id: str, body: dict[str, Any],
@@ -331,130 +348,183 @@ class Store:
         instead of leaving it stuck. A retired instance, or a key that another node, a
         client or the canary holds, is refused too.
         """
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM retired WHERE instance_id = ?", (instance_id,)).fetchone():
+        fields = {k: body[k] for k in ("public_ip", "public_key", "listen_port", "agent_version")}
+
+        def work(tx: _Tx) -> tuple[str, str] | None:
+            db = tx.conn
+            if db.execute(
+                sa.select(retired.c.instance_id).where(retired.c.instance_id == instance_id)
+            ).first():
                 raise Refused("instance retired")
-            row = db.execute("SELECT * FROM nodes WHERE instance_id = ?", (instance_id,)).fetchone()
-            fields = (body["public_ip"], body["public_key"], body["listen_port"],
-                      body["agent_version"])  # fmt: skip
+            row = db.execute(
+                sa.select(nodes).where(nodes.c.instance_id == instance_id).with_for_update()
+            ).first()
             if row is None:
-                node_id, credential = "node-" + secrets.token_hex(6), credential or new_credential()
+                node_id, given = "node-" + secrets.token_hex(6), credential or new_credential()
                 db.execute(
-                    "INSERT INTO nodes (id, instance_id, public_ip, public_key, listen_port, "
-                    "agent_version, region, account_id, credential_sha256, registered_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (node_id, instance_id, *fields, region, account_id,
-                     credential_hash(credential), time.time()),
+                    sa.insert(nodes).values(
+                        id=node_id, instance_id=instance_id, region=region,
+                        account_id=account_id, credential_sha256=credential_hash(given),
+                        registered_at=time.time(), **fields,
+                    )
                 )  # fmt: skip
-                return node_id, credential
-            stored = row["credential_sha256"]
+                self._claim(tx, body["public_key"], "node", node_id)
+                return node_id, given
+            stored = row.credential_sha256
             lost = stored is not None and (
                 credential is None or not hmac.compare_digest(credential_hash(credential), stored)
             )
             if not lost:  # its own agent (or a record from before attestation: bind it now)
-                credential = credential or new_credential()
+                given = credential or new_credential()
+                if row.public_key != body["public_key"]:
+                    self._claim(tx, body["public_key"], "node", row.id)
+                    self._release(tx, row.public_key)
                 db.execute(
-                    "UPDATE nodes SET public_ip=?, public_key=?, listen_port=?, agent_version=?, "
-                    "credential_sha256=? WHERE id=?",
-                    (*fields, credential_hash(credential), row["id"]),
+                    sa.update(nodes)
+                    .where(nodes.c.id == row.id)
+                    .values(credential_sha256=credential_hash(given), **fields)
                 )
-                return row["id"], credential
+                return row.id, given
             now = time.time()
             db.execute(
-                "UPDATE nodes SET identity_refusals = identity_refusals + 1, "
-                "identity_refused_at = ?, state = 'draining', drain_reason = CASE "
-                "WHEN drain_reason = 'compromised' THEN drain_reason ELSE 'identity_lost' END, "
-                "drain_started_at = COALESCE(drain_started_at, ?) WHERE id = ?",
-                (now, now, row["id"]),
+                sa.update(nodes)
+                .where(nodes.c.id == row.id)
+                .values(
+                    identity_refusals=nodes.c.identity_refusals + 1,
+                    identity_refused_at=now,
+                    state="draining",
+                    drain_reason=sa.case(
+                        (nodes.c.drain_reason == "compromised", nodes.c.drain_reason),
+                        else_="identity_lost",
+                    ),
+                    drain_started_at=sa.func.coalesce(nodes.c.drain_started_at, now),
+                )
             )
-        raise Refused("instance already bound to a node; its node credential is required")
+            return None  # committed; refused below
+
+        result = self._write(work)
+        if result is None:
+            raise Refused("instance already bound to a node; its node credential is required")
+        return result
 
     def credential_ok(self, node_id: str, credential: str) -> bool:
         """``credential`` is this node's (constant-time compare; unknown node: False)."""
         given = credential_hash(credential)
-        with self._read() as db:
-            row = db.execute(
-                "SELECT credential_sha256 FROM nodes WHERE id = ?", (node_id,)
-            ).fetchone()
-        stored = (row and row["credential_sha256"]) or ""
-        return hmac.compare_digest(given, stored)
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(nodes.c.credential_sha256).where(nodes.c.id == node_id)
+            ).scalar()
+        return hmac.compare_digest(given, stored or "")
 
     def node(self, node_id: str) -> dict[str, Any]:
-        with self._read() as db:
-            row = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(nodes).where(nodes.c.id == node_id)).mappings().first()
         if row is None:
             raise NotFound(node_id)
         return dict(row)
 
     def nodes(self, state: str | None = None) -> list[dict[str, Any]]:
-        query, args = "SELECT * FROM nodes", ()
+        query = sa.select(nodes).order_by(nodes.c.registered_at)
         if state:
-            query, args = query + " WHERE state = ?", (state,)
-        with self._read() as db:
-            return [dict(row) for row in db.execute(query + " ORDER BY registered_at", args)]
+            query = query.where(nodes.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat; return the node as stored (with its nftables baseline).
-        ``root_readonly_baseline`` is returned as it was before: 1 once the node has
-        reported a read-only root."""
-        with self._write() as db:
-            row = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        """Record a heartbeat (the node's row only: no version, no notification); return
+        the node as stored (with its nftables baseline). ``root_readonly_baseline`` is
+        returned as it was before: 1 once the node has reported a read-only root."""
+
+        def work(tx: _Tx) -> dict[str, Any]:
+            row = tx.conn.execute(
+                sa.select(nodes).where(nodes.c.id == node_id).with_for_update()
+            ).mappings().first()  # fmt: skip
             if row is None:
                 raise NotFound(node_id)
             baseline = row["nftables_baseline"] or body["integrity"]["nftables_sha256"]
             locked = row["root_readonly_baseline"] or body["integrity"].get("root_readonly") is True
-            db.execute(
-                "UPDATE nodes SET last_heartbeat_at=?, reported_state=?, active_peers=?, "
-                "stats=?, nftables_baseline=?, root_readonly_baseline=? WHERE id=?",
-                (
-                    time.time(),
-                    body["state"],
-                    body["stats"]["active_peers"],
-                    json.dumps(body["stats"]),
-                    baseline,
-                    int(locked),
-                    node_id,
-                ),
+            tx.conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(
+                    last_heartbeat_at=time.time(),
+                    reported_state=body["state"],
+                    active_peers=body["stats"]["active_peers"],
+                    stats=json.dumps(body["stats"]),
+                    nftables_baseline=baseline,
+                    root_readonly_baseline=int(locked),
+                )
             )
-            self._prune(db)
             return dict(row) | {"nftables_baseline": baseline}
+
+        node = self._write(work)
+        if time.time() - self._pruned_at >= min(10.0, self.change_retention_s):
+            self._write(lambda tx: self._prune(tx.conn))  # retention holds without writes
+        return node
 
     def drain(self, node_id: str, reason: str) -> None:
         """Take a node out of the pool (idempotent; ``compromised`` overrides a reason)."""
-        with self._write() as db:
-            row = db.execute("SELECT state, drain_reason FROM nodes WHERE id = ?", (node_id,))
-            node = row.fetchone()
+
+        def work(tx: _Tx) -> None:
+            node = tx.conn.execute(
+                sa.select(nodes.c.state).where(nodes.c.id == node_id).with_for_update()
+            ).first()
             if node is None:
                 raise NotFound(node_id)
-            if node["state"] == "draining" and reason != "compromised":
+            if node.state == "draining" and reason != "compromised":
                 return
-            db.execute(
-                "UPDATE nodes SET state='draining', drain_reason=?, "
-                "drain_started_at=COALESCE(drain_started_at, ?) WHERE id=?",
-                (reason, time.time(), node_id),
+            tx.conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(
+                    state="draining",
+                    drain_reason=reason,
+                    drain_started_at=sa.func.coalesce(nodes.c.drain_started_at, time.time()),
+                )
             )
+
+        self._write(work)
 
     def delete_node(self, node_id: str) -> bool:
         """Forget a node and its peers' assignments (clients ask again); its instance is
         retired for good."""
-        with self._write() as db:
-            row = db.execute("SELECT instance_id FROM nodes WHERE id = ?", (node_id,)).fetchone()
+
+        def work(tx: _Tx) -> bool:
+            db = tx.conn
+            row = db.execute(
+                sa.select(nodes.c.instance_id, nodes.c.public_key)
+                .where(nodes.c.id == node_id)
+                .with_for_update()
+            ).first()
             if row is None:
                 return False
+            if not db.execute(
+                sa.select(retired.c.instance_id).where(retired.c.instance_id == row.instance_id)
+            ).first():
+                db.execute(sa.insert(retired).values(instance_id=row.instance_id,
+                                                     retired_at=time.time()))  # fmt: skip
+            held = db.execute(
+                sa.select(peers.c.public_key, peers.c.slot).where(peers.c.node_id == node_id)
+            ).all()
+            canary = db.execute(
+                sa.select(canaries.c.public_key).where(canaries.c.node_id == node_id)
+            ).scalar()
+            db.execute(sa.delete(nodes).where(nodes.c.id == node_id))  # cascades
+            self._release(tx, row.public_key)
             db.execute(
-                "INSERT OR IGNORE INTO retired (instance_id, retired_at) VALUES (?, ?)",
-                (row["instance_id"], time.time()),
+                sa.delete(key_owners).where(key_owners.c.public_key.in_([k for k, _ in held]))
             )
-            slots = [
-                r[0] for r in db.execute("SELECT slot FROM peers WHERE node_id = ?", (node_id,))
-            ]
-            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
-            for slot in slots:
-                self._free(slot)
-            load = self._load.pop(node_id, 0)
-            self._undo.append(lambda: self._load.__setitem__(node_id, load))
-            self._touched.add(node_id)  # its held long-poll ends (404 next)
+            if canary is not None:
+                self._release_canary(tx, canary)
+            for _, slot in held:
+                self._free(tx, slot)
+            with self._hints:
+                load = self._load.pop(node_id, 0)
+            tx.undo.append(lambda: self._load.__setitem__(node_id, load))
+            tx.touched.add(node_id)  # its held long-poll ends (404 next)
             return True
+
+        return self._write(work)
 
     # -- peers --------------------------------------------------------------------------
 
@@ -463,30 +533,36 @@ class Store:
     ) -> dict[str, Any]:
         """The node's peers: all (``full``) or only those changed after ``since``.
 
-        A full list is read page by page (each page alone under the lock); with
-        ``limit`` only its first page is returned, and ``next_cursor`` names the next. A
-        delta longer than ``limit`` is answered as a paged full list instead.
+        The version is read first: every change up to it is committed (versions are
+        commit-ordered), so the delta holds them all. A full list is read page by page;
+        with ``limit`` only its first page is returned, and ``next_cursor`` names the
+        next. A delta longer than ``limit`` is answered as a paged full list instead.
         """
-        with self._read() as db:
-            if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
+        with self.engine.connect() as db:
+            if db.execute(sa.select(nodes.c.id).where(nodes.c.id == node_id)).first() is None:
                 raise NotFound(node_id)
             version = self._version(db)
-            oldest = db.execute("SELECT MIN(version) FROM changes").fetchone()[0] or version + 1
+            oldest = db.execute(sa.select(sa.func.min(changes.c.version))).scalar()
+            oldest = version + 1 if oldest is None else oldest
             full = since is None or since > version or since < oldest - 1
             if not full:
                 changed = db.execute(
-                    "SELECT DISTINCT c.public_key, COALESCE(p.slot, k.slot) AS slot, "
-                    "COALESCE(p.node_id, k.node_id) AS node_id FROM changes c "
-                    "LEFT JOIN peers p ON p.public_key = c.public_key AND p.node_id = c.node_id "
-                    "LEFT JOIN canaries k ON k.node_id = c.node_id AND k.public_key = c.public_key "
-                    "WHERE c.node_id = ? AND c.version > ?",
-                    (node_id, since),
-                ).fetchall()
+                    sa.text(
+                        "SELECT DISTINCT c.public_key, COALESCE(p.slot, k.slot) AS slot, "
+                        "COALESCE(p.node_id, k.node_id) AS node_id FROM changes c "
+                        "LEFT JOIN peers p ON p.public_key = c.public_key "
+                        "AND p.node_id = c.node_id "
+                        "LEFT JOIN canaries k ON k.node_id = c.node_id "
+                        "AND k.public_key = c.public_key "
+                        "WHERE c.node_id = :node AND c.version > :since"
+                    ),
+                    {"node": node_id, "since": since},
+                ).all()
         if full or (limit is not None and len(changed) > limit):  # a big delta: pages
             return self.full_page(node_id, version, 0, limit)
-        peers = [self._peer(r) for r in changed if r["node_id"] == node_id]
-        removed = [r["public_key"] for r in changed if r["node_id"] != node_id]
-        return {"version": version, "full": False, "peers": peers, "removed": removed}
+        peers_ = [self._peer(r) for r in changed if r.node_id == node_id]
+        removed = [r.public_key for r in changed if r.node_id != node_id]
+        return {"version": version, "full": False, "peers": peers_, "removed": removed}
 
     def full_page(
         self, node_id: str, version: int, after_slot: int, limit: int | None
@@ -496,109 +572,148 @@ class Store:
         change log after ``version``, which the node asks for next. ``limit`` None: the
         rest of the list (for agents that do not page), still read page by page. The
         node's canary peer is listed like a client, by its slot in the canary block."""
-        peers: list[dict[str, Any]] = []
+        listed: list[dict[str, Any]] = []
         want = limit or PAGE
+        query = sa.text(
+            "SELECT public_key, slot FROM peers WHERE node_id = :node AND slot > :after "
+            "UNION ALL SELECT public_key, slot FROM canaries "
+            "WHERE node_id = :node AND slot > :after ORDER BY slot LIMIT :n"
+        )
         while True:
-            with self._read() as db:
-                if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
+            with self.engine.connect() as db:
+                if db.execute(sa.select(nodes.c.id).where(nodes.c.id == node_id)).first() is None:
                     raise NotFound(node_id)
-                rows = db.execute(
-                    "SELECT public_key, slot FROM peers WHERE node_id = ?1 AND slot > ?2 "
-                    "UNION ALL SELECT public_key, slot FROM canaries "
-                    "WHERE node_id = ?1 AND slot > ?2 ORDER BY slot LIMIT ?3",
-                    (node_id, after_slot, want),
-                ).fetchall()
-            peers.extend(self._peer(r) for r in rows)  # built outside the lock
+                rows = db.execute(query, {"node": node_id, "after": after_slot, "n": want}).all()
+            listed.extend(self._peer(r) for r in rows)
             if rows:
-                after_slot = rows[-1]["slot"]
+                after_slot = rows[-1].slot
             if limit is not None or len(rows) < want:
                 break
         more = limit is not None and len(rows) == limit
-        page = {"version": version, "full": True, "peers": peers, "removed": []}
+        page = {"version": version, "full": True, "peers": listed, "removed": []}
         if limit is not None:
             page["next_cursor"] = f"{version}.{after_slot}" if more else None
         return page
 
-    def _peer(self, row: sqlite3.Row) -> dict[str, Any]:
-        return {
-            "public_key": row["public_key"],
-            "allowed_ips": list(self.pool.addresses(row["slot"])),
-        }
+    def _peer(self, row: Any) -> dict[str, Any]:
+        return {"public_key": row.public_key, "allowed_ips": list(self.pool.addresses(row.slot))}
 
     def assign(self, public_key: str, region: str | None, fresh_after: float) -> dict[str, Any]:
         """Place a client on the least-loaded healthy node (kept there while it is healthy).
-        A node's or the canary's key is :class:`Refused` (:func:`_key_triggers`)."""
-        with self._write() as db:
+        A node's or the canary's key is :class:`Refused` (``key_owners``)."""
+
+        def work(tx: _Tx) -> dict[str, Any]:
+            db = tx.conn
+            self._lock_slots(tx)
             current = db.execute(
-                "SELECT p.slot, n.* FROM peers p JOIN nodes n ON n.id = p.node_id "
-                "WHERE p.public_key = ?",
-                (public_key,),
-            ).fetchone()
-            if current and current["state"] == "active":
-                return self._assignment(current, current["slot"])
-            candidates = db.execute(
-                "SELECT * FROM nodes WHERE state = 'active' AND last_heartbeat_at >= ? "
-                "AND (? IS NULL OR region = ?)",
-                (fresh_after, region, region),
-            ).fetchall()
-            node = min(
-                candidates,
-                key=lambda n: (self._load.get(n["id"], 0), n["registered_at"]),
-                default=None,
+                sa.select(peers.c.slot, nodes)
+                .join(nodes, nodes.c.id == peers.c.node_id)
+                .where(peers.c.public_key == public_key)
+                .with_for_update(of=peers)
+            ).first()
+            if current and current.state == "active":
+                return self._assignment(current, current.slot)
+            query = sa.select(nodes).where(
+                nodes.c.state == "active", nodes.c.last_heartbeat_at >= fresh_after
             )
+            if region is not None:
+                query = query.where(nodes.c.region == region)
+            candidates = db.execute(query).all()
+            with self._hints:
+                node = min(
+                    candidates,
+                    key=lambda n: (self._load.get(n.id, 0), n.registered_at),
+                    default=None,
+                )
             if node is None:
                 raise NoCapacity(f"no healthy node{f' in {region}' if region else ''}")
             if current:  # moving off a draining node: keep the client's addresses
-                slot = current["slot"]
+                slot = current.slot
                 db.execute(
-                    "UPDATE peers SET node_id = ? WHERE public_key = ?", (node["id"], public_key)
+                    sa.update(peers).where(peers.c.public_key == public_key).values(node_id=node.id)
                 )
-                self._log(db, current["id"], public_key)
-                self._count(current["id"], -1)
+                tx.log(current.id, public_key)
+                self._count(tx, current.id, -1)
             else:
-                slot = self._take()
+                slot = self._take(tx)
+                self._claim(tx, public_key, "client", slot=slot)
                 db.execute(
-                    "INSERT INTO peers (public_key, node_id, slot, created_at) VALUES (?, ?, ?, ?)",
-                    (public_key, node["id"], slot, time.time()),
+                    sa.insert(peers).values(
+                        public_key=public_key, node_id=node.id, slot=slot, created_at=time.time()
+                    )
                 )
-            self._count(node["id"], 1)
-            self._log(db, node["id"], public_key)
+            self._count(tx, node.id, 1)
+            tx.log(node.id, public_key)
             return self._assignment(node, slot)
 
-    def _take(self) -> int:
-        """The lowest free slot, O(log n); given back if the transaction rolls back."""
-        slot = self._slots.take()
-        if slot is None:
-            raise NoCapacity("client address pool exhausted")
-        self._undo.append(lambda: self._slots.free(slot))
+        return self._write(work)
+
+    @staticmethod
+    def _lock_slots(tx: _Tx) -> None:
+        """Take the version row's lock first (PostgreSQL; SQLite has one writer): slot
+        choices of all replicas are made one at a time, each seeing the others' commits.
+        (Writers queue on this row at their commit anyway.)"""
+        tx.conn.execute(
+            sa.select(counters.c.value).where(counters.c.name == "version").with_for_update()
+        )
+
+    def _take(self, tx: _Tx) -> int:
+        """The lowest free slot by the index, O(log n), checked against the database
+        (another replica may have taken it: then the next); given back if the transaction
+        rolls back. The UNIQUE slot columns are what make it the client's alone."""
+        while True:
+            with self._hints:
+                slot = self._slots.take()
+            if slot is None:
+                raise NoCapacity("client address pool exhausted")
+            taken = tx.conn.execute(
+                sa.select(key_owners.c.slot).where(key_owners.c.slot == slot)
+            ).first()
+            if taken is None:
+                break
+
+        def undo() -> None:
+            self._slots.free(slot)
+
+        tx.undo.append(undo)
         return slot
 
-    def _free(self, slot: int) -> None:
-        self._slots.free(slot)
-        self._undo.append(lambda: self._slots.remove(slot))
+    def _free(self, tx: _Tx, slot: int) -> None:
+        with self._hints:
+            self._slots.free(slot)
 
-    def _assignment(self, node: sqlite3.Row, slot: int) -> dict[str, Any]:
+        def undo() -> None:
+            self._slots.remove(slot)
+
+        tx.undo.append(undo)
+
+    def _assignment(self, node: Any, slot: int) -> dict[str, Any]:
         ipv4, ipv6 = self.pool.addresses(slot)
         return {
-            "node_id": node["id"],
-            "region": node["region"],
+            "node_id": node.id,
+            "region": node.region,
             "endpoint": _endpoint(node),
-            "node_public_key": node["public_key"],
+            "node_public_key": node.public_key,
             "addresses": {"ipv4": ipv4, "ipv6": ipv6},
         }
 
     def remove_peer(self, public_key: str) -> bool:
-        with self._write() as db:
-            row = db.execute(
-                "SELECT node_id, slot FROM peers WHERE public_key = ?", (public_key,)
-            ).fetchone()
+        def work(tx: _Tx) -> bool:
+            row = tx.conn.execute(
+                sa.select(peers.c.node_id, peers.c.slot)
+                .where(peers.c.public_key == public_key)
+                .with_for_update()
+            ).first()
             if row is None:
                 return False
-            db.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
-            self._free(row["slot"])
-            self._count(row["node_id"], -1)
-            self._log(db, row["node_id"], public_key)
+            tx.conn.execute(sa.delete(peers).where(peers.c.public_key == public_key))
+            self._release(tx, public_key)
+            self._free(tx, row.slot)
+            self._count(tx, row.node_id, -1)
+            tx.log(row.node_id, public_key)
             return True
+
+        return self._write(work)
 
     # -- canary peers -------------------------------------------------------------------
 
@@ -608,95 +723,132 @@ class Store:
         (the lowest free one of the canary block when it is new). Idempotent: the same
         key again changes nothing. Refused when the node is not active or the key is a
         client's or a node's; :class:`NoCapacity` when the canary block is full."""
-        with self._write() as db:
-            node = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+
+        def work(tx: _Tx) -> dict[str, Any]:
+            db = tx.conn
+            self._lock_slots(tx)
+            node = db.execute(
+                sa.select(nodes).where(nodes.c.id == node_id).with_for_update()
+            ).first()
             if node is None:
                 raise NotFound(node_id)
-            if node["state"] != "active":
-                raise Refused(f"node {node['state']}")
+            if node.state != "active":
+                raise Refused(f"node {node.state}")
             current = db.execute(
-                "SELECT public_key, slot FROM canaries WHERE node_id = ?", (node_id,)
-            ).fetchone()
-            if current and current["public_key"] == public_key:
-                slot = current["slot"]
-            else:
-                slot = self._canary_slot(db, public_key)
-                if current:
-                    db.execute("DELETE FROM canaries WHERE node_id = ?", (node_id,))
-                    self._log(db, node_id, current["public_key"])
-                db.execute(
-                    "INSERT INTO canaries (node_id, public_key, slot, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (node_id, public_key, slot, time.time()),
+                sa.select(canaries.c.public_key, canaries.c.slot).where(
+                    canaries.c.node_id == node_id
                 )
-                self._log(db, node_id, public_key)
+            ).first()
+            if current and current.public_key == public_key:
+                slot = current.slot
+            else:
+                slot = self._canary_slot(tx, public_key)
+                if current:
+                    db.execute(sa.delete(canaries).where(canaries.c.node_id == node_id))
+                    self._release_canary(tx, current.public_key)
+                    tx.log(node_id, current.public_key)
+                db.execute(
+                    sa.insert(canaries).values(
+                        node_id=node_id, public_key=public_key, slot=slot, created_at=time.time()
+                    )
+                )
+                tx.log(node_id, public_key)
             ipv4, ipv6 = self.pool.addresses(slot)
             return {
                 "node_id": node_id,
                 "endpoint": _endpoint(node),
-                "public_key": node["public_key"],
+                "public_key": node.public_key,
                 "address": {"ipv4": ipv4, "ipv6": ipv6},
-                "peers_version": self._version(db),
             }
 
-    def _canary_slot(self, db: sqlite3.Connection, public_key: str) -> int:
-        """The key's slot on other nodes, or the lowest one no canary key and no client
-        (from before the block was reserved) holds (a client's or a node's key is
-        refused by the database: :func:`_key_triggers`)."""
-        row = db.execute(
-            "SELECT slot FROM canaries WHERE public_key = ? LIMIT 1", (public_key,)
-        ).fetchone()
-        if row:
-            return row[0]
+        reply = self._write(work)
+        return reply | {"peers_version": self.version()}
+
+    def _canary_slot(self, tx: _Tx, public_key: str) -> int:
+        """The key's slot (the same on every node), or for a new key the lowest slot of
+        the block that no key holds (a client from before the block was reserved may);
+        the key is then claimed with it (``key_owners.slot`` is UNIQUE)."""
+        owned = tx.conn.execute(
+            sa.select(key_owners.c.kind, key_owners.c.slot).where(
+                key_owners.c.public_key == public_key
+            )
+        ).first()
+        if owned is not None and owned.kind == "canary":
+            return owned.slot
         block = self.pool.canary_slots
-        taken = {r[0] for r in db.execute("SELECT DISTINCT slot FROM canaries")}
-        taken |= {
-            r[0] for r in db.execute("SELECT slot FROM peers WHERE slot >= ?", (block.start,))
-        }
+        taken = set(
+            tx.conn.execute(
+                sa.select(key_owners.c.slot).where(key_owners.c.slot >= block.start)
+            ).scalars()
+        )
         slot = next((s for s in block if s not in taken), None)
-        if slot is None:
+        if owned is None and slot is None:
             raise NoCapacity("canary address block exhausted")
+        self._claim(tx, public_key, "canary", slot=slot)  # refuses another owner's key
         return slot
+
+    @staticmethod
+    def _release_canary(tx: _Tx, public_key: str) -> None:
+        """Forget a canary key's ownership once no node has it any more."""
+        tx.conn.execute(
+            sa.delete(key_owners).where(
+                key_owners.c.public_key == public_key,
+                key_owners.c.kind == "canary",
+                ~sa.exists().where(canaries.c.public_key == public_key),
+            )
+        )
 
     def remove_canary(self, node_id: str) -> None:
         """Remove the node's canary peer, if it has one."""
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM nodes WHERE id = ?", (node_id,)).fetchone() is None:
+
+        def work(tx: _Tx) -> None:
+            db = tx.conn
+            if db.execute(
+                sa.select(nodes.c.id).where(nodes.c.id == node_id).with_for_update()
+            ).first() is None:  # fmt: skip
                 raise NotFound(node_id)
-            row = db.execute(
-                "SELECT public_key FROM canaries WHERE node_id = ?", (node_id,)
-            ).fetchone()
-            if row:
-                db.execute("DELETE FROM canaries WHERE node_id = ?", (node_id,))
-                self._log(db, node_id, row["public_key"])
+            key = db.execute(
+                sa.select(canaries.c.public_key).where(canaries.c.node_id == node_id)
+            ).scalar()
+            if key is not None:
+                db.execute(sa.delete(canaries).where(canaries.c.node_id == node_id))
+                self._release_canary(tx, key)
+                tx.log(node_id, key)
+
+        self._write(work)
 
     def close(self) -> None:
-        self._db.close()
+        self.engine.dispose()
+        self._closed = True
 
     # -- observability -------------------------------------------------------------------
 
     def ping(self) -> None:
-        """Read the database once (raises ``sqlite3.Error`` when it does not answer)."""
-        with self._read() as db:
-            db.execute("SELECT COUNT(*) FROM nodes").fetchone()
+        """Read the database once (raises ``sqlalchemy.exc.SQLAlchemyError`` when it does
+        not answer)."""
+        if getattr(self, "_closed", False):
+            raise sa_exc.InvalidRequestError("store closed")
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(sa.func.count()).select_from(nodes)).scalar()
 
     def counts(self) -> dict[str, Any]:
         """Aggregates only: nodes by state, peers, reported active peers, change-log rows."""
-        with self._read() as db:
+        with self.engine.connect() as db:
             states = db.execute(
-                "SELECT state, COUNT(*), SUM(active_peers) FROM nodes GROUP BY state"
-            )
+                sa.select(nodes.c.state, sa.func.count(), sa.func.sum(nodes.c.active_peers))
+                .group_by(nodes.c.state)
+            ).all()  # fmt: skip
             by_state = {row[0]: (row[1], row[2] or 0) for row in states}
             return {
                 "nodes": {state: n for state, (n, _) in by_state.items()},
                 "active_peers": sum(active for _, active in by_state.values()),
-                "peers": db.execute("SELECT COUNT(*) FROM peers").fetchone()[0],
-                "changes": db.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
+                "peers": db.execute(sa.select(sa.func.count()).select_from(peers)).scalar(),
+                "changes": db.execute(sa.select(sa.func.count()).select_from(changes)).scalar(),
                 "version": self._version(db),
             }
 
 
-def _endpoint(node: sqlite3.Row) -> str:
+def _endpoint(node: Any) -> str:
     """``ip:port`` of the node's WireGuard listener (IPv6 in brackets)."""
-    host, port = node["public_ip"], node["listen_port"]
+    host, port = node.public_ip, node.listen_port
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

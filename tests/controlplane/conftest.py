@@ -4,6 +4,12 @@ It trusts one test certificate for instance identity documents (an
 :class:`IdentitySigner` kept in the test folder, so a restart trusts the same key);
 ``ControlPlane.register`` signs a document for the instance and keeps the node
 credential it gets, which ``heartbeat`` and ``client(node_id)`` then use.
+
+Every test in this folder runs on both stores (the module-scoped ``backend`` parameter):
+SQLite (``cp.db`` in the test's folder) and PostgreSQL (the throwaway cluster of
+``tests/pg.py``, one fresh database per folder ``start`` is given, so a restart with the
+same folder finds the same database). ``sql`` reads or writes the database directly,
+whichever it is.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from idra.controlplane.database import parse_url
 from idra.lab.pki import LAB_ACCOUNT, IdentitySigner, make_ca_and_server, new_instance_id
 
 # Documentation ranges the tests use as node addresses (not global unicast).
@@ -42,6 +50,42 @@ def write_token(path: Path, token: str) -> Path:
     return path
 
 
+_BACKEND: dict = {"name": "sqlite", "cluster": None, "databases": {}}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"], autouse=True)
+def backend(request):
+    """The store of every server this module starts (see the module docstring)."""
+    _BACKEND["name"] = request.param
+    if request.param == "postgresql":
+        _BACKEND["cluster"] = request.getfixturevalue("postgres_cluster")
+    yield request.param
+    for url in _BACKEND["databases"].values():
+        _BACKEND["cluster"].drop_database(url)
+    _BACKEND.update(name="sqlite", cluster=None, databases={})
+
+
+def database_url(tmp: Path) -> str:
+    """The database of the server started with ``tmp`` (created on first use)."""
+    if _BACKEND["name"] == "sqlite":
+        return f"sqlite:///{tmp / 'cp.db'}"
+    databases = _BACKEND["databases"]
+    if tmp not in databases:
+        databases[tmp] = _BACKEND["cluster"].create_database()
+    return databases[tmp]
+
+
+def sql(url: str, statement: str, params: dict | None = None) -> list[tuple]:
+    """Run one statement on the database at ``url`` (committed); its rows, if any."""
+    engine = sa.create_engine(parse_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(statement), params or {})
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,7 +100,8 @@ class ControlPlane:
     log: Path
     verify: ssl.SSLContext | bool = True
     signer: IdentitySigner | None = None
-    db: Path | None = None
+    db: Path | None = None  # the SQLite file (None on PostgreSQL)
+    database_url: str = ""
     credentials: dict[str, str] = field(default_factory=dict)  # node id → credential
     instances: dict[str, str] = field(default_factory=dict)  # node id → instance id
 
@@ -149,12 +194,14 @@ def start(
     aws: tuple[str, ...] = ("--insecure-skip-aws-verify",),
     entry: tuple[str, ...] = ("-m", "idra.cli"),
     env: dict[str, str] | None = None,
+    database: str | None = None,
 ) -> ControlPlane:
     """Start (or, with the same ``tmp``, ``port`` and ``tokens``, restart) the server.
     Every test starts it here, so its flags are in one place. ``open_files``: its
     RLIMIT_NOFILE (soft, hard); ``aws``: how it checks instances with AWS (as documented,
     the tests say it out loud); ``entry``: what the interpreter runs
-    (``tests/controlplane/moto_serve.py``: with moto)."""
+    (``tests/controlplane/moto_serve.py``: with moto); ``database``: its URL (default:
+    :func:`database_url` of ``tmp``)."""
     kinds = ("node", "operator", "client", "metrics")
     tokens = tokens or {kind: secrets.token_urlsafe(24) for kind in kinds}
     key_file = tmp / "iid.key"
@@ -172,6 +219,7 @@ def start(
         args += ["--tls-cert", str(cert), "--tls-key", str(key)]
         verify = ssl.create_default_context(cafile=ca)
     port = port or free_port()
+    database = database or database_url(tmp)
     log = tmp / "controlplane.log"
     process = subprocess.Popen(
         [
@@ -179,8 +227,8 @@ def start(
             *entry,
             "controlplane",
             "serve",
-            "--db",
-            str(tmp / "cp.db"),
+            "--database-url",
+            database,
             "--listen",
             f"127.0.0.1:{port}",
             *args,
@@ -203,9 +251,11 @@ def start(
                 raise RuntimeError(f"control plane did not start: {log.read_text()}") from None
             time.sleep(0.1)
     scheme = "https" if tls else "http"
+    sqlite = parse_url(database).get_backend_name() == "sqlite"
     return ControlPlane(
-        f"{scheme}://127.0.0.1:{port}", tokens, process, log, verify, signer, tmp / "cp.db"
-    )
+        f"{scheme}://127.0.0.1:{port}", tokens, process, log, verify, signer,
+        Path(parse_url(database).database) if sqlite else None, database,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -214,3 +264,19 @@ def cp(tmp_path):
     yield server
     server.process.terminate()
     server.process.wait(10)
+
+
+def dump(url: str) -> str:
+    """Every row of every table as text (for "this secret is stored nowhere")."""
+    engine = sa.create_engine(parse_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = sa.inspect(conn).get_table_names()
+            rows = [
+                repr(tuple(row))
+                for table in tables
+                for row in conn.execute(sa.text(f"SELECT * FROM {table}"))  # noqa: S608
+            ]
+    finally:
+        engine.dispose()
+    return "\n".join(rows)

@@ -13,16 +13,15 @@ import secrets
 import sqlite3
 import string
 import threading
+from pathlib import Path
 
 import pytest
-
-from idra.controlplane.store import SCHEMA
 
 from .conftest import ControlPlane, start, wg_key
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory):
+def cp(tmp_path_factory, backend):
     """Keeps 50 changes; knows the agent build the tests report (``b`` * 64)."""
     folder = tmp_path_factory.mktemp("cp")
     server = start(folder, "--keep-changes", "50", "--agent-sha256", "b" * 64)
@@ -311,9 +310,13 @@ def test_root_readonly_must_be_a_boolean(cp: ControlPlane) -> None:
     assert cp.heartbeat(node_id, root_readonly=True)["drain"] is False, "nothing changed"
 
 
-def test_database_from_before_root_readonly_is_upgraded(tmp_path) -> None:
-    old_schema = SCHEMA.replace(",\n    root_readonly_baseline INTEGER NOT NULL DEFAULT 0", "")
-    assert old_schema != SCHEMA
+def test_database_from_before_root_readonly_is_upgraded(tmp_path, backend) -> None:
+    """A SQLite file of a release before root_readonly (PostgreSQL never ran one)."""
+    if backend != "sqlite":
+        pytest.skip("only SQLite files come from before the migrations")
+    schema = (Path(__file__).parent / "schema_before_alembic.sql").read_text()
+    old_schema = schema.replace(",\n    root_readonly_baseline INTEGER NOT NULL DEFAULT 0", "")
+    assert old_schema != schema
     sqlite3.connect(tmp_path / "cp.db").executescript(old_schema)
     server = start(tmp_path)
     try:

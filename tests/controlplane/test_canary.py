@@ -5,7 +5,6 @@ and how canary peers reach a node through the normal peer sync."""
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from idra.controlplane.store import Pool, Store
 
-from .conftest import ControlPlane, start, wg_key, write_token
+from .conftest import ControlPlane, database_url, sql, start, wg_key, write_token
 from .test_api import _add, _peers
 from .test_identity import snapshot
 from .test_sync_v2 import _get, _later, _node
@@ -117,8 +116,7 @@ def test_removal_by_call_and_with_the_node_record(cp: ControlPlane) -> None:
     assert _uncanary(cp, "node-nope") == 404
     with cp.client("operator") as ops:
         assert ops.delete(f"/v1/nodes/{b}", params={"terminated": "true"}).status_code == 204
-    with sqlite3.connect(cp.db) as db:
-        assert db.execute("SELECT COUNT(*) FROM canaries").fetchone()[0] == 0
+    assert sql(cp.database_url, "SELECT COUNT(*) FROM canaries") == [(0,)]
     c = _node(cp)
     assert _canary(cp, c, wg_key()).json()["address"]["ipv4"] == "10.111.255.240/32", "freed"
 
@@ -204,17 +202,19 @@ def test_a_client_from_before_the_reserved_block_keeps_its_slot(tmp_path: Path) 
     """A database from before the block: a client already in it keeps its address, the
     canary takes the next free slot of the block, and freeing it never gives it out."""
     pool = Pool(ipaddress.IPv4Network("10.96.0.0/26"), ipaddress.IPv6Network("fd49::/64"))
-    store = Store(tmp_path / "cp.db", pool)
-    store._db.execute(
+    url = database_url(tmp_path)
+    store = Store(url, pool)
+    sql(url,
         "INSERT INTO nodes (id, instance_id, public_ip, public_key, listen_port, region, "
         "agent_version, registered_at, last_heartbeat_at) "
-        "VALUES ('n', 'i-1', '203.0.113.1', 'k', 51820, 'r', 'v', 0, ?)",
-        (time.time(),),
-    )
+        "VALUES ('n', 'i-1', '203.0.113.1', 'k', 51820, 'r', 'v', 0, :now)",
+        {"now": time.time()})  # fmt: skip
     old = wg_key()
-    store._db.execute("INSERT INTO peers VALUES (?, 'n', 48, 0)", (old,))
+    sql(url, "INSERT INTO peers VALUES (:k, 'n', 48, 0)", {"k": old})
+    sql(url, "INSERT INTO key_owners (public_key, kind, slot) VALUES (:k, 'client', 48)",
+        {"k": old})  # fmt: skip
     store.close()
-    store = Store(tmp_path / "cp.db", pool)
+    store = Store(url, pool)
     assert store.set_canary("n", wg_key())["address"]["ipv4"] == "10.96.0.49/32"
     assert store.remove_peer(old)
     assert store.assign(wg_key(), None, 0)["addresses"]["ipv4"] == "10.96.0.2/32"

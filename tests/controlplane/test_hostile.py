@@ -34,7 +34,7 @@ def _stop(server: ControlPlane) -> None:
 
 
 @pytest.fixture(scope="module")
-def edge_cp(tmp_path_factory):
+def edge_cp(tmp_path_factory, backend):
     """One server for the attacks that leave nothing behind (all connections closed)."""
     server = start(
         tmp_path_factory.mktemp("edge"), "--header-timeout", str(HEADER_TIMEOUT),

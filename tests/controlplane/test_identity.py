@@ -6,7 +6,6 @@ trusts; refusals are checked against the whole database, not just the status cod
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 
 import httpx
@@ -14,15 +13,14 @@ import pytest
 
 from idra.lab.pki import IdentitySigner
 
-from .conftest import ControlPlane, start, wg_key
+from .conftest import ControlPlane, dump, sql, start, wg_key
 
 TABLES = ("nodes", "peers", "canaries", "changes", "retired")
 
 
 def snapshot(cp: ControlPlane) -> dict[str, list]:
     """Every row of every table (read-only connection)."""
-    with sqlite3.connect(f"file:{cp.db}?mode=ro", uri=True) as db:
-        return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in TABLES}  # noqa: S608
+    return {t: sql(cp.database_url, f"SELECT * FROM {t} ORDER BY 1") for t in TABLES}  # noqa: S608
 
 
 def heartbeat_body(**integrity) -> dict:
@@ -136,9 +134,7 @@ def test_trust_on_first_use_then_only_with_the_credential(cp: ControlPlane) -> N
     node = cp.register()
     instance, credential = cp.instances[node], cp.credentials[node]
     assert len(credential) >= 43, "256 bits, URL-safe base64"
-    with sqlite3.connect(cp.db) as db:
-        dump = "\n".join(db.iterdump())
-    assert credential not in dump, "stored only hashed"
+    assert credential not in dump(cp.database_url), "stored only hashed"
 
     for wrong in (None, "x" * 43, cp.credentials[cp.register()]):
         reply = cp.register_reply(instance, credential=wrong)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from idra.controlplane.app import Settings, create_app
 from idra.controlplane.store import Pool, Store
 
-from .conftest import ControlPlane, wg_key
+from .conftest import ControlPlane, database_url, wg_key
 
 
 def _samples(text: str) -> dict[str, list]:
@@ -125,7 +125,7 @@ def test_healthz_is_503_when_the_database_does_not_answer(tmp_path) -> None:
         from fastapi.testclient import TestClient  # warns about its httpx use on import
 
     pool = Pool(ipaddress.IPv4Network("10.96.0.0/12"), ipaddress.IPv6Network("fd00::/64"))
-    store = Store(tmp_path / "cp.db", pool)
+    store = Store(database_url(tmp_path), pool)
     tokens = {kind: f"{kind}-token-0123456789" for kind in ("node", "operator", "client")}
     with TestClient(create_app(store, Settings(tokens))) as client:
         assert client.get("/healthz").status_code == 200
