@@ -53,23 +53,31 @@ class ControlPlane:
     credentials: dict[str, str] = field(default_factory=dict)  # node id → credential
 
     @classmethod
-    def start(cls, topo: Topology, ns: Netns, workdir: Path, interval: int = 10) -> ControlPlane:
-        tokens = {}
-        for kind in ("node", "operator", "client"):
+    def start(
+        cls, topo: Topology, ns: Netns, workdir: Path, interval: int = 10,
+        database_url: str | None = None, port: int = PORT, like: ControlPlane | None = None,
+    ) -> ControlPlane:  # fmt: skip
+        """``database_url``: PostgreSQL instead of a SQLite file; ``like``: another replica
+        of that plane (its tokens and identity signer) on ``port``."""
+        tokens = like.tokens if like else {}
+        for kind in () if like else ("node", "operator", "client"):
             tokens[kind] = workdir / f"{kind}.token"
             tokens[kind].write_text(secrets.token_urlsafe(32))
             tokens[kind].chmod(0o600)
-        plane = cls(ns, workdir / "cp.db", tokens)
-        cert = plane.signer.write_cert(workdir / "iid.pem")
+        plane = cls(ns, workdir / "cp.db", tokens, f"http://127.0.0.1:{port}")
+        if like:
+            plane.signer, plane.credentials = like.signer, like.credentials
+        cert = plane.signer.write_cert(workdir / f"iid-{port}.pem")
+        database = ["--database-url", database_url] if database_url else ["--db", str(plane.db)]
         topo.spawn(
-            ns, str(BIN / "idra"), "controlplane", "serve", "--db", str(plane.db),
-            "--listen", f"127.0.0.1:{PORT}", "--heartbeat-interval", str(interval),
+            ns, str(BIN / "idra"), "controlplane", "serve", *database,
+            "--listen", f"127.0.0.1:{port}", "--heartbeat-interval", str(interval),
             *(arg for kind, path in tokens.items() for arg in (f"--{kind}-token-file", str(path))),
             "--iid-cert-file", str(cert), "--aws-account", LAB_ACCOUNT,
             "--insecure-skip-aws-verify",  # the bench plays AWS with its own key
             "--allow-public-ip-range", "192.0.2.0/24",
             "--max-connections-per-client", "16384",  # every simulated node is on loopback
-            log=workdir / "cp.log",
+            log=workdir / f"cp-{port}.log",
         )  # fmt: skip
         with inside(ns):
             deadline = time.monotonic() + 30
@@ -79,7 +87,9 @@ class ControlPlane:
                     return plane
                 except httpx.HTTPError:
                     time.sleep(0.2)
-        raise RuntimeError(f"control plane did not start: {(workdir / 'cp.log').read_text()}")
+        raise RuntimeError(
+            f"control plane did not start: {(workdir / f'cp-{port}.log').read_text()}"
+        )
 
     def token(self, kind: str) -> str:
         return self.tokens[kind].read_text()

@@ -382,4 +382,10 @@ def sync_v2(quick: bool) -> str:
     return section(quick, RESULTS)
 
 
-ALL = [peer_apply, no_disruption, _agent_sections, control_plane, datapath, sync_v2]
+def replicas(quick: bool) -> str:
+    from bench.replicas import section
+
+    return section(quick)
+
+
+ALL = [peer_apply, no_disruption, _agent_sections, control_plane, datapath, sync_v2, replicas]

@@ -21,6 +21,7 @@ from idra.config import ConfigError, load_stack, stack_file
 from idra.controlplane.serve import controlplane
 from idra.lab.commands import lab
 from idra.lifecycle import commands as lifecycle_commands
+from idra.lifecycle.ops_command import ops
 from idra.lifecycle.rollout import rollout_command
 from idra.lifecycle.scale_in import scale_in_command
 from idra.nodes import nodes
@@ -71,7 +72,7 @@ def main(ctx: click.Context, log_format: str, log_level: str, log_libraries: boo
 
 
 # The commands that take their defaults from the context (not the server, lab, context).
-USES_CONTEXT = ("nodes", "canary", "reap", "rollout", "status", "render")
+USES_CONTEXT = ("nodes", "canary", "reap", "rollout", "status", "render", "ops")
 
 
 @main.command()
@@ -101,6 +102,7 @@ main.add_command(contexts.context)
 main.add_command(controlplane)
 main.add_command(lab)
 main.add_command(nodes)
+main.add_command(ops)
 main.add_command(lifecycle_commands.canary)
 main.add_command(lifecycle_commands.reap)
 main.add_command(rollout_command)

@@ -29,6 +29,8 @@ from pydantic.alias_generators import to_camel
 NAMESPACE = "idra"
 LIFECYCLE_HOOK = "idra-drain"  # the ASG's termination hook; the agent completes it
 LAUNCH_HOOK = "idra-ready"  # the ASG's launch hook; the agent completes it once serving
+OPS_NAMESPACE = "IDRA/Ops"  # CloudWatch namespace of the ops loop's metrics (and nothing else)
+GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 HOOK_TIMEOUT_MAX = 7200  # AWS's limit on a lifecycle hook's heartbeat timeout
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEYS = ("nodeToken", "firebasePrivateKey", "blindedSigningPrivateKey")
@@ -39,6 +41,9 @@ IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 SubnetId = Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]
 AmiId = Annotated[str, Field(pattern=r"^ami-[0-9a-f]{8,17}$")]
+RoleArn = Annotated[str, Field(pattern=r"^arn:aws:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")]
+Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")]
+Interval = Annotated[int, Field(ge=30, le=86400)]
 
 
 class ConfigError(ValueError):
@@ -106,6 +111,29 @@ class StackConfig(BaseModel):
     # After InService (the agent already serves): until its metrics count for scaling.
     instance_warmup_seconds: int = Field(default=120, ge=0, le=3600)
     max_drain_seconds: int = Field(default=21600, ge=60, le=172800)
+    # Where the control plane runs: the only region holding its two private keys.
+    control_plane_region: Region | None = None  # default: the first of ``regions``
+    # The roles that may read FIREBASE_PRIVATE_KEY and BLINDED_SIGNING_PRIVATE_KEY.
+    control_plane_role_arns: list[RoleArn] = Field(default_factory=list)
+    # GitHub "org/repo" whose environments may assume the CI roles (none without it).
+    github_repository: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+    )
+    # An account has one GitHub OIDC provider: pass its ARN, or this stack creates it.
+    github_oidc_provider_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$",
+    )
+    alarm_emails: list[Email] = Field(default_factory=list)  # the alarm topic's subscribers
+    ops_canary_interval_seconds: Interval = 300
+    ops_rollout_interval_seconds: Interval = 300
+    ops_reaper_interval_seconds: Interval = 60
+    ops_lease_seconds: int = Field(default=180, ge=60, le=3600)
+    # The pinned ops artifact (the idra zipapp) for the ops service's instance; without
+    # it the stack has no ops group.
+    ops_url: HttpsUrl | None = None
+    ops_sha256: Sha256 | None = None
+    ops_instance_type: str = Field(default="t3.small", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
     # Present only as ``{secure: ...}`` entries in the file; values are read by Pulumi.
     secrets_set: frozenset[str] = frozenset()
 
@@ -156,6 +184,17 @@ class StackConfig(BaseModel):
             for region in per_region:
                 if region not in self.regions:
                     raise _KeyedError(key, f"{region} is not in regions")
+        if self.control_plane_region and self.control_plane_region not in self.regions:
+            raise _KeyedError(
+                "controlPlaneRegion", f"{self.control_plane_region} is not in regions"
+            )
+        if (self.ops_url is None) != (self.ops_sha256 is None):
+            raise _KeyedError("opsSha256", "opsUrl and opsSha256 go together")
+        if self.ops_lease_seconds <= 2 * self.ops_tick_seconds:
+            raise _KeyedError(
+                "opsLeaseSeconds",
+                f"must be above twice the ops loop's shortest interval ({self.ops_tick_seconds}s)",
+            )
         unpinned = [region for region in self.regions if region not in self.ami_ids]
         if unpinned and not self.ami_name:
             raise _KeyedError(
@@ -168,6 +207,35 @@ class StackConfig(BaseModel):
         """The drain hook waits the whole drain (the agent sends lifecycle heartbeats
         when the drain is longer than AWS's 2-hour limit on one heartbeat timeout)."""
         return min(self.max_drain_seconds, HOOK_TIMEOUT_MAX)
+
+    @property
+    def primary_region(self) -> str:
+        """Where the environment's single resources live (key, secrets, ops service)."""
+        return self.regions[0]
+
+    @property
+    def secrets_region(self) -> str:
+        """Where the control plane runs: the only region with its two private keys."""
+        return self.control_plane_region or self.primary_region
+
+    @property
+    def ops_tick_seconds(self) -> int:
+        """The ops loop wakes this often (its shortest interval) and renews its lease."""
+        return min(
+            self.ops_canary_interval_seconds,
+            self.ops_rollout_interval_seconds,
+            self.ops_reaper_interval_seconds,
+        )
+
+    @property
+    def ops_lease_table(self) -> str:
+        """DynamoDB table holding the ops loop's lease."""
+        return f"idra-{self.stack}-ops-lease"
+
+    @property
+    def ops_asg_name(self) -> str:
+        """The ops service's one-instance group (never a node group)."""
+        return f"idra-{self.stack}-ops"
 
     def asg_name(self, region: str) -> str:
         """The auto-scaling group's name (fixed, so user-data can name it before it exists)."""

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import jinja2
+import yaml
 
 from idra.config import LAUNCH_HOOK, LIFECYCLE_HOOK, REPO_ROOT, ConfigError, StackConfig
 
@@ -73,6 +74,25 @@ def render_node_files(cfg: StackConfig, region: str | None = None) -> dict[str, 
     return files
 
 
+def render_ops_files(cfg: StackConfig) -> dict[str, str]:
+    """The ops instance's files (name -> text): its stack file (no secret), OpenRC
+    service and ``ops-user-data.yaml``, for the stack's primary region."""
+    if not cfg.ops_url:
+        raise ConfigError(f"stack {cfg.stack!r}: no ops artifact (set idra:opsUrl, idra:opsSha256)")
+    values = cfg.model_dump(mode="json", by_alias=True, exclude_none=True,
+                            exclude={"stack", "secrets_set"})  # fmt: skip
+    stack = {"config": {f"idra:{key}": value for key, value in values.items()}}
+    context = {"cfg": cfg, "region": cfg.primary_region}
+    files = {
+        "stack.yaml": yaml.safe_dump(stack, sort_keys=True),
+        "idra-ops.initd": _env.get_template("idra-ops.initd.j2").render(context),
+    }
+    files["ops-user-data.yaml"] = _env.get_template("ops-user-data.yaml.j2").render(
+        context, files=files
+    )
+    return files
+
+
 def sent_user_data(text: str, where: str) -> bytes:
     """``user-data.yaml`` as the launch template sends it: gzipped (cloud-init unpacks
     it; ``mtime=0`` keeps it identical between runs). Above :data:`USER_DATA_BUDGET`,
@@ -118,5 +138,5 @@ def _write_all(files: dict[str, str], out: Path) -> list[Path]:
     return [out / name for name in NODE_FILES]
 
 
-__all__ = ["NODE_FILES", "USER_DATA_BUDGET", "render_node_files", "sent_user_data",
-           "write_node_files"]  # fmt: skip
+__all__ = ["NODE_FILES", "USER_DATA_BUDGET", "render_node_files", "render_ops_files",
+           "sent_user_data", "write_node_files"]  # fmt: skip

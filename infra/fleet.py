@@ -138,6 +138,9 @@ def auto_scaling_group(
         # another; it must not fail `pulumi up`.
         ignore_failed_scaling_activities=True,
         default_instance_warmup=cfg.instance_warmup_seconds,
+        # For the "InService below desired" alarm (infra/alarms.py).
+        enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances"],
+        metrics_granularity="1Minute",
         mixed_instances_policy=aws.autoscaling.GroupMixedInstancesPolicyArgs(
             launch_template=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateArgs(
                 launch_template_specification=aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgs(

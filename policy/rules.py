@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
@@ -146,6 +147,48 @@ def no_wildcard_secret_access(resource_type: str, props: Props) -> list[str]:
     return problems
 
 
+OIDC_SUB = re.compile(r"repo:[^*?/:]+/[^*?/:]+:environment:[^*?:]+")
+
+
+def _conditions(statement: Mapping[str, Any], operator: str) -> dict[str, list[str]]:
+    block = (statement.get("Condition") or {}).get(operator) or {}
+    return {str(k).lower(): [str(v) for v in _as_list(block[k])] for k in block}
+
+
+def oidc_trust_bound_to_environment(resource_type: str, props: Props) -> list[str]:
+    """A role trusting a web identity (GitHub's OIDC) names exactly the audience and a
+    ``sub`` of one repository's environment (``StringEquals``, no wildcard): without it,
+    any branch, pull request or repository could assume the role."""
+    if resource_type != "aws:iam/role:Role":
+        return []
+    trust = props.get("assumeRolePolicy")
+    if isinstance(trust, str):
+        trust = json.loads(trust) if trust.strip() else None
+    if not isinstance(trust, Mapping):
+        return []
+    problems = []
+    for statement in _as_list(trust.get("Statement", [])):
+        if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+            continue
+        actions = [str(a).lower() for a in _as_list(statement.get("Action", []))]
+        if not any(fnmatchcase("sts:assumerolewithwebidentity", a) for a in actions):
+            continue
+        principal = statement.get("Principal")
+        federated = principal.get("Federated") if isinstance(principal, Mapping) else principal
+        hosts = [str(f).split("oidc-provider/")[-1].lower() for f in _as_list(federated)]
+        equals = _conditions(statement, "StringEquals")
+        for host in hosts or ["*"]:
+            subs = equals.get(f"{host}:sub", [])
+            if not subs or not all(OIDC_SUB.fullmatch(sub) for sub in subs):
+                problems.append(
+                    f"web-identity trust of {host} must bind {host}:sub with StringEquals "
+                    "to repo:<org>/<repo>:environment:<env>"
+                )
+            if equals.get(f"{host}:aud") != ["sts.amazonaws.com"]:
+                problems.append(f"web-identity trust of {host} must require aud sts.amazonaws.com")
+    return problems
+
+
 RULES: dict[str, tuple[str, Rule]] = {
     "imdsv2-required": ("Instances require IMDSv2 with hop limit 1", imdsv2_required),
     "storage-encrypted": ("Volumes, secrets and keys are encrypted", storage_encrypted),
@@ -153,5 +196,9 @@ RULES: dict[str, tuple[str, Rule]] = {
     "no-wildcard-secret-access": (
         "IAM grants secret reads and decrypts on named resources only",
         no_wildcard_secret_access,
+    ),
+    "oidc-trust-bound-to-environment": (
+        "A web-identity trust names one repository environment and the STS audience",
+        oidc_trust_bound_to_environment,
     ),
 }

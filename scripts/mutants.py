@@ -206,8 +206,12 @@ def run_one(mutant: Mutant, pytest_args: list[str]) -> tuple[str, str, float]:
                 stderr=subprocess.STDOUT,
                 text=True,
                 start_new_session=True,
-                # the child inherits the blocked mask: it must take SIGINT itself
-                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, blocked),
+                # the child inherits the blocked mask and an ignored SIGINT: it must
+                # take SIGINT itself (pytest tears down on it)
+                preexec_fn=lambda: (
+                    signal.signal(signal.SIGINT, signal.SIG_DFL),
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked),
+                ),
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -249,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --root {args.root}: no such folder", file=sys.stderr)
         return 2
 
-    for signum in STOP_SIGNALS - {signal.SIGINT}:
+    # every stop signal, SIGINT too: a shell without job control starts background
+    # commands with SIGINT ignored, and Python then installs no handler of its own
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _terminate)
     lock = take_lock()
     if lock is None:

@@ -58,6 +58,22 @@ BAD_VALUES = {
     "missing account": ("idra:awsAccountId", None, "idra:awsAccountId"),
     "unquoted account": ("idra:awsAccountId", 12345678901, "quote it"),
     "short account": ("idra:awsAccountId", "1234", "idra:awsAccountId"),
+    "control plane elsewhere": ("idra:controlPlaneRegion", "us-west-2", "controlPlaneRegion"),
+    "reader not a role": (
+        "idra:controlPlaneRoleArns",
+        ["arn:aws:iam::111111111111:user/alice"],
+        "idra:controlPlaneRoleArns",
+    ),
+    "repository without org": ("idra:githubRepository", "exit-nodes", "idra:githubRepository"),
+    "another oidc provider": (
+        "idra:githubOidcProviderArn",
+        "arn:aws:iam::111111111111:oidc-provider/example.com",
+        "idra:githubOidcProviderArn",
+    ),
+    "bad alarm address": ("idra:alarmEmails", ["ops"], "idra:alarmEmails"),
+    "lease shorter than two passes": ("idra:opsLeaseSeconds", 100, "idra:opsLeaseSeconds"),
+    "ops artifact without its pin": ("idra:opsUrl", "https://example.com/o.pyz", "idra:opsSha256"),
+    "interval too short": ("idra:opsReaperIntervalSeconds", 5, "idra:opsReaperIntervalSeconds"),
 }
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from idra.config import REPO_ROOT, load_stack
+from idra.config import REPO_ROOT, ConfigError, load_stack
 from idra.netns import run
-from idra.render import NODE_FILES, render_node_files, write_node_files
+from idra.render import NODE_FILES, render_node_files, render_ops_files, write_node_files
 
 STACKS = ["staging", "production"]
 
@@ -172,3 +172,32 @@ def test_user_data_above_the_budget_is_refused_and_nothing_written(tmp_path, mon
     with pytest.raises(ConfigError, match=r"^eu-central-1: user-data is \d+ bytes gzipped"):
         write_node_files(load_stack("staging"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+OPS = {"ops_url": "https://example.com/idra-ops.pyz", "ops_sha256": "cd" * 32}
+
+
+def test_ops_stack_file_loads_back_as_the_same_settings(tmp_path: Path) -> None:
+    """The ops instance reads its settings with the same loader: nothing lost, no secret."""
+    cfg = load_stack("production").model_copy(update=OPS)
+    (tmp_path / "Pulumi.production.yaml").write_text(render_ops_files(cfg)["stack.yaml"])
+    assert load_stack("production", tmp_path) == cfg
+
+
+def test_ops_scripts_are_valid_shell_and_the_service_openrc(tmp_path: Path) -> None:
+    files = render_ops_files(load_stack("staging").model_copy(update=OPS))
+    document = yaml.safe_load(files["ops-user-data.yaml"])
+    scripts = [
+        f["content"] for f in document["write_files"] if f["content"].startswith("#!/bin/sh")
+    ]
+    assert len(scripts) == 2
+    for index, script in enumerate([*scripts, files["idra-ops.initd"]]):
+        path = tmp_path / f"script{index}"
+        path.write_text(script)
+        result = run(["sh", "-n", str(path)], check=False)
+        assert result.returncode == 0, result.stderr
+
+
+def test_ops_files_need_a_pinned_artifact() -> None:
+    with pytest.raises(ConfigError, match="idra:opsUrl"):
+        render_ops_files(load_stack("staging"))

@@ -189,9 +189,12 @@ def test_release_builds_pins_staging_and_opens_a_pull_request() -> None:
     assert "${{" not in joined.replace("${{ github.token }}", ""), "no expression in a script"
 
 
-def test_scheduled_with_oidc_for_both_stacks() -> None:
+def test_lifecycle_is_a_manual_break_glass_with_oidc_for_both_stacks() -> None:
+    """The service in the account runs the lifecycle (idra ops run); GitHub only by hand."""
     workflow = yaml.safe_load(WORKFLOW.read_text())
-    assert workflow[True]["schedule"]  # YAML 1.1 reads the key "on" as True
+    assert list(workflow[True]) == ["workflow_dispatch"]  # YAML 1.1 reads "on" as True
+    schedules = [p.name for p in WORKFLOWS.glob("*.yml") if "schedule" in _load(p)[True]]
+    assert not schedules, f"no scheduled workflow: {schedules}"
     job = workflow["jobs"]["canary-and-reaper"]
     assert job["permissions"]["id-token"] == "write"
     stacks = {entry["stack"] for entry in job["strategy"]["matrix"]["include"]}

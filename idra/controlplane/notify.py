@@ -4,10 +4,10 @@ A held ``GET /v1/nodes/{id}/peers?wait=S`` subscribes to its node, checks the st
 once, then sleeps until a change for *that node* is published or its deadline passes.
 A change wakes only the requests of the nodes it concerns (no thundering herd).
 
-:class:`LocalNotifier` works within one process (SQLite's single writer). A store
-shared by several processes (Postgres) would publish with ``NOTIFY node_<id>`` after
-its commit and feed what ``LISTEN`` receives into :meth:`ChangeNotifier.publish`; the
-API does not change.
+:class:`LocalNotifier` works within one process (SQLite's single writer). On
+PostgreSQL every replica's store sends ``NOTIFY`` in its writing transaction and
+:class:`idra.controlplane.fanout.PgNotifier` (a LocalNotifier fed by one ``LISTEN``
+connection) wakes the requests held here; the API does not change.
 """
 
 from __future__ import annotations

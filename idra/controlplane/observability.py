@@ -141,6 +141,8 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
         buckets=(0.01, 0.1, 0.5, 1, 5, 10, 30, 45, 60, 75),
     )  # fmt: skip
     registry.register(_StoreCollector(store))
+    if hasattr(store.notifier, "collect"):  # PostgreSQL: the listener's watchdog
+        registry.register(store.notifier)
     app.add_middleware(_RequestMetrics, requests=requests, latency=latency, held=held)
 
     @app.get("/healthz", include_in_schema=False, **requires("public"))
@@ -150,7 +152,17 @@ def install(app: FastAPI, store: Store) -> CollectorRegistry:
         except SQLAlchemyError as exc:
             log.error("health check: database does not answer: %s", type(exc).__name__)
             return JSONResponse({"status": "unavailable", "database": "error"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        listener = getattr(store.notifier, "health", None)  # PostgreSQL: the watchdog
+        if listener is not None and listener()["listener"] != "ok":
+            # Long-polls here would wait for the fallback poll: the balancer sends the
+            # agents to a replica that hears every change at once.
+            log.error("health check: the change listener is down")
+            return JSONResponse(
+                {"status": "unavailable", "database": "ok", "listener": "down"}, status_code=503
+            )
+        return JSONResponse(
+            {"status": "ok", "database": "ok"} | ({"listener": "ok"} if listener else {})
+        )
 
     @app.get("/metrics", include_in_schema=False, **requires("metrics"))
     def metrics(request: Request) -> Response:

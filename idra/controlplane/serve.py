@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from idra.controlplane import edge, migrations
 from idra.controlplane.app import Settings, create_app
 from idra.controlplane.database import BadDatabaseUrl, create_engine, parse_url
+from idra.controlplane.fanout import PgNotifier
 from idra.controlplane.identity import ACCOUNT, REGION, Verifier, load_certs
 from idra.controlplane.notify import ChangeNotifier
 from idra.controlplane.store import Pool, Store
@@ -70,6 +71,7 @@ def controlplane() -> None:
     """The reference control plane (node API v1)."""
 
 
+VERSION_SQL = "SELECT value FROM counters WHERE name = 'version'"  # the fallback poll
 DATABASE_HELP = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB."
 
 
@@ -296,6 +298,11 @@ def serve(
         raise BadInput(f"{flag}: {exc}") from None
     except SQLAlchemyError as exc:
         raise BadInput(f"{flag}: {_reason(exc)}") from None
+    if not store.sqlite:  # changes from every replica wake the long-polls held here
+        store.notifier = PgNotifier(
+            store.url.set(drivername="postgresql").render_as_string(hide_password=False),
+            VERSION_SQL,
+        )
     caps = edge.Caps(
         edge.connection_cap(max_connections, edge.raise_file_limit()), max_connections_per_client
     )

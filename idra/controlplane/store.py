@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from idra.controlplane import migrations
+from idra.controlplane import fanout, migrations
 from idra.controlplane.database import create_engine, parse_url
 from idra.controlplane.notify import ChangeNotifier, LocalNotifier
 from idra.controlplane.schema import (
@@ -147,6 +147,7 @@ class _Tx:
     conn: sa.Connection
     changes: list[tuple[str, str]] = field(default_factory=list)  # (node id, key)
     touched: set[str] = field(default_factory=set)
+    version: int = 0  # the version its last change got (0: none)
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def log(self, node_id: str, public_key: str) -> None:
@@ -221,6 +222,8 @@ class Store:
                         tx = _Tx(conn)
                         result = work(tx)
                         self._commit_changes(tx)
+                        if tx.touched and not self.sqlite:  # to every replica, on commit
+                            fanout.notify(conn.exec_driver_sql, tx.version, tx.touched)
             except BaseException as exc:
                 if tx is not None:
                     with self._hints:
@@ -247,7 +250,7 @@ class Store:
             .values(value=counters.c.value + len(tx.changes))
             .returning(counters.c.value)
         ).scalar_one()
-        now = time.time()
+        now, tx.version = time.time(), top
         first = top - len(tx.changes) + 1
         tx.conn.execute(
             sa.insert(changes),

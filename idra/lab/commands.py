@@ -37,7 +37,9 @@ def lab() -> None:
 @click.option("--stack", default="staging", show_default=True, help="Stack config to render.")
 @click.option("--agent", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="node-daemon.pyz to run (default: build dist/node-daemon.pyz).")  # fmt: skip
-def up(nodes: int, clients: int, stack: str, agent: Path | None) -> None:
+@click.option("--replicas", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="Control planes: 1 on SQLite; more on PostgreSQL behind HAProxy.")  # fmt: skip
+def up(nodes: int, clients: int, stack: str, agent: Path | None, replicas: int) -> None:
     """Build the lab: internet, control plane, NODES exit nodes and CLIENTS clients."""
     _need_root()
     from idra.lab import world
@@ -54,7 +56,7 @@ def up(nodes: int, clients: int, stack: str, agent: Path | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        world.bring_up(cfg, nodes, clients, agent or world.default_agent(), console)
+        world.bring_up(cfg, nodes, clients, agent or world.default_agent(), console, replicas)
     except Exception:
         console.print("[red]lab up failed; removing what was made[/red]")
         world.teardown(LabState.load())
@@ -79,8 +81,10 @@ def status() -> None:
     for client in current.clients:
         table.add_row(str(client.index), client.ns, client.node_id)
     Console().print(table)
+    replicas = current.replicas
+    behind = f" ({replicas} replicas on PostgreSQL behind HAProxy)" if replicas > 1 else ""
     Console().print(
-        f"control plane {current.api_url} · state {S.LAB_DIR} · status {current.status}"
+        f"control plane {current.api_url}{behind} · state {S.LAB_DIR} · status {current.status}"
     )
 
 

@@ -81,6 +81,8 @@ class LabState:
     nodes: list[Node] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
     next_node: int = 1
+    replicas: int = 1  # > 1: control planes on PostgreSQL behind HAProxy (one URL)
+    postgres: str = ""  # with replicas: the database cluster's folder
 
     @property
     def api_url(self) -> str:

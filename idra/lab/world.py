@@ -2,7 +2,8 @@
 outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
 
     internet (bridge 203.0.113.0/24, 2001:db8:1::/64; web server 198.51.100.80)
-      ├── cp      203.0.113.2   reference control plane over TLS (lab CA)
+      ├── cp      203.0.113.2   reference control plane over TLS (lab CA); with --replicas N:
+      │                         N of them on PostgreSQL behind HAProxy (:8443)
       ├── svc     203.0.113.3   DNS blocklist (listed.json) + "streaming" service that
       │                         refuses the addresses in refused.json
       ├── ops     203.0.113.4   where the canary and the reaper run
@@ -18,6 +19,7 @@ import secrets
 import shutil
 import ssl
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,52 +140,56 @@ def start_control_plane(state: LabState, cfg: StackConfig) -> None:
         token = S.LAB_DIR / f"{kind}-token"
         token.touch(mode=0o600)
         token.write_text(secrets.token_urlsafe(32))
-    _spawn(
-        state,
-        cp,
-        "controlplane",
-        PYTHON,
-        "-m",
-        "idra.cli",
-        "controlplane",
-        "serve",
-        "--db",
-        str(S.LAB_DIR / "controlplane.db"),
-        "--listen",
-        f"{S.CP_V4}:{S.CP_PORT}",
-        "--node-token-file",
-        str(S.LAB_DIR / "node-token"),
-        "--operator-token-file",
-        str(S.LAB_DIR / "operator-token"),
-        "--client-token-file",
-        str(S.LAB_DIR / "client-token"),
-        "--tls-cert",
-        str(pki / "server.pem"),
-        "--tls-key",
-        str(pki / "server.key"),
-        "--client-pool-v4",
-        str(cfg.client_pool_ipv4),
-        "--client-pool-v6",
-        str(cfg.client_pool_ipv6),
-        "--heartbeat-interval",
-        str(LAB_HEARTBEAT_S),
-        "--iid-cert-file",
-        f"{state.region}={pki / 'iid.pem'}",
-        "--aws-account",
-        LAB_ACCOUNT,
-        "--aws-region",
-        state.region,
+    serve = [
+        PYTHON, "-m", "idra.cli", "controlplane", "serve",
+        "--node-token-file", str(S.LAB_DIR / "node-token"),
+        "--operator-token-file", str(S.LAB_DIR / "operator-token"),
+        "--client-token-file", str(S.LAB_DIR / "client-token"),
+        "--tls-cert", str(pki / "server.pem"),
+        "--tls-key", str(pki / "server.key"),
+        "--client-pool-v4", str(cfg.client_pool_ipv4),
+        "--client-pool-v6", str(cfg.client_pool_ipv6),
+        "--heartbeat-interval", str(LAB_HEARTBEAT_S),
+        "--iid-cert-file", f"{state.region}={pki / 'iid.pem'}",
+        "--aws-account", LAB_ACCOUNT,
+        "--aws-region", state.region,
         "--insecure-skip-aws-verify",  # the lab plays AWS: no AWS API to ask
-        "--allow-public-ip-range",  # the lab's "internet" uses documentation ranges
-        S.SEGMENT_V4,
-        "--allow-public-ip-range",
-        S.SEGMENT_V6,
-    )
+        "--allow-public-ip-range", S.SEGMENT_V4,  # the lab's "internet": documentation ranges
+        "--allow-public-ip-range", S.SEGMENT_V6,
+    ]  # fmt: skip
+    if state.replicas == 1:
+        database = ["--db", str(S.LAB_DIR / "controlplane.db")]
+        _spawn(state, cp, "controlplane", *serve, *database, "--listen", f"{S.CP_V4}:{S.CP_PORT}")
+    else:
+        _start_replicas(state, cp, serve)
     _wait_for(lambda: _cp_up(cp), "the control plane")
 
 
-def _cp_up(cp: Netns) -> bool:
-    probe = f"import socket; socket.create_connection(('{S.CP_V4}', {S.CP_PORT}), 1)"
+def _start_replicas(state: LabState, cp: Netns, serve: list[str]) -> None:
+    """PostgreSQL on the namespace's loopback, ``state.replicas`` control planes on it
+    (ports 8444, 8445, …) and HAProxy on the one address everything uses."""
+    from idra.lab import balancer
+    from idra.lab.postgres import Cluster
+
+    # Outside the lab's folder, which only root may enter; recorded first, for teardown.
+    state.postgres = tempfile.mkdtemp(prefix="idra-lab-postgres-")
+    state.save()
+    cluster = Cluster(Path(state.postgres), prefix=("ip", "netns", "exec", cp.name))
+    cluster.create()
+    cluster.start()
+    url = ["--database-url", cluster.url()]
+    cp.run(*serve[:3], "controlplane", "migrate", *url)
+    replicas = [f"{S.CP_V4}:{S.CP_PORT + i}" for i in range(1, state.replicas + 1)]
+    for i, listen in enumerate(replicas, 1):
+        _spawn(state, cp, f"controlplane{i}", *serve, *url, "--listen", listen)
+        _wait_for(lambda p=S.CP_PORT + i: _cp_up(cp, p), f"control plane {i}")
+    cfg = S.LAB_DIR / "haproxy.cfg"
+    cfg.write_text(balancer.config(f"{S.CP_V4}:{S.CP_PORT}", replicas, tls=True))
+    _spawn(state, cp, "haproxy", *balancer.command(cfg))
+
+
+def _cp_up(cp: Netns, port: int = S.CP_PORT) -> bool:
+    probe = f"import socket; socket.create_connection(('{S.CP_V4}', {port}), 1)"
     return cp.run(PYTHON, "-c", probe, check=False).returncode == 0
 
 
@@ -299,6 +305,11 @@ def enter_ops() -> None:
 def teardown(state: LabState | None) -> list[str]:
     """Stop every process, delete every namespace and file; return what was removed."""
     removed = []
+    if state and state.postgres:  # --replicas: its database server (pg_ctl's daemon)
+        from idra.lab.postgres import Cluster
+
+        Cluster(Path(state.postgres)).remove()
+        removed.append(f"postgresql cluster {state.postgres}")
     if state:
         for node in state.nodes:
             stop_process(node.wireguard_pid)
@@ -408,9 +419,13 @@ def api_client(state: LabState, kind: str) -> httpx.Client:
     )
 
 
-def bring_up(cfg: StackConfig, nodes: int, clients: int, agent: Path, console) -> LabState:
-    """The whole lab; on return every node is active and every client has a handshake."""
-    state = LabState(stack=cfg.stack, region=cfg.regions[0], agent=str(agent.resolve()))
+def bring_up(
+    cfg: StackConfig, nodes: int, clients: int, agent: Path, console, replicas: int = 1
+) -> LabState:
+    """The whole lab; on return every node is active and every client has a handshake.
+    ``replicas`` > 1: that many control planes on PostgreSQL behind HAProxy."""
+    state = LabState(stack=cfg.stack, region=cfg.regions[0], agent=str(agent.resolve()),
+                     replicas=replicas)  # fmt: skip
     state.save()
     console.print("building the internet, control plane and services")
     build_world(state)

@@ -361,6 +361,18 @@ def _parse_duration(text: str) -> float:
     return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def stack_regions(stack: str, cwd, regions: Collection[str]):
+    """The stack's config, once every ``--region`` given is one of its regions."""
+    try:
+        cfg = load_stack(stack, cwd.resolve())
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    for region in regions:
+        if region not in cfg.regions:
+            raise BadInput(f"--region: {region} is not a region of stack {stack}")
+    return cfg
+
+
 @click.command("rollout")
 @connection_options
 @output_options
@@ -393,13 +405,7 @@ def rollout_command(api_url, operator_token_file, ca_file, out: Output, cwd, sta
     """Replace nodes on an old launch template (or agent) through drain: surge first,
     health-gated, a bounded number at a time. Exit 1 when the rollout stopped (failed
     launches, a node not active in time) or --wait ran out."""
-    try:
-        cfg = load_stack(stack, cwd.resolve())
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
-    for region in regions:
-        if region not in cfg.regions:
-            raise BadInput(f"--region: {region} is not a region of stack {stack}")
+    cfg = stack_regions(stack, cwd, regions)
     ready_s = _parse_duration(ready_within)
     deadline = time.monotonic() + _parse_duration(wait_for) if wait_for else None
     pause = _parse_duration(every)

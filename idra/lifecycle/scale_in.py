@@ -19,7 +19,6 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from idra.cliutil import (
-    BadInput,
     Failed,
     Output,
     connection_options,
@@ -27,9 +26,15 @@ from idra.cliutil import (
     make_api,
     output_options,
 )
-from idra.config import ConfigError, load_stack
 from idra.lifecycle.api import ApiError, OperatorApi
-from idra.lifecycle.rollout import AwsTemplates, GroupView, Step, is_fresh, report_steps
+from idra.lifecycle.rollout import (
+    AwsTemplates,
+    GroupView,
+    Step,
+    is_fresh,
+    report_steps,
+    stack_regions,
+)
 
 
 def pick(region: str, view: GroupView, active: list[dict[str, Any]],
@@ -92,13 +97,7 @@ def scale_in(
 def scale_in_command(api_url, operator_token_file, ca_file, out: Output, cwd, stack, regions,
                      dry_run) -> None:  # fmt: skip
     """Drain the emptiest node of each group holding more instances than it wants."""
-    try:
-        cfg = load_stack(stack, cwd.resolve())
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
-    for region in regions:
-        if region not in cfg.regions:
-            raise BadInput(f"--region: {region} is not a region of stack {stack}")
+    cfg = stack_regions(stack, cwd, regions)
     regions = regions or tuple(cfg.regions)
     api = make_api(api_url, operator_token_file, ca_file)
     import boto3

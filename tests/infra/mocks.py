@@ -124,6 +124,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
                     f"autoScalingGroupName/{inputs['name']}",
                     "id": inputs["name"],
                 }
+            case "aws:dynamodb/table:Table":
+                return {"arn": f"{prefix.format('dynamodb')}:table/{inputs['name']}",
+                        "id": inputs["name"]}  # fmt: skip
+            case "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+                host = inputs["url"].removeprefix("https://")
+                return {"arn": f"arn:aws:iam::{self.account}:oidc-provider/{host}"}
+            case "aws:sns/topic:Topic":
+                return {"arn": f"{prefix.format('sns')}:{inputs['name']}"}
+            case "aws:cloudwatch/eventRule:EventRule":
+                return {"arn": f"{prefix.format('events')}:rule/{args.name}-{unique[:6]}",
+                        "name": f"{args.name}-{unique[:6]}"}  # fmt: skip
             case "aws:ec2/vpc:Vpc":
                 return {"ipv6CidrBlock": "2a05:d014:1f00:6600::/56"}
             case "aws:ec2/launchTemplate:LaunchTemplate":

@@ -85,6 +85,37 @@ CASES = [
         {"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"})}, 1),
 ]  # fmt: skip
 
+GITHUB = "arn:aws:iam::1:oidc-provider/token.actions.githubusercontent.com"
+HOST = "token.actions.githubusercontent.com"
+
+
+def _trust(condition: dict | None, action: str = "sts:AssumeRoleWithWebIdentity") -> dict:
+    statement = {"Effect": "Allow", "Principal": {"Federated": GITHUB}, "Action": action}
+    if condition is not None:
+        statement["Condition"] = condition
+    return {"assumeRolePolicy": _document(statement)}
+
+
+AUD = {f"{HOST}:aud": "sts.amazonaws.com"}
+ROLE = "aws:iam/role:Role"
+CASES += [
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringEquals": AUD | {
+        f"{HOST}:sub": "repo:idra-vpn/exit-nodes:environment:production"}}), 0),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringEquals": AUD}), 1),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust(None), 2),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringEquals": AUD | {
+        f"{HOST}:sub": "repo:idra-vpn/exit-nodes:ref:refs/heads/main"}}), 1),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringLike": AUD | {
+        f"{HOST}:sub": "repo:idra-vpn/exit-nodes:environment:*"}}), 2),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringEquals": AUD | {
+        f"{HOST}:sub": "repo:idra-vpn/*:environment:production"}}), 1),
+    (rules.oidc_trust_bound_to_environment, ROLE, _trust({"StringEquals": {
+        f"{HOST}:sub": "repo:idra-vpn/exit-nodes:environment:production"}}, "sts:*"), 1),
+    (rules.oidc_trust_bound_to_environment, ROLE, {"assumeRolePolicy": _document({
+        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole"})}, 0),
+]  # fmt: skip
+
 
 @pytest.mark.parametrize(("rule", "typ", "props", "expected"), CASES)
 def test_rule(rule: rules.Rule, typ: str, props: dict, expected: int) -> None:
@@ -154,6 +185,18 @@ def test_pack_rejects_world_ssh_and_accepts_ours(
     optional = template | {"metadataOptions": GOOD_METADATA | {"httpTokens": "optional"}}
     assert _analyze(analyzer, LT, json.loads(json.dumps(template))) == []
     assert _analyze(analyzer, LT, json.loads(json.dumps(optional))) == ["imdsv2-required"]
+
+
+def test_pack_refuses_an_oidc_trust_without_an_environment(
+    analyzer: analyzer_pb2_grpc.AnalyzerStub, deployments: dict[str, Deployment]
+) -> None:
+    """Through the served pack: a GitHub trust without ``sub`` is refused; ours passes."""
+    unbound = _trust({"StringEquals": AUD})
+    assert _analyze(analyzer, ROLE, unbound) == ["oidc-trust-bound-to-environment"]
+    ours = [r for r in deployments["staging"].of_type(ROLE) if r.name.startswith("ci-")]
+    assert len(ours) == 3
+    for role in ours:
+        assert _analyze(analyzer, ROLE, json.loads(json.dumps(role.inputs))) == [], role.name
 
 
 def test_pack_checks_role_inline_policies(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:

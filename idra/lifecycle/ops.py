@@ -1,0 +1,270 @@
+"""``idra ops run``: the lifecycle service of one stack.
+
+One supervised loop runs the canary, the rollout with scale-in, and the reaper, each on
+its own interval (``idra:opsCanaryIntervalSeconds``, ``opsRolloutIntervalSeconds``,
+``opsReaperIntervalSeconds``). It wakes every shortest interval (its *tick*) and then:
+
+1. takes or renews the **lease** (a conditional put on the stack's DynamoDB table): two
+   loops never act at once; a standby takes over once the holder's lease expired;
+2. as holder, runs each pass that is due — a pass's error is logged and never ends the
+   loop — and logs one progress line per pass;
+3. puts the heartbeat and the alarm metrics (:mod:`idra.lifecycle.metrics`) to
+   CloudWatch.
+
+The passes are the existing one-shot functions (:func:`canary.run_once`,
+:func:`rollout.rollout`, :func:`scale_in.scale_in`, :func:`reaper.reap`). The canary's
+confirmations live behind :class:`Confirmations`; today a state file
+(``--state-file``), next the control plane, so a replaced instance carries on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from idra.lifecycle import canary as canary_mod
+from idra.lifecycle import metrics
+from idra.lifecycle.api import OperatorApi
+from idra.lifecycle.dnsbl import Verdict, check
+from idra.lifecycle.fleet import Fleet
+from idra.lifecycle.reaper import reap
+from idra.lifecycle.rollout import AwsTemplates, rollout
+from idra.lifecycle.scale_in import scale_in
+
+log = logging.getLogger("idra.ops")
+LEASE_NAME = "ops"
+
+
+def default_holder() -> str:
+    """Who holds the lease: the host (an EC2 hostname names its instance) and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Lease:
+    """A lease with expiry in DynamoDB: a conditional put succeeds only when nobody holds
+    it, we hold it, or the holder's lease expired. Renewed every tick."""
+
+    def __init__(self, client: Any, table: str, holder: str, seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.client, self.table, self.holder = client, table, holder
+        self.seconds, self.clock = seconds, clock
+
+    def acquire(self) -> bool:
+        """Take or renew the lease; False while another holder's lease runs."""
+        now = self.clock()
+        try:
+            self._put(now + self.seconds,
+                      "attribute_not_exists(#n) OR holder = :me OR expires < :now",
+                      names={"#n": "name"}, now={":now": {"N": f"{now:.3f}"}})  # fmt: skip
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        """Give the lease up at once (a clean stop), if we still hold it."""
+        try:
+            self._put(0, "holder = :me")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def _put(self, expires: float, condition: str, names: dict | None = None,
+             now: dict | None = None) -> None:  # fmt: skip
+        extra = {"ExpressionAttributeNames": names} if names else {}
+        self.client.put_item(
+            TableName=self.table,
+            Item={"name": {"S": LEASE_NAME}, "holder": {"S": self.holder},
+                  "expires": {"N": f"{expires:.3f}"}},
+            ConditionExpression=condition,
+            ExpressionAttributeValues={":me": {"S": self.holder}, **(now or {})},
+            **extra,
+        )  # fmt: skip
+
+
+class Confirmations(Protocol):
+    """Where the canary keeps its consecutive-listing counts between passes."""
+
+    def load(self) -> dict[str, int]: ...
+
+    def save(self, listed_runs: dict[str, int]) -> None: ...
+
+
+@dataclass
+class FileConfirmations:
+    """Today's store: the canary's state file (its canary peers kept as they are)."""
+
+    path: Path | None
+
+    def load(self) -> dict[str, int]:
+        return canary_mod.load_state(self.path)
+
+    def save(self, listed_runs: dict[str, int]) -> None:
+        canary_mod.save_state(self.path, listed_runs, canary_mod.load_peers(self.path))
+
+
+@dataclass
+class Pass:
+    name: str
+    every: float
+    run: Callable[[], str]  # does the work, returns its one-line summary
+    due: float = 0.0
+
+
+@dataclass
+class Ops:
+    """The loop's parts; :func:`passes` builds the real ones for a stack."""
+
+    stack: str
+    lease: Lease
+    cloudwatch: Any
+    passes: list[Pass]
+    tick: float
+    values: dict[str, float] = field(default_factory=dict)  # the last alarm metrics
+
+    def run(self, stop: threading.Event, ticks: int | None = None) -> None:
+        """Until ``stop`` is set (or after ``ticks`` ticks)."""
+        done = 0
+        holding = False
+        try:
+            while not stop.is_set():
+                holding = self.tick_once(holding)
+                done += 1
+                if ticks is not None and done >= ticks:
+                    break
+                stop.wait(self.tick)
+        finally:
+            if holding:
+                try:
+                    self.lease.release()
+                except Exception as exc:  # it expires by itself
+                    log.error("ops: lease not released: %s", _short(exc),
+                              extra={"event": "ops.lease_error"})  # fmt: skip
+                else:
+                    log.info("ops: lease released", extra={"event": "ops.released"})
+
+    def tick_once(self, held: bool) -> bool:
+        try:
+            holding = self.lease.acquire()
+        except Exception as exc:  # DynamoDB unreachable: nobody acts, the alarm says so
+            log.error("ops: lease unavailable: %s", _short(exc), extra={"event": "ops.lease_error"})
+            return False
+        if holding != held:
+            log.info("ops: %s the lease as %s", "took" if holding else "lost", self.lease.holder,
+                     extra={"event": "ops.lease", "holding": holding})  # fmt: skip
+        if not holding:
+            log.info("ops: standby (another loop holds the lease)", extra={"event": "ops.standby"})
+            return False
+        now = time.monotonic()
+        for job in self.passes:
+            if now < job.due:
+                continue
+            if job is not self.passes[0] and not self._still_held():
+                return False  # a pass outlasted the lease: another loop may act now
+            job.due = now + job.every
+            started = time.monotonic()
+            try:
+                summary = job.run()
+            except Exception as exc:  # one pass's error never ends the loop
+                log.error("ops %s pass failed: %s", job.name, _short(exc),
+                          extra={"event": "ops.pass_failed", "pass": job.name})  # fmt: skip
+                continue
+            log.info("ops %s pass: %s (%.1fs)", job.name, summary, time.monotonic() - started,
+                     extra={"event": "ops.pass", "pass": job.name})  # fmt: skip
+        try:
+            metrics.put(self.cloudwatch, self.stack, {metrics.HEARTBEAT: 1, **self.values})
+        except Exception as exc:
+            log.error("ops: metrics not put: %s", _short(exc), extra={"event": "ops.metrics_error"})
+        return True
+
+    def _still_held(self) -> bool:
+        """Renew the lease before each further pass of a tick."""
+        try:
+            if self.lease.acquire():
+                return True
+        except Exception as exc:
+            log.error("ops: lease unavailable: %s", _short(exc), extra={"event": "ops.lease_error"})
+        log.warning("ops: lost the lease during a tick", extra={"event": "ops.lease_lost"})
+        return False
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+def passes(
+    *,
+    api: OperatorApi,
+    templates: AwsTemplates,
+    fleet: Fleet,
+    regions: list[str],
+    intervals: dict[str, float],
+    max_drain: dt.timedelta,
+    confirmations: Confirmations,
+    zones: tuple[str, ...],
+    resolver: Any,
+    values: dict[str, float],
+) -> list[Pass]:
+    """The three passes of a stack; each updates its alarm metrics in ``values``."""
+    values.update(dict.fromkeys(metrics.PASS_METRICS, 0.0))
+
+    def canary() -> str:
+        nodes = [n for n in api.nodes("active") if n.get("region") in regions]
+        reports, state = canary_mod.run_once(
+            nodes,
+            lambda node: [check(node["public_ip"], zone, resolver) for zone in zones],
+            lambda node_id: api.drain(node_id, "blocked"),
+            confirmations.load(),
+        )
+        confirmations.save(state)
+        listed = sum(r.verdict is Verdict.LISTED for r in reports)
+        values[metrics.CANARY_LISTED] = listed
+        drained = sum(r.drained for r in reports)
+        return f"{len(reports)} active, {listed} listed, {drained} drained"
+
+    def rollout_and_scale_in() -> str:
+        steps = rollout(api, templates, regions=regions)
+        steps += scale_in(api, templates, regions=regions)
+        acted = [s for s in steps if s.action in ("drain", "surge", "stop")]
+        return ", ".join(f"{s.action} {s.node_id} in {s.region}" for s in acted) or "no change"
+
+    def reaper() -> str:
+        now = dt.datetime.now(dt.UTC)
+        draining = [n for n in api.nodes("draining") if n.get("region") in regions]
+        decisions = reap(api, fleet, max_drain, regions=regions, now=now)
+        values[metrics.DRAINS_OVERDUE] = sum(_overdue(n, now, max_drain) for n in draining)
+        values[metrics.IDENTITY_REFUSALS] = sum(d.action == "refused" for d in decisions) + sum(
+            n.get("drain_reason") == "identity_lost" for n in draining
+        )
+        ended = sum(d.action == "terminate" and not d.failed for d in decisions)
+        failed = sum(d.failed for d in decisions)
+        return f"{len(decisions)} draining, {ended} terminating, {failed} failed or refused"
+
+    return [
+        Pass("canary", intervals["canary"], canary),
+        Pass("rollout", intervals["rollout"], rollout_and_scale_in),
+        Pass("reaper", intervals["reaper"], reaper),
+    ]
+
+
+def _overdue(node: dict[str, Any], now: dt.datetime, max_drain: dt.timedelta) -> bool:
+    started = node.get("drain_started_at")
+    if not started:
+        return False
+    if isinstance(started, int | float):
+        since = dt.datetime.fromtimestamp(started, dt.UTC)
+    else:
+        since = dt.datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+    return now - since > max_drain

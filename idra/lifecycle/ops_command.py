@@ -1,0 +1,119 @@
+"""``idra ops run --stack S``: the command of the lifecycle service (:mod:`idra.lifecycle.ops`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from idra.cliutil import BadInput, Failed, connection_options, cwd_option, make_api
+from idra.lifecycle.dnsbl import DEFAULT_ZONES, make_resolver
+from idra.lifecycle.fleet import AwsFleet
+from idra.lifecycle.ops import FileConfirmations, Lease, Ops, default_holder, passes
+from idra.lifecycle.rollout import AwsTemplates, stack_regions
+
+SECONDS = click.FloatRange(min=0.1)
+
+
+@click.group()
+def ops() -> None:
+    """The lifecycle service: canary, rollout and scale-in, reaper in one loop."""
+
+
+@ops.command("fetch-token")
+@click.option("--secret-id", required=True, help="Secrets Manager id of the operator token.")
+@click.option("--region", required=True, help="Region of the secret.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--attempts", type=click.IntRange(1, 20), default=8, show_default=True)
+def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
+    """Write the operator token to OUT (0600, atomic) with the instance's role; retried."""
+    from node_daemon.aws import SecretError, fetch_secret_with_retries
+
+    try:
+        fetch_secret_with_retries(secret_id, region, out, attempts,
+                                  warn=lambda text: click.echo(text, err=True))  # fmt: skip
+    except SecretError as exc:
+        raise Failed(str(exc)) from None
+
+
+@ops.command("run")
+@connection_options
+@cwd_option
+@click.option("--stack", required=True, help="Stack: its regions, groups, intervals and lease.")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The canary's confirmations (until the control plane keeps them).")  # fmt: skip
+@click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
+@click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
+@click.option("--holder", default=None, help="Lease holder id [default: hostname:pid].")
+@click.option("--canary-every", type=SECONDS, default=None,
+              help="Override idra:opsCanaryIntervalSeconds.")  # fmt: skip
+@click.option("--rollout-every", type=SECONDS, default=None,
+              help="Override idra:opsRolloutIntervalSeconds.")  # fmt: skip
+@click.option("--reap-every", type=SECONDS, default=None,
+              help="Override idra:opsReaperIntervalSeconds.")  # fmt: skip
+@click.option("--lease-seconds", type=SECONDS, default=None,
+              help="Override idra:opsLeaseSeconds.")  # fmt: skip
+@click.option("--ticks", type=click.IntRange(min=1), default=None, help="Stop after N ticks.")
+def run(api_url, operator_token_file, ca_file, cwd, stack, state_file, zones, nameserver,
+        holder, canary_every, rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
+    """Run the stack's lifecycle loop until SIGTERM or SIGINT (then release the lease).
+
+    Only the lease holder acts; the others wait as standby and take over once its lease
+    expired. Each pass logs one line; a failed pass is logged and the loop goes on."""
+    cfg = stack_regions(stack, cwd, ())
+    intervals = {
+        "canary": canary_every or cfg.ops_canary_interval_seconds,
+        "rollout": rollout_every or cfg.ops_rollout_interval_seconds,
+        "reaper": reap_every or cfg.ops_reaper_interval_seconds,
+    }
+    tick = min(intervals.values())
+    lease_s = lease_seconds or cfg.ops_lease_seconds
+    if lease_s <= tick:
+        raise BadInput(f"the lease ({lease_s:g}s) must outlast a tick ({tick:g}s)")
+    api = make_api(api_url, operator_token_file, ca_file)
+    try:
+        resolver = make_resolver(nameserver)
+        FileConfirmations(state_file).load()
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    import boto3
+
+    region = cfg.primary_region
+    regions = list(cfg.regions)
+    values: dict[str, float] = {}
+    loop = Ops(
+        stack=stack,
+        lease=Lease(
+            boto3.client("dynamodb", region_name=region),
+            cfg.ops_lease_table,
+            holder or default_holder(),
+            lease_s,
+        ),
+        cloudwatch=boto3.client("cloudwatch", region_name=region),
+        passes=passes(
+            api=api,
+            templates=AwsTemplates(
+                lambda service, r: boto3.client(service, region_name=r),
+                {r: cfg.asg_name(r) for r in regions},
+            ),
+            fleet=AwsFleet(lambda r: boto3.client("autoscaling", region_name=r), stack),
+            regions=regions,
+            intervals=intervals,
+            max_drain=dt.timedelta(seconds=cfg.max_drain_seconds),
+            confirmations=FileConfirmations(state_file),
+            zones=tuple(zones) or DEFAULT_ZONES,
+            resolver=resolver,
+            values=values,
+        ),
+        tick=tick,
+        values=values,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"ops: {stack}, every {tick:g}s, lease {lease_s:g}s as {loop.lease.holder}",
+               err=True)  # fmt: skip
+    loop.run(stop, ticks)

@@ -1,0 +1,219 @@
+"""``idra ops run``: the lease (two loops never act at once; the standby takes over after
+expiry), supervision (a failing pass never ends the loop) and the metrics of each pass.
+
+The two loops are real ``idra`` subprocesses sharing moto's server mode on 127.0.0.1
+(``AWS_ENDPOINT_URL``) and the real control plane.
+
+What moto implements as AWS documents it and the tests rely on: DynamoDB ``PutItem`` with
+a ``ConditionExpression`` fails with ``ConditionalCheckFailedException`` when the
+condition is false (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_PutItem.html).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from moto import mock_aws
+from moto.server import ThreadedMotoServer
+
+from idra.config import OPS_NAMESPACE, REPO_ROOT
+from idra.lifecycle import metrics
+from idra.lifecycle.ops import LEASE_NAME, Lease, Ops, Pass
+from tests.controlplane.conftest import free_port, start
+
+REGION = "eu-central-1"  # staging's primary region
+TABLE = "idra-staging-ops-lease"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def create_table(client) -> None:
+    client.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+@pytest.fixture
+def dynamodb(monkeypatch):
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        create_table(client)
+        yield client
+
+
+def test_lease_is_exclusive_until_it_expires(dynamodb) -> None:
+    now = [1000.0]
+    a = Lease(dynamodb, TABLE, "a", 30, clock=lambda: now[0])
+    b = Lease(dynamodb, TABLE, "b", 30, clock=lambda: now[0])
+    assert a.acquire() and not b.acquire()
+    now[0] += 20
+    assert a.acquire(), "the holder renews"
+    now[0] += 20
+    assert not b.acquire(), "renewed 20 s ago: still a's"
+    now[0] += 11
+    assert b.acquire() and not a.acquire(), "expired: b takes over, a stands by"
+    b.release()
+    assert a.acquire(), "released: taken at once"
+    item = dynamodb.get_item(TableName=TABLE, Key={"name": {"S": LEASE_NAME}})["Item"]
+    assert item["holder"] == {"S": "a"}
+
+
+def test_a_failing_pass_never_ends_the_loop(dynamodb) -> None:
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    ran: list[str] = []
+
+    def broken() -> str:
+        ran.append("broken")
+        raise RuntimeError("control plane down")
+
+    def fine() -> str:
+        ran.append("fine")
+        return "ok"
+
+    loop = Ops("staging", Lease(dynamodb, TABLE, "me", 30), cloudwatch,
+               [Pass("broken", 0.01, broken), Pass("fine", 0.01, fine)], tick=0.02,
+               values={metrics.CANARY_LISTED: 2})  # fmt: skip
+    loop.run(threading.Event(), ticks=3)
+    assert ran == ["broken", "fine"] * 3
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=OPS_NAMESPACE)["Metrics"]}
+    assert names == {metrics.HEARTBEAT, metrics.CANARY_LISTED}
+    item = dynamodb.get_item(TableName=TABLE, Key={"name": {"S": LEASE_NAME}})["Item"]
+    assert float(item["expires"]["N"]) == 0, "a clean stop releases the lease"
+
+
+@pytest.fixture
+def moto_server():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    # The server shares moto's in-process state: start from an empty account.
+    httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+    create_table(boto3.client("dynamodb", region_name=REGION, endpoint_url=url, **_keys()))
+    yield url
+    server.stop()
+
+
+def _keys() -> dict[str, str]:
+    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _loop(tmp: Path, name: str, cp, endpoint: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp / f"{name}.log"
+    env = os.environ | CREDENTIALS | {"AWS_ENDPOINT_URL": endpoint, "IDRA_LOG_FORMAT": "text"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "idra.cli", "ops", "run", "--stack", "staging",
+         "--cwd", str(REPO_ROOT), "--api-url", cp.url,
+         "--operator-token-file", str(tmp / "operator.token"), "--holder", name,
+         "--canary-every", "0.5", "--rollout-every", "0.5", "--reap-every", "0.5",
+         "--lease-seconds", "2"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    return process, log
+
+
+def _passes(log: Path) -> int:
+    return len(re.findall(r"ops reaper pass: ", log.read_text()))
+
+
+def _wait(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_two_loops_exactly_one_acts_and_the_other_takes_over(tmp_path: Path, moto_server) -> None:
+    cp = start(tmp_path)
+    a, a_log = _loop(tmp_path, "ops-a", cp, moto_server)
+    b = None
+    try:
+        _wait(lambda: _passes(a_log) >= 2)
+        b, b_log = _loop(tmp_path, "ops-b", cp, moto_server)
+        _wait(lambda: b_log.read_text().count("standby") >= 4)
+        before = _passes(a_log)
+        time.sleep(1.5)
+        assert _passes(a_log) > before, "a keeps acting"
+        assert _passes(b_log) == 0, b_log.read_text()
+        a.send_signal(signal.SIGKILL)  # no clean release: b must wait for the expiry
+        a.wait(10)
+        killed = time.monotonic()
+        _wait(lambda: _passes(b_log) >= 1)
+        assert time.monotonic() - killed < 2 + 2, "b took over within lease + tick"
+        assert "took the lease as ops-b" in b_log.read_text()
+        for kind in ("canary", "rollout", "reaper"):
+            assert f"ops {kind} pass: " in b_log.read_text(), kind
+        cloudwatch = boto3.client("cloudwatch", region_name=REGION,
+                                  endpoint_url=moto_server, **_keys())  # fmt: skip
+        listed = cloudwatch.list_metrics(Namespace=OPS_NAMESPACE)["Metrics"]
+        assert {m["MetricName"] for m in listed} == {metrics.HEARTBEAT, *metrics.PASS_METRICS}
+        assert all(m["Dimensions"] == [{"Name": "Stack", "Value": "staging"}] for m in listed)
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(10) == 0
+        assert "lease released" in b_log.read_text()
+        assert cp.tokens["operator"] not in a_log.read_text() + b_log.read_text()
+    finally:
+        for process in (a, b):
+            if process and process.poll() is None:
+                process.kill()
+                process.wait(10)
+        cp.process.terminate()
+        cp.process.wait(10)
+
+
+def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_server) -> None:
+    """What the ops instance's boot runs, through the installed entry point."""
+    token = "operator-" + os.urandom(12).hex()
+    secrets = boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_server,
+                           **_keys())  # fmt: skip
+    secrets.create_secret(Name="idra/staging/OPERATOR_TOKEN", SecretString=token)
+    env = os.environ | CREDENTIALS | {"AWS_ENDPOINT_URL": moto_server}
+    out = tmp_path / "run" / "token"
+    idra = str(Path(sys.executable).parent / "idra")
+    fetch = [idra, "ops", "fetch-token", "--region", REGION, "--out", str(out), "--attempts", "1"]
+    done = subprocess.run([*fetch, "--secret-id", "idra/staging/OPERATOR_TOKEN"], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == token and out.stat().st_mode & 0o777 == 0o600
+    assert token not in done.stdout + done.stderr
+    missing = subprocess.run([*fetch, "--secret-id", "idra/staging/NOPE"], env=env,
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].endswith("ResourceNotFoundException")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stack", "nope"], "Pulumi.nope.yaml: no such stack file"),
+        (["--stack", "staging", "--reap-every", "5", "--lease-seconds", "5"],
+         "the lease (5s) must outlast a tick (5s)"),
+        (["--stack", "staging", "--api-url", "http://api.example"], "must be https://"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    token = tmp_path / "operator.token"
+    token.write_text("x" * 32)
+    token.chmod(0o600)
+    base = ["--cwd", str(REPO_ROOT), "--api-url", "https://api.example",
+            "--operator-token-file", str(token)]  # fmt: skip
+    idra = str(Path(sys.executable).parent / "idra")
+    done = subprocess.run([idra, "ops", "run", *base, *args], capture_output=True, text=True,
+                          check=False, env=os.environ | CREDENTIALS)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr
