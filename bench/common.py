@@ -148,20 +148,32 @@ class ControlPlane:
                 [(key, node_id, start + i, now) for i, key in enumerate(keys)],
             )
             db.executemany(
-                "INSERT INTO changes (node_id, public_key) VALUES (?, ?)",
-                [(node_id, key) for key in keys],
+                "INSERT INTO key_owners (public_key, kind, slot) VALUES (?, 'client', ?)",
+                [(key, start + i) for i, key in enumerate(keys)],
             )
+            _log_changes(db, node_id, keys)
             db.execute("COMMIT")
 
     def remove_peers(self, node_id: str, keys: list[str]) -> None:
         with sqlite3.connect(self.db, timeout=30, isolation_level=None) as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("DELETE FROM peers WHERE public_key = ?", [(k,) for k in keys])
-            db.executemany(
-                "INSERT INTO changes (node_id, public_key) VALUES (?, ?)",
-                [(node_id, key) for key in keys],
-            )
+            db.executemany("DELETE FROM key_owners WHERE public_key = ?", [(k,) for k in keys])
+            _log_changes(db, node_id, keys)
             db.execute("COMMIT")
+
+
+def _log_changes(db: sqlite3.Connection, node_id: str, keys: list[str]) -> None:
+    """The change-log rows the store would write: versions from the counter row."""
+    top = db.execute(
+        "UPDATE counters SET value = value + ? WHERE name = 'version' RETURNING value",
+        (len(keys),),
+    ).fetchone()[0]
+    first, now = top - len(keys) + 1, time.time()
+    db.executemany(
+        "INSERT INTO changes (version, node_id, public_key, created_at) VALUES (?, ?, ?, ?)",
+        [(first + i, node_id, key, now) for i, key in enumerate(keys)],
+    )
 
 
 def cpu_seconds(pid: int) -> float:

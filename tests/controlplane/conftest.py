@@ -65,6 +65,20 @@ def backend(request):
     _BACKEND.update(name="sqlite", cluster=None, databases={})
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """``@pytest.mark.only_on("sqlite")``: the test runs on that store alone (deselected,
+    not skipped, on the other)."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("only_on")
+        callspec = getattr(item, "callspec", None)
+        on = callspec.params.get("backend") if callspec else None
+        (drop if marker and on and on != marker.args[0] else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def database_url(tmp: Path) -> str:
     """The database of the server started with ``tmp`` (created on first use)."""
     if _BACKEND["name"] == "sqlite":

@@ -310,10 +310,9 @@ def test_root_readonly_must_be_a_boolean(cp: ControlPlane) -> None:
     assert cp.heartbeat(node_id, root_readonly=True)["drain"] is False, "nothing changed"
 
 
-def test_database_from_before_root_readonly_is_upgraded(tmp_path, backend) -> None:
+@pytest.mark.only_on("sqlite")
+def test_database_from_before_root_readonly_is_upgraded(tmp_path) -> None:
     """A SQLite file of a release before root_readonly (PostgreSQL never ran one)."""
-    if backend != "sqlite":
-        pytest.skip("only SQLite files come from before the migrations")
     schema = (Path(__file__).parent / "schema_before_alembic.sql").read_text()
     old_schema = schema.replace(",\n    root_readonly_baseline INTEGER NOT NULL DEFAULT 0", "")
     assert old_schema != schema

@@ -10,11 +10,14 @@ import ipaddress
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from idra.controlplane import migrations
+from idra.controlplane.database import parse_url
 from idra.controlplane.store import Pool, Refused, Store
 
 from .conftest import database_url, sql, wg_key, write_token
@@ -37,12 +40,11 @@ def serve_args(tmp: Path, *args: str) -> list[str]:
             "--listen", "127.0.0.1:1", *args]  # fmt: skip
 
 
-def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path, backend) -> None:
+@pytest.mark.only_on("sqlite")
+def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path) -> None:
     """The file the release before Alembic wrote (its schema, triggers, AUTOINCREMENT
     versions, a pruned change log): ``migrate`` keeps every row, owns every key, and
     continues the versions where they were."""
-    if backend != "sqlite":
-        pytest.skip("PostgreSQL never ran a release from before the migrations")
     path = tmp_path / "cp.db"
     node_key, client_key, canary_key = wg_key(), wg_key(), wg_key()
     with sqlite3.connect(path) as db:
@@ -82,17 +84,49 @@ def test_an_earlier_release_sqlite_file_upgrades_with_its_data(tmp_path, backend
         store.close()
 
 
+def waiting(backend: str, url: str) -> int:
+    """Migrators waiting for the lock (SQLite cannot say: assume all after 8 s)."""
+    if backend == "sqlite":
+        time.sleep(8)
+        return 3
+    return sql(url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")[0][
+        0
+    ]
+
+
 def test_two_migrators_at_once_migrate_once(tmp_path, backend) -> None:
-    """Two replicas starting together on an empty database: one migrates, the other
-    waits for the lock and finds the schema at head."""
+    """Replicas starting together on an empty database: while one holds the migration
+    lock (here: the test, as if mid-migration) the others wait; then exactly one
+    migrates and the rest find the schema at head."""
     url = database_url(tmp_path)
+    engine = sa.create_engine(parse_url(url), poolclass=sa.pool.NullPool)
+    holder = engine.connect()
+    if backend == "postgresql":
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrations.LOCK_KEY})
+        holder.commit()
+    else:  # a migrator that has opened the file (WAL) and holds SQLite's write lock
+        holder.exec_driver_sql("PRAGMA journal_mode=WAL")
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
     command = [sys.executable, "-m", "idra.cli", "controlplane", "migrate", "--database-url", url]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
+            for _ in range(3)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30  # until all three wait (they start slowly)
+        while time.monotonic() < deadline and waiting(backend, url) < 3:
+            if any(run.poll() is not None for run in runs):
+                break
+            time.sleep(0.2)
+        assert [run.poll() for run in runs] == [None] * 3, "they wait for the lock"
+    finally:
+        holder.rollback()
+        if backend == "postgresql":
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrations.LOCK_KEY})
+        holder.close()
+        engine.dispose()
     outputs = [run.communicate(timeout=60) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [run.returncode for run in runs] == [0] * 3, outputs
     said = sorted(out.split(" revision")[0] for out, _ in outputs)
-    assert said == ["schema already at", "schema migrated from empty to"], outputs
+    assert said == ["schema already at"] * 2 + ["schema migrated from empty to"], outputs
     assert sql(url, "SELECT version_num FROM alembic_version") == [(migrations.head(),)]
 
 
@@ -120,9 +154,8 @@ def test_serve_refuses_a_schema_it_does_not_know(tmp_path, backend) -> None:
         (("--database-url", "postgresql://nobody@127.0.0.1:1/none"), "--database-url:"),
     ],
 )
-def test_bad_database_flags_are_one_line(tmp_path, backend, args, message) -> None:
-    if backend != "sqlite":
-        pytest.skip("flags only: once is enough")
+@pytest.mark.only_on("sqlite")  # flags only: once is enough
+def test_bad_database_flags_are_one_line(tmp_path, args, message) -> None:
     result = idra(*serve_args(tmp_path, *args))
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

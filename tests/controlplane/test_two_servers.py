@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,6 +44,7 @@ def _nodes(a: ControlPlane, b: ControlPlane, count: int) -> list[str]:
     return node_ids
 
 
+@pytest.mark.only_on("postgresql")
 def test_1000_concurrent_peers_across_two_servers(pair) -> None:
     """1,000 POST /v1/peers split across both servers, 100 keys sent to both at once:
     no address is assigned twice, each key has one owner and one address."""
@@ -83,6 +85,7 @@ def test_1000_concurrent_peers_across_two_servers(pair) -> None:
     assert all(ipaddress.ip_interface(a).ip in pool_v4 for a in addresses)
 
 
+@pytest.mark.only_on("postgresql")
 def test_concurrent_canaries_get_one_slot_per_key(pair) -> None:
     """Canary keys set on many nodes through both servers at once: a key has the same
     slot on every node, two keys never share one."""
@@ -108,6 +111,7 @@ def test_concurrent_canaries_get_one_slot_per_key(pair) -> None:
     assert len({next(iter(s)) for s in by_key.values()}) == 3, "two keys never share a slot"
 
 
+@pytest.mark.only_on("postgresql")
 def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     """Writers on both servers; a node follows ``since`` through both while they write.
     Versions are commit-ordered, so the deltas it reads add up to the final list."""
@@ -160,3 +164,23 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     final = readers and a.client(node_id).get(f"/v1/nodes/{node_id}/peers").json()
     assert set(added) <= seen, f"missed {len(set(added) - seen)} committed changes"
     assert seen == {p["public_key"] for p in final["peers"]}
+
+
+def test_heartbeats_touch_only_the_node_row(cp: ControlPlane) -> None:
+    """No version, no change-log row, no wake-up: a held long-poll sleeps through them."""
+    node_id = cp.register()
+    cp.heartbeat(node_id)
+    with cp.client(node_id) as node:
+        version = node.get(f"/v1/nodes/{node_id}/peers").json()["version"]
+        changes = sql(cp.database_url, "SELECT COUNT(*) FROM changes")
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            held = pool.submit(
+                node.get, f"/v1/nodes/{node_id}/peers", params={"since": version, "wait": 2}
+            )
+            for _ in range(5):
+                cp.heartbeat(node_id, active_peers=3)
+            reply = held.result(timeout=30)
+        assert time.monotonic() - started >= 1.9, "not woken by heartbeats"
+    assert reply.json()["version"] == version and reply.json()["peers"] == []
+    assert sql(cp.database_url, "SELECT COUNT(*) FROM changes") == changes

@@ -86,8 +86,11 @@ def _upgrade(connection: sa.Connection) -> tuple[str | None, str]:
         connection.commit()
     if before != head():
         _known(before)
+        # a new database is no news; an upgrade of one with data is
+        level = logging.DEBUG if _empty(connection) else logging.INFO
         command.upgrade(_config(connection), "head")
-        log.info("database schema migrated from %s to revision %s", before or "empty", head())
+        log.log(level, "database schema migrated from %s to revision %s", before or "empty",
+                head())  # fmt: skip
         if connection.dialect.name == "postgresql":
             connection.commit()
     return before, head()
