@@ -54,7 +54,13 @@ log = logging.getLogger("idra.canary")
     metavar="NODE=ADDRESS",
     help="Local address whose traffic leaves through NODE (id or public IP).",
 )
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the confirmations (and the nodes with a canary peer) in this file "
+    "[default: confirmations in the control plane, shared with idra ops run].",
+)
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -136,9 +142,9 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
                              tunnel_dns)  # fmt: skip
 
     def one_pass() -> list[canary_mod.NodeReport]:
-        state = canary_mod.load_state(state_file)
-        peers = canary_mod.load_peers(state_file)
         nodes = api.nodes("active")
+        state = canary_mod.load_state(state_file) if state_file else api.canary_confirmations()
+        peers = canary_mod.load_peers(state_file)
         if keys is not None:
             sweep()  # probe namespaces a crashed canary left
             peers -= _remove_peers(api, peers - {n["id"] for n in nodes})
@@ -148,7 +154,10 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
                 nodes, checks, lambda node_id: api.drain(node_id, "blocked"), state,
                 workers=concurrency, progress=advance,
             )  # fmt: skip
-        canary_mod.save_state(state_file, state, peers | made)
+        if state_file:
+            canary_mod.save_state(state_file, state, peers | made)
+        else:
+            api.save_canary_confirmations(state)
         return reports
 
     failed, done = False, 0

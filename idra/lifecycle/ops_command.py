@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 import threading
 from pathlib import Path
@@ -12,10 +13,11 @@ import click
 from idra.cliutil import BadInput, Failed, connection_options, cwd_option, make_api
 from idra.lifecycle.dnsbl import DEFAULT_ZONES, make_resolver
 from idra.lifecycle.fleet import AwsFleet
-from idra.lifecycle.ops import FileConfirmations, Lease, Ops, default_holder, passes
+from idra.lifecycle.ops import Confirmations, Lease, Ops, default_holder, passes
 from idra.lifecycle.rollout import AwsTemplates, stack_regions
 
 SECONDS = click.FloatRange(min=0.1)
+HOLDER = re.compile(r"[\x21-\x7e]{1,128}")  # as the control plane accepts it
 
 
 @click.group()
@@ -43,26 +45,27 @@ def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
 @connection_options
 @cwd_option
 @click.option("--stack", required=True, help="Stack: its regions, groups, intervals and lease.")
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The canary's confirmations (until the control plane keeps them).")  # fmt: skip
 @click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
 @click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
-@click.option("--holder", default=None, help="Lease holder id [default: hostname:pid].")
+@click.option("--holder", default=None,
+              help="Lease holder id (no spaces) [default: hostname:pid].")  # fmt: skip
 @click.option("--canary-every", type=SECONDS, default=None,
               help="Override idra:opsCanaryIntervalSeconds.")  # fmt: skip
 @click.option("--rollout-every", type=SECONDS, default=None,
               help="Override idra:opsRolloutIntervalSeconds.")  # fmt: skip
 @click.option("--reap-every", type=SECONDS, default=None,
               help="Override idra:opsReaperIntervalSeconds.")  # fmt: skip
-@click.option("--lease-seconds", type=SECONDS, default=None,
+@click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=None,
               help="Override idra:opsLeaseSeconds.")  # fmt: skip
 @click.option("--ticks", type=click.IntRange(min=1), default=None, help="Stop after N ticks.")
-def run(api_url, operator_token_file, ca_file, cwd, stack, state_file, zones, nameserver,
+def run(api_url, operator_token_file, ca_file, cwd, stack, zones, nameserver,
         holder, canary_every, rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
     """Run the stack's lifecycle loop until SIGTERM or SIGINT (then release the lease).
 
     Only the lease holder acts; the others wait as standby and take over once its lease
-    expired. Each pass logs one line; a failed pass is logged and the loop goes on."""
+    expired. The lease and the canary's confirmations are kept in the control plane, so
+    a replaced loop carries on. Each pass logs one line; a failed pass is logged and the
+    loop goes on."""
     cfg = stack_regions(stack, cwd, ())
     intervals = {
         "canary": canary_every or cfg.ops_canary_interval_seconds,
@@ -73,10 +76,12 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, state_file, zones, na
     lease_s = lease_seconds or cfg.ops_lease_seconds
     if lease_s <= tick:
         raise BadInput(f"the lease ({lease_s:g}s) must outlast a tick ({tick:g}s)")
+    holder = holder or default_holder()
+    if not HOLDER.fullmatch(holder):
+        raise BadInput("--holder: 1-128 printable ASCII characters, no spaces")
     api = make_api(api_url, operator_token_file, ca_file)
     try:
         resolver = make_resolver(nameserver)
-        FileConfirmations(state_file).load()
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     import boto3
@@ -86,12 +91,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, state_file, zones, na
     values: dict[str, float] = {}
     loop = Ops(
         stack=stack,
-        lease=Lease(
-            boto3.client("dynamodb", region_name=region),
-            cfg.ops_lease_table,
-            holder or default_holder(),
-            lease_s,
-        ),
+        lease=Lease(api, holder, lease_s),
         cloudwatch=boto3.client("cloudwatch", region_name=region),
         passes=passes(
             api=api,
@@ -103,7 +103,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, state_file, zones, na
             regions=regions,
             intervals=intervals,
             max_drain=dt.timedelta(seconds=cfg.max_drain_seconds),
-            confirmations=FileConfirmations(state_file),
+            confirmations=Confirmations(api),
             zones=tuple(zones) or DEFAULT_ZONES,
             resolver=resolver,
             values=values,
