@@ -189,7 +189,9 @@ def test_a_crashing_check_is_an_error_and_a_failed_drain_is_retried() -> None:
 
 
 def test_every_survives_a_control_plane_outage(tmp_path) -> None:
-    """The control plane is down for the first passes, then comes up: the loop goes on."""
+    """The control plane is down for the first passes, then comes up: the loop goes on.
+
+    Twelve passes a second apart leave a loaded machine ten seconds to start the server."""
     tokens = {kind: f"{kind}-token-0123456789abcdef" for kind in ("node", "operator", "client")}
     (tmp_path / "operator.token").write_text(tokens["operator"])
     port = free_port()
@@ -197,7 +199,7 @@ def test_every_survives_a_control_plane_outage(tmp_path) -> None:
     canary = subprocess.Popen(
         [sys.executable, "-m", "idra.cli", "canary", "--api-url", f"http://127.0.0.1:{port}",
          "--operator-token-file", str(tmp_path / "operator.token"), "--dnsbl", ZONE,
-         "--nameserver", address, "--every", "1", "--runs", "4"],
+         "--nameserver", address, "--every", "1", "--runs", "12"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
