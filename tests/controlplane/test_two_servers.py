@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from .conftest import ControlPlane, sql, start, wg_key
@@ -134,11 +135,19 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     stop = threading.Event()
     added: list[str] = []
 
+    failed: list[str] = []
+
     def write(server: ControlPlane) -> None:
         with server.client("client") as api:
             while not stop.is_set() and len(added) < 400:
                 key = wg_key()
-                assert api.post("/v1/peers", json={"public_key": key}).status_code == 200
+                try:
+                    status = api.post("/v1/peers", json={"public_key": key}).status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                if status != 200:
+                    failed.append(str(status))  # a thread's assert would go unnoticed
+                    return
                 added.append(key)
 
     writers = [threading.Thread(target=write, args=(s,)) for s in (a, b, a, b)]
@@ -161,6 +170,7 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
             writer.join(30)
         for reader in readers:
             reader.close()
+    assert not failed and len(added) >= 400, f"writers failed: {failed}"
     final = readers and a.client(node_id).get(f"/v1/nodes/{node_id}/peers").json()
     assert set(added) <= seen, f"missed {len(set(added) - seen)} committed changes"
     assert seen == {p["public_key"] for p in final["peers"]}
