@@ -33,15 +33,16 @@ def replicas(postgres, tmp_path_factory):
     pair.stop()
 
 
-@pytest.fixture
-def fleet(replicas, pyz, tmp_path):
+@pytest.fixture(scope="module")
+def fleet(replicas, pyz, tmp_path_factory):
     """Three nodes, each the packaged agent with a wireguard-go interface in a namespace
     of its own, registered and in step through the balancer; all removed afterwards."""
     started: list[NodeAgent] = []
+    tmp = tmp_path_factory.mktemp("fleet")
     with Topology("repl") as topo:
         try:
             for index in range(3):
-                home = tmp_path / f"node{index}"
+                home = tmp / f"node{index}"
                 started.append(start_agent(replicas, pyz, topo, home, f"192.0.2.{10 + index}"))
             deadline = time.monotonic() + 30
             while len(heartbeats(replicas.database_url, started)) < len(started):
@@ -155,10 +156,9 @@ def test_healthz_is_503_while_the_listener_is_down(replicas, postgres_cluster):
 def test_postgresql_restarts_mid_traffic_and_every_interface_converges(
     replicas, fleet, postgres_cluster
 ):
-    """A client app keeps adding peers (each retried until it succeeds) while PostgreSQL
-    restarts: the first commits after it land while the replicas' listeners are still
-    reconnecting (their notifications reach no one). Both replicas recover and every
-    node's interface holds exactly its peers in the database."""
+    """A client app keeps adding peers through the balancer (each retried until it
+    succeeds) while PostgreSQL restarts: both replicas recover (pool and listener) and
+    every node's interface holds exactly its peers in the database, none lost."""
     token, added = replicas.lb.tokens["client"], []
     stop, after_restart = threading.Event(), threading.Event()
 
