@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.controlplane.conftest import start
@@ -14,6 +18,17 @@ def cp(tmp_path):
     yield server
     server.process.terminate()
     server.process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory) -> Path:
+    """The agent built as node-daemon.pyz by agent/build.py (as CI and releases do), once
+    per session for every folder."""
+    out = tmp_path_factory.mktemp("dist")
+    build = Path(__file__).resolve().parents[1] / "agent" / "build.py"
+    subprocess.run([sys.executable, str(build), "--out", str(out)], check=True,
+                   capture_output=True)  # fmt: skip
+    return out / "node-daemon.pyz"
 
 
 # The throwaway PostgreSQL cluster (tests/pg.py), for every test folder.

@@ -271,23 +271,25 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
     @app.post("/v1/nodes/{node_id}/heartbeat", **requires("node", 400))
     def heartbeat(node_id: str, body: Heartbeat) -> dict:
         try:
-            before = store.heartbeat(node_id, body.model_dump())
+            node = store.heartbeat(node_id, body.model_dump())  # one transaction
         except NotFound:
             raise HTTPException(404, "no such node") from None
-        unlocked = _root_unlocked(body.integrity, before["root_readonly_baseline"])
-        if unlocked or _compromised(body.integrity, before["nftables_baseline"], settings):
+        version = node["peers_version"]
+        unlocked = _root_unlocked(body.integrity, node["root_readonly_baseline"])
+        if unlocked or _compromised(body.integrity, node["nftables_baseline"], settings):
             store.drain(node_id, "compromised")
+            node = store.node(node_id)
             log.warning("node %s drained: integrity mismatch", node_id,
                         extra={"event": "node.compromised", "node_id": node_id})  # fmt: skip
-        elif body.state == "draining" and before["state"] == "active":
+        elif body.state == "draining" and node["state"] == "active":
             store.drain(node_id, "terminating")  # the node drains itself (AWS notice)
+            node = store.node(node_id)
             log.info("node %s draining itself: terminating", node_id,
                      extra={"event": "node.terminating", "node_id": node_id})  # fmt: skip
-        node = store.node(node_id)
         return {
             "drain": node["state"] == "draining",
             "drain_reason": node["drain_reason"],
-            "peers_version": store.version(),
+            "peers_version": version,
         }
 
     @app.post("/node/drain", status_code=202, **requires("operator", 400, 404))
@@ -408,7 +410,8 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
 
 
 def _root_unlocked(integrity: Integrity, was_readonly: int) -> bool:
-    """The root was reported read-only before and is not now (absent counts as not)."""
+    """The root was reported read-only before and is not now (absent counts as not).
+    ``was_readonly`` may include this report: a read-only root now is never unlocked."""
     return bool(was_readonly) and integrity.root_readonly is not True
 
 

@@ -142,6 +142,32 @@ class Pool:
         return (f"{self.ipv4.network_address + slot}/32", f"{self.ipv6.network_address + slot}/128")
 
 
+# The statements of every heartbeat, built once: building a statement (and its cache
+# key) costs SQLAlchemy more CPU than SQLite takes to run it.
+_VERSION = sa.select(counters.c.value).where(counters.c.name == "version")
+_CREDENTIAL = sa.select(nodes.c.credential_sha256).where(nodes.c.id == sa.bindparam("node"))
+_HEARTBEAT = (
+    sa.update(nodes)
+    .where(nodes.c.id == sa.bindparam("node"))
+    .values(
+        last_heartbeat_at=sa.bindparam("at"),
+        reported_state=sa.bindparam("reported"),
+        active_peers=sa.bindparam("active"),
+        stats=sa.bindparam("stats_json"),
+        nftables_baseline=sa.func.coalesce(
+            nodes.c.nftables_baseline, sa.bindparam("nftables", type_=sa.String)
+        ),
+        root_readonly_baseline=sa.case(
+            (sa.bindparam("readonly", type_=sa.Boolean), 1),
+            else_=sa.func.coalesce(nodes.c.root_readonly_baseline, 0),
+        ),
+    )
+    .returning(
+        nodes.c.state, nodes.c.drain_reason, nodes.c.nftables_baseline,
+        nodes.c.root_readonly_baseline,
+    )
+)  # fmt: skip
+
 PAGE = 2000  # peers per page of a full list; each page is its own short read
 MAX_PAGE = 10_000
 
@@ -316,9 +342,7 @@ class Store:
 
     @staticmethod
     def _version(conn: sa.Connection) -> int:
-        return conn.execute(
-            sa.select(counters.c.value).where(counters.c.name == "version")
-        ).scalar_one()
+        return conn.execute(_VERSION).scalar_one()
 
     def version(self) -> int:
         with self.engine.connect() as conn:
@@ -418,9 +442,7 @@ class Store:
         """``credential`` is this node's (constant-time compare; unknown node: False)."""
         given = credential_hash(credential)
         with self.engine.connect() as conn:
-            stored = conn.execute(
-                sa.select(nodes.c.credential_sha256).where(nodes.c.id == node_id)
-            ).scalar()
+            stored = conn.execute(_CREDENTIAL, {"node": node_id}).scalar()
         return hmac.compare_digest(given, stored or "")
 
     def node(self, node_id: str) -> dict[str, Any]:
@@ -438,31 +460,27 @@ class Store:
             return [dict(row) for row in conn.execute(query).mappings()]
 
     def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat (the node's row only: no version, no notification); return
-        the node as stored (with its nftables baseline). ``root_readonly_baseline`` is
-        returned as it was before: 1 once the node has reported a read-only root."""
+        """Record a heartbeat: one ``UPDATE … RETURNING`` of the node's row (no version
+        bump, no notification). Returns, from that one transaction, what the heartbeat's
+        reply and checks need: the node's ``state`` and ``drain_reason``, its baselines
+        after this report (``nftables_baseline``: its first report's;
+        ``root_readonly_baseline``: 1 once it has reported a read-only root) and the
+        ``peers_version``."""
+        integrity = body["integrity"]
+        params = {
+            "node": node_id,
+            "reported": body["state"],
+            "active": body["stats"]["active_peers"],
+            "stats_json": json.dumps(body["stats"]),
+            "nftables": integrity["nftables_sha256"],
+            "readonly": integrity.get("root_readonly") is True,
+        }
 
         def work(tx: _Tx) -> dict[str, Any]:
-            row = tx.conn.execute(
-                sa.select(nodes).where(nodes.c.id == node_id).with_for_update()
-            ).mappings().first()  # fmt: skip
+            row = tx.conn.execute(_HEARTBEAT, params | {"at": time.time()}).mappings().first()
             if row is None:
                 raise NotFound(node_id)
-            baseline = row["nftables_baseline"] or body["integrity"]["nftables_sha256"]
-            locked = row["root_readonly_baseline"] or body["integrity"].get("root_readonly") is True
-            tx.conn.execute(
-                sa.update(nodes)
-                .where(nodes.c.id == node_id)
-                .values(
-                    last_heartbeat_at=time.time(),
-                    reported_state=body["state"],
-                    active_peers=body["stats"]["active_peers"],
-                    stats=json.dumps(body["stats"]),
-                    nftables_baseline=baseline,
-                    root_readonly_baseline=int(locked),
-                )
-            )
-            return dict(row) | {"nftables_baseline": baseline}
+            return dict(row) | {"peers_version": self._version(tx.conn)}
 
         node = self._write(work)
         if time.time() - self._pruned_at >= min(10.0, self.change_retention_s):

@@ -25,7 +25,6 @@ from idra.netns import Netns, Topology, unique_name, wg_keypair
 from tests.agent.scripted import NODE_ADDRESSES
 from tests.controlplane.conftest import ControlPlane, free_port, start
 
-REPO = Path(__file__).resolve().parents[2]
 NODE_IP = "192.0.2.1"
 INSTANCE_ID = "i-0agenttest"
 
@@ -233,15 +232,3 @@ def signed_instance(signer: IdentitySigner, instance_id: str) -> imds.Instance:
     """Metadata of one instance whose identity document the control plane trusts."""
     document = IdentitySigner.document(instance_id)
     return imds.Instance(document, signer.sign(document), public_ipv4=NODE_IP)
-
-
-@pytest.fixture(scope="session")
-def pyz(tmp_path_factory) -> Path:
-    """The agent built as node-daemon.pyz by agent/build.py (as CI and releases do)."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, str(REPO / "agent" / "build.py"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out / "node-daemon.pyz"

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from .conftest import ControlPlane, sql, start, wg_key
@@ -138,8 +139,9 @@ def test_one_ops_lease_across_two_servers(pair) -> None:
 
 @pytest.mark.only_on("postgresql")
 def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
-    """Writers on both servers; a node follows ``since`` through both while they write.
-    Versions are commit-ordered, so the deltas it reads add up to the final list."""
+    """Writers on both servers add and remove peers; a node follows ``since`` through both
+    while they write. Versions are commit-ordered, so the deltas it reads add up to the
+    final list."""
     a, b = pair
     (node_id,) = _nodes(a, b, 1)
     for server in pair:  # only this node is fresh for new peers: drain the others
@@ -158,12 +160,26 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     since = version["version"]
     stop = threading.Event()
     added: list[str] = []
+    removed: list[str] = []
+    failed: list[str] = []
 
     def write(server: ControlPlane) -> None:
+        """Adds peers and removes every third one again (a removal takes no lock before
+        its commit: only the counter row orders it)."""
         with server.client("client") as api:
             while not stop.is_set() and len(added) < 400:
                 key = wg_key()
-                assert api.post("/v1/peers", json={"public_key": key}).status_code == 200
+                try:
+                    status = api.post("/v1/peers", json={"public_key": key}).status_code
+                    if status == 200 and len(added) % 3 == 0:
+                        removed.append(key)
+                        gone = api.delete(f"/v1/peers/{key}").status_code
+                        status = 200 if gone == 204 else gone
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                if status != 200:
+                    failed.append(str(status))  # a thread's assert would go unnoticed
+                    return
                 added.append(key)
 
     writers = [threading.Thread(target=write, args=(s,)) for s in (a, b, a, b)]
@@ -186,8 +202,11 @@ def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
             writer.join(30)
         for reader in readers:
             reader.close()
+    assert not failed and len(added) >= 400, f"writers failed: {failed}"
     final = readers and a.client(node_id).get(f"/v1/nodes/{node_id}/peers").json()
-    assert set(added) <= seen, f"missed {len(set(added) - seen)} committed changes"
+    kept = set(added) - set(removed)
+    assert kept <= seen, f"missed {len(kept - seen)} committed additions"
+    assert not seen & set(removed), "missed committed removals"
     assert seen == {p["public_key"] for p in final["peers"]}
 
 

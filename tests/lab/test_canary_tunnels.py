@@ -21,13 +21,12 @@ from idra.lab import world
 from idra.lab.state import LabState
 from idra.lifecycle.tunnel import NS_PREFIX, sweep
 from idra.netns import Netns, netns_names, run
-from tests.agent.conftest import pyz  # noqa: F401  (the packaged agent, session scoped)
 
 OPS = S.NS_PREFIX + "ops"
 
 
 @pytest.fixture(scope="module")
-def lab(lab_dir, pyz):  # noqa: F811
+def lab(lab_dir, pyz):
     state = LabState(stack="staging", region=load_stack("staging").regions[0], agent=str(pyz))
     try:
         state.save()

@@ -1,22 +1,27 @@
 """Two ``idra controlplane serve`` replicas on one real PostgreSQL, HAProxy in front
-(idra/lab/balancer.py), and agents that follow sync v2 through the balancer.
-
-:class:`Agent` is the node agent's peer sync reduced to its protocol (register, heartbeat
-every interval, one outstanding long-poll, apply full lists and deltas to a set); the
-packaged agent's WireGuard side is tested elsewhere (tests/agent, tests/lab)."""
+(idra/lab/balancer.py), and nodes whose packaged agent (node-daemon.pyz) keeps a real
+wireguard-go interface, each in a network namespace of its own, in step with the
+database through the balancer."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
-import threading
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 
-from idra.lab import balancer
+from idra.controlplane.store import Pool
+from idra.lab import balancer, imds
+from idra.lab.pki import IdentitySigner, new_instance_id
+from idra.netns import Netns, Topology
+from tests.agent.scripted import NODE_ADDRESSES, POOL
 from tests.controlplane.conftest import ControlPlane, free_port, start, wg_key
 
 HEARTBEAT_S = 2
@@ -107,79 +112,85 @@ def add_peer(url: str, token: str, key: str | None = None, attempts: int = 50) -
 
 
 @dataclass
-class Agent:
-    """One node's sync v2 loop and heartbeat, through ``url`` (the balancer)."""
+class NodeAgent:
+    """One node: the packaged agent (node-daemon.pyz) on the host, its wireguard-go
+    interface in a namespace of its own, and the node's IMDS stand-in."""
 
-    url: str
-    node_id: str
-    credential: str
-    peers: set[str] = field(default_factory=set)
-    version: int | None = None
-    heartbeats: list[float] = field(default_factory=list)  # monotonic times of 200s
-    errors: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
+    node: Netns
+    wg: str
+    instance_id: str
+    metadata: Any  # the IMDS stand-in's server
+    process: subprocess.Popen
+    log: Path
 
-    def start(self) -> Agent:
-        threading.Thread(target=self._sync, daemon=True).start()
-        threading.Thread(target=self._beat, daemon=True).start()
-        return self
+    def peers(self) -> dict[str, set[str]]:
+        """The interface's peers as ``wg show`` has them: key → allowed ips."""
+        out = self.node.run("wg", "show", self.wg, "allowed-ips").stdout
+        rows = (line.split("\t", 1) for line in out.splitlines())
+        return {key: set(ips.split()) for key, ips in rows}
 
-    def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=15,
-                            headers={"Authorization": f"Bearer {self.credential}"})  # fmt: skip
-
-    def _sync(self) -> None:
-        http = self._client()
-        while not self.stop.is_set():
-            params = {"wait": 5} if self.version is None else {"since": self.version, "wait": 5}
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
             try:
-                reply = http.get(f"/v1/nodes/{self.node_id}/peers", params=params)
-                reply.raise_for_status()
-            except httpx.HTTPError:
-                self.errors += 1
-                http.close()
-                http = self._client()  # a new connection: the balancer picks a live replica
-                self.stop.wait(0.1)
-                continue
-            body = reply.json()
-            keys = {p["public_key"] for p in body["peers"]}
-            if body["full"]:
-                self.peers = keys
-            else:
-                self.peers = (self.peers - set(body["removed"])) | keys
-            self.version = body["version"]
-        http.close()
-
-    def _beat(self) -> None:
-        http = self._client()
-        body = heartbeat_body()
-        while not self.stop.is_set():
-            try:
-                reply = http.post(f"/v1/nodes/{self.node_id}/heartbeat", json=body)
-                if reply.status_code == 200:
-                    self.heartbeats.append(time.monotonic())
-            except httpx.HTTPError:
-                self.errors += 1
-                http.close()
-                http = self._client()
-                self.stop.wait(0.1)
-                continue
-            self.stop.wait(HEARTBEAT_S)
-        http.close()
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.metadata.shutdown()
+        self.metadata.server_close()
 
 
-def heartbeat_body() -> dict:
-    stats = {"load1": 0.1, "cpu_pct": 1.0, "mem_pct": 10.0, "rx_bytes": 0, "tx_bytes": 0,
-             "rx_bps": 0.0, "tx_bps": 0.0, "peers": 0, "active_peers": 0}  # fmt: skip
-    integrity = {"nftables_sha256": "a" * 64, "sysctl_ok": True, "agent_sha256": "b" * 64}
-    return {"state": "active", "peers_version": 0, "stats": stats, "integrity": integrity}
+def start_agent(replicas: Replicas, pyz: Path, topo: Topology, home: Path,
+                public_ip: str) -> NodeAgent:  # fmt: skip
+    """One node whose agent registers and long-polls through the balancer (the flags of
+    tests/agent; the replicas' heartbeat interval; at most 1 s between retries)."""
+    node, wg = topo.wireguard_node(*NODE_ADDRESSES)
+    instance_id = new_instance_id()
+    document = IdentitySigner.document(instance_id)
+    metadata = imds.serve(
+        imds.Instance(document, replicas.a.signer.sign(document), public_ipv4=public_ip)
+    )
+    home.mkdir()
+    log = home / "agent.log"
+    command = [
+        sys.executable, str(pyz), "run", "--api-url", replicas.lb.url,
+        "--token-file", str(replicas.dirs[0] / "node.token"), "--interface", wg,
+        "--driver", "uapi", "--imds-url", f"http://127.0.0.1:{metadata.server_address[1]}",
+        "--state-dir", str(home / "state"), "--heartbeat-interval", str(HEARTBEAT_S),
+        "--scan-interval", "1", "--backoff-max", "1", "--sysctl-file", str(home / "none.conf"),
+        "--metrics-addr", f"127.0.0.1:{free_port()}", "--interface-netns", node.name,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=log.open("a"), stderr=subprocess.STDOUT,
+        env={"SHIV_ROOT": str(home.parent / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    return NodeAgent(node, wg, instance_id, metadata, process, log)
 
 
-def converge(agents: list[Agent], expected: dict[str, set[str]], timeout: float) -> None:
-    """Until every agent's peers are what the database says (bounded)."""
+def database_peers(url: str) -> dict[str, dict[str, set[str]]]:
+    """Per instance id: its node's peers in the database, key → allowed ips."""
+    pool = Pool(ipaddress.IPv4Network(POOL["ipv4"]), ipaddress.IPv6Network(POOL["ipv6"]))
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT n.instance_id, p.public_key, p.slot FROM peers p "
+            "JOIN nodes n ON n.id = p.node_id"
+        ).fetchall()
+    found: dict[str, dict[str, set[str]]] = {}
+    for instance_id, key, slot in rows:
+        found.setdefault(instance_id, {})[key] = set(pool.addresses(slot))
+    return found
+
+
+def converge(agents: list[NodeAgent], url: str, timeout: float) -> dict:
+    """Until every agent's interface (``wg show``) holds exactly its node's peers in the
+    database, with their addresses (bounded); the database's peers then."""
     deadline = time.monotonic() + timeout
-    while any(a.peers != expected.get(a.node_id, set()) for a in agents):
+    while True:
+        expected = database_peers(url)
+        wrong = [a.instance_id for a in agents if a.peers() != expected.get(a.instance_id, {})]
+        if not wrong:
+            return expected
         if time.monotonic() > deadline:
-            wrong = [a.node_id for a in agents if a.peers != expected.get(a.node_id, set())]
-            raise AssertionError(f"agents {wrong} did not converge to the database's peers")
-        time.sleep(0.05)
+            raise AssertionError(f"interfaces of {wrong} did not converge to the database's peers")
+        time.sleep(0.2)

@@ -5,6 +5,7 @@ bounded; the module shares one pair of replicas (the last test kills replica A).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -12,13 +13,14 @@ import httpx
 import psycopg
 import pytest
 
+from idra.netns import Topology
 from tests.controlplane.conftest import start
 from tests.replicas.replicas import (
     HEARTBEAT_S,
-    Agent,
-    Replicas,
+    NodeAgent,
     add_peer,
     converge,
+    start_agent,
     start_replicas,
     wait_healthy,
 )
@@ -31,27 +33,37 @@ def replicas(postgres, tmp_path_factory):
     pair.stop()
 
 
-def database_peers(url: str) -> dict[str, set[str]]:
+@pytest.fixture(scope="module")
+def fleet(replicas, pyz, tmp_path_factory):
+    """Three nodes, each the packaged agent with a wireguard-go interface in a namespace
+    of its own, registered and in step through the balancer; all removed afterwards."""
+    started: list[NodeAgent] = []
+    tmp = tmp_path_factory.mktemp("fleet")
+    with Topology("repl") as topo:
+        try:
+            for index in range(3):
+                home = tmp / f"node{index}"
+                started.append(start_agent(replicas, pyz, topo, home, f"192.0.2.{10 + index}"))
+            deadline = time.monotonic() + 30
+            while len(heartbeats(replicas.database_url, started)) < len(started):
+                assert time.monotonic() < deadline, "the agents did not register"
+                time.sleep(0.2)
+            converge(started, replicas.database_url, timeout=15)
+            yield started
+        finally:
+            for agent in started:
+                agent.stop()
+
+
+def heartbeats(url: str, agents: list[NodeAgent]) -> dict[str, float]:
+    """Each agent's node's last heartbeat (wall clock), for the nodes that have one."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT node_id, public_key FROM peers").fetchall()
-    found: dict[str, set[str]] = {}
-    for node_id, key in rows:
-        found.setdefault(node_id, set()).add(key)
-    return found
-
-
-def agents(replicas: Replicas, count: int) -> list[Agent]:
-    """Nodes registered through the balancer, each with its sync loop and heartbeat."""
-    started = []
-    for _ in range(count):
-        node_id = replicas.lb.register()
-        agent = Agent(replicas.lb.url, node_id, replicas.lb.credentials[node_id]).start()
-        started.append(agent)
-    deadline = time.monotonic() + 10
-    while not all(a.heartbeats and a.version is not None for a in started):
-        assert time.monotonic() < deadline, "agents did not start syncing"
-        time.sleep(0.05)
-    return started
+        rows = conn.execute(
+            "SELECT instance_id, last_heartbeat_at FROM nodes WHERE instance_id = ANY(%s) "
+            "AND last_heartbeat_at IS NOT NULL",
+            ([a.instance_id for a in agents],),
+        ).fetchall()
+    return dict(rows)
 
 
 def held_on(replica, node_id: str, since: int, wait: float) -> dict:
@@ -141,55 +153,92 @@ def test_healthz_is_503_while_the_listener_is_down(replicas, postgres_cluster):
     wait_healthy(replicas.lb, 2)
 
 
-def test_postgresql_restarts_mid_traffic_and_every_agent_converges(replicas, postgres_cluster):
-    fleet = agents(replicas, 3)
-    token = replicas.lb.tokens["client"]
+def test_postgresql_restarts_mid_traffic_and_every_interface_converges(
+    replicas, fleet, postgres_cluster
+):
+    """A client app keeps adding peers through the balancer (each retried until it
+    succeeds) while PostgreSQL restarts: both replicas recover (pool and listener) and
+    every node's interface holds exactly its peers in the database, none lost."""
+    token, added = replicas.lb.tokens["client"], []
+    stop, after_restart = threading.Event(), threading.Event()
+
+    def client_app() -> None:
+        while not stop.is_set():
+            added.append(add_peer(replicas.lb.url, token)["public_key"])
+            if after_restart.is_set():
+                stop.wait(0.2)
+
+    writer = threading.Thread(target=client_app)
+    writer.start()
     try:
-        added = [add_peer(replicas.lb.url, token) for _ in range(6)]
+        time.sleep(0.5)
         postgres_cluster.restart()
-        # retried through the outage, as a client app would
-        added += [add_peer(replicas.lb.url, token) for _ in range(6)]
-        wait_healthy(replicas.lb, 2)
-        expected = database_peers(replicas.database_url)
-        converge(fleet, expected, timeout=15)
-        stored = {k for keys in expected.values() for k in keys}
-        assert {p["public_key"] for p in added} <= stored  # no peer lost
-        assert sum(len(a.peers) for a in fleet) > 0
+        after_restart.set()
+        count = len(added)
+        deadline = time.monotonic() + 20
+        while len(added) < count + 3:
+            assert time.monotonic() < deadline, "no peer was added after the restart"
+            time.sleep(0.05)
     finally:
-        for agent in fleet:
-            agent.stop.set()
+        stop.set()
+        writer.join(30)
+    for replica in (replicas.a, replicas.b):
+        wait_listening(replica)
+    expected = converge(fleet, replicas.database_url, timeout=HEARTBEAT_S * 4)
+    stored = {k for peers in expected.values() for k in peers}
+    assert set(added) <= stored, "a peer added through the restart is lost"
+    assert sum(len(a.peers()) for a in fleet) > 0
+    assert_no_double_assignment(fleet, replicas.database_url)
 
 
-def test_replica_a_killed_agents_continue_on_b(replicas):
-    fleet = agents(replicas, 3)
+def wait_listening(replica, timeout: float = 15) -> None:
+    """Until the replica answers /healthz 200 with its listener up (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            with httpx.Client(base_url=replica.url, timeout=2) as http:
+                reply = http.get("/healthz")
+            if reply.status_code == 200 and reply.json()["listener"] == "ok":
+                return
+        assert time.monotonic() < deadline, f"{replica.url} did not recover"
+        time.sleep(0.1)
+
+
+def assert_no_double_assignment(fleet: list[NodeAgent], url: str) -> None:
+    """No address on two interfaces (or twice in the database), no key on two."""
+    keys = [k for agent in fleet for k in agent.peers()]
+    assert len(keys) == len(set(keys)), "a peer is on two nodes"
+    addresses = [ip for agent in fleet for ips in agent.peers().values() for ip in ips]
+    assert len(addresses) == len(set(addresses)), "an address is on two interfaces"
+    with psycopg.connect(url) as conn:
+        slots = conn.execute("SELECT slot FROM peers").fetchall()
+    assert len(slots) == len(set(slots)), "an address was assigned twice"
+
+
+def test_replica_a_killed_agents_continue_on_b(replicas, fleet):
+    """Replica A dies while the agents' long-polls and heartbeats go through the
+    balancer: every node heartbeats on B within one interval (and one retry), the peers
+    added afterwards reach the interfaces, none is lost or assigned twice."""
     token = replicas.lb.tokens["client"]
     try:
-        for _ in range(4):
-            add_peer(replicas.lb.url, token)
-        killed_at = time.monotonic()
+        before = [add_peer(replicas.lb.url, token)["public_key"] for _ in range(4)]
+        converge(fleet, replicas.database_url, timeout=HEARTBEAT_S * 2)
+        killed_at = time.time()
         replicas.a.process.kill()
         replicas.a.process.wait(10)
-        added = [add_peer(replicas.lb.url, token) for _ in range(6)]
-        expected = database_peers(replicas.database_url)
-        converge(fleet, expected, timeout=HEARTBEAT_S * 3)
-        # Every agent's heartbeat goes on within one interval (and a retry's delay).
-        within = killed_at + HEARTBEAT_S + 1
-        while time.monotonic() < within and not all(
-            any(t > killed_at for t in a.heartbeats) for a in fleet
+        within = killed_at + HEARTBEAT_S + 1  # the next heartbeat, a retry on B
+        while time.time() < within and not all(
+            t > killed_at for t in heartbeats(replicas.database_url, fleet).values()
         ):
             time.sleep(0.05)
-        for agent in fleet:
-            after = [t for t in agent.heartbeats if t > killed_at]
-            assert after and after[0] < within, f"{agent.node_id} stopped heartbeating"
-        every_key = [k for keys in expected.values() for k in keys]
-        assert len(every_key) == len(set(every_key))  # no key owned twice
-        assert {p["public_key"] for p in added} <= set(every_key)  # no peer lost
-        with psycopg.connect(replicas.database_url) as conn:
-            slots = conn.execute("SELECT slot FROM peers").fetchall()
-        assert len(slots) == len(set(slots)), "an address was assigned twice"
+        late = [i for i, t in heartbeats(replicas.database_url, fleet).items() if t <= killed_at]
+        assert not late, f"{late} did not heartbeat on B within one interval"
+        added = [add_peer(replicas.lb.url, token)["public_key"] for _ in range(6)]
+        expected = converge(fleet, replicas.database_url, timeout=HEARTBEAT_S * 3)
+        stored = {k for peers in expected.values() for k in peers}
+        assert set(before + added) <= stored, "a peer is lost"
+        assert_no_double_assignment(fleet, replicas.database_url)
     finally:
-        for agent in fleet:
-            agent.stop.set()
         replicas.restart("a")
 
 
