@@ -3,7 +3,7 @@
 - the **ops role** (the lifecycle service ``idra ops run``, and the break-glass workflow):
   ``Describe*`` where AWS allows no narrower resource; terminate, complete lifecycle
   actions and set desired capacity only on the stack's own node groups; metrics only in
-  the ``IDRA/Ops`` namespace; its lease table only;
+  the ``IDRA/Ops`` namespace (its lease is held in the control plane, not in AWS);
 - the **GitHub OIDC provider** (or the account's, by ARN) and the **CI roles**: each
   trusts one GitHub environment of one repository (``aud`` and ``sub`` pinned);
 - the **resource policies** of the control plane's two private keys: nobody but the
@@ -37,7 +37,6 @@ OPS_ACT = [
     "autoscaling:CompleteLifecycleAction",
     "autoscaling:SetDesiredCapacity",
 ]
-LEASE_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem"]  # idra.lifecycle.ops.Lease
 # What `pulumi preview` reads (invokes and, with --refresh, every resource): no secret
 # value, no decrypt, no write.
 PREVIEW_READ = [
@@ -45,8 +44,6 @@ PREVIEW_READ = [
     "cloudwatch:Describe*",
     "cloudwatch:GetMetricData",
     "cloudwatch:ListTagsForResource",
-    "dynamodb:Describe*",
-    "dynamodb:ListTagsOfResource",
     "ec2:Describe*",
     "ec2:GetLaunchTemplateData",
     "events:Describe*",
@@ -73,7 +70,6 @@ PREVIEW_READ = [
 DEPLOY_MANAGE = [
     "autoscaling:*",
     "cloudwatch:*",
-    "dynamodb:*",
     "ec2:*",
     "events:*",
     "iam:*",
@@ -118,7 +114,7 @@ def document(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def ops_policy(cfg: StackConfig, account: str, table_arn: str) -> str:
+def ops_policy(cfg: StackConfig, account: str) -> str:
     """What the lifecycle service may do, and nothing else."""
     return document(
         {"Sid": "Describe", "Effect": "Allow", "Action": OPS_DESCRIBE, "Resource": "*"},
@@ -135,7 +131,6 @@ def ops_policy(cfg: StackConfig, account: str, table_arn: str) -> str:
             "Resource": "*",
             "Condition": {"StringEquals": {"cloudwatch:namespace": OPS_NAMESPACE}},
         },
-        {"Sid": "Lease", "Effect": "Allow", "Action": LEASE_ACTIONS, "Resource": table_arn},
     )
 
 
@@ -202,7 +197,6 @@ def private_key_policy(readers: list[str]) -> str:
 class Roles:
     ops_role: aws.iam.Role
     ops_profile: aws.iam.InstanceProfile
-    lease_table: aws.dynamodb.Table
     ci_roles: dict[str, aws.iam.Role]  # GitHub environment -> role
 
 
@@ -214,16 +208,7 @@ def environment_roles(
     caller = aws.get_caller_identity_output(opts=pulumi.InvokeOptions(provider=provider))
     account = caller.account_id
 
-    table = aws.dynamodb.Table(
-        "ops-lease",
-        name=cfg.ops_lease_table,
-        billing_mode="PAY_PER_REQUEST",
-        hash_key="name",
-        attributes=[aws.dynamodb.TableAttributeArgs(name="name", type="S")],
-        server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
-        opts=pulumi.ResourceOptions(provider=provider, delete_before_replace=True),  # fixed name
-    )
-    policy = pulumi.Output.all(account, table.arn).apply(lambda a: ops_policy(cfg, *a))
+    policy = account.apply(lambda a: ops_policy(cfg, a))
     ops_role = aws.iam.Role(
         "ops",
         description=f"IDRA {cfg.stack} lifecycle service (idra ops run)",
@@ -252,7 +237,7 @@ def environment_roles(
             block_public_policy=True,
             opts=pulumi.ResourceOptions(provider=providers[cfg.secrets_region]),
         )
-    return Roles(ops_role, profile, table, ci_roles)
+    return Roles(ops_role, profile, ci_roles)
 
 
 def _ci_roles(

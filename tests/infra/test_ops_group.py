@@ -1,4 +1,5 @@
-"""The ops service's group: built like the nodes, each resource and property by name."""
+"""The ops service's group: built like the nodes, each resource and property by name.
+Both stacks pin the ops artifact (``idra release pin``), so both deploy it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from idra.render import render_ops_files
 from policy import rules
 from tests.infra.harness import IMAGES, Deployment, Resource, deploy, stack_config
 
-OPS_SHA = "ab" * 32
-OPS_URL = "https://github.com/idra-vpn/exit-nodes/releases/download/v0.1.0/idra-ops.pyz"
+PINNED = load_stack("production")
+OPS_SHA, OPS_URL = PINNED.ops_sha256, PINNED.ops_url
 
 
 def named(deployment: Deployment, typ: str, name: str) -> Resource:
@@ -27,14 +28,10 @@ def named(deployment: Deployment, typ: str, name: str) -> Resource:
 
 
 @pytest.fixture(scope="module")
-def ops() -> Deployment:
-    config = stack_config("production") | {
-        "idra:firebasePrivateKey": "test-firebase-key",
-        "idra:blindedSigningPrivateKey": "test-signing-key",
-        "idra:opsUrl": OPS_URL,
-        "idra:opsSha256": OPS_SHA,
-    }
-    return deploy("production", config)
+def ops(deployments: dict[str, Deployment]) -> Deployment:
+    """The real production stack, as pinned."""
+    assert OPS_URL and OPS_SHA, "Pulumi.production.yaml pins no ops artifact"
+    return deployments["production"]
 
 
 def group(ops: Deployment) -> Resource:
@@ -80,15 +77,16 @@ def test_pinned_image_imdsv2_encrypted_root(ops: Deployment) -> None:
     assert group(ops).inputs["launchTemplate"]["id"] == launch.id
 
 
-def test_user_data_is_rendered_and_cloud_init_valid(ops: Deployment, tmp_path: Path) -> None:
-    text = gzip.decompress(base64.b64decode(template(ops).inputs["userData"])).decode()
-    cfg = load_stack("production").model_copy(update={"ops_url": OPS_URL, "ops_sha256": OPS_SHA})
-    assert text == render_ops_files(cfg)["ops-user-data.yaml"]
+def test_user_data_is_rendered_and_cloud_init_valid(deployment: Deployment, tmp_path: Path) -> None:
+    """Both stacks' ops user-data, as sent: the rendered file, valid for ``cloud-init
+    schema`` (as the nodes': tests/infra/test_program.py), no secret in it."""
+    text = gzip.decompress(base64.b64decode(template(deployment).inputs["userData"])).decode()
+    assert text == render_ops_files(load_stack(deployment.stack))["ops-user-data.yaml"]
     path = tmp_path / "ops-user-data.yaml"
     path.write_text(text)
     result = run(["cloud-init", "schema", "--config-file", str(path)], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert all(secret not in text for secret in ops.secret_values)
+    assert all(secret not in text for secret in deployment.secret_values)
 
 
 def test_user_data_runs_the_pinned_loop_supervised_with_ssh_off(ops: Deployment) -> None:
@@ -129,7 +127,19 @@ def test_the_ops_resources_pass_every_policy(ops: Deployment) -> None:
             assert rule(resource.typ, props) == [], (name, resource.name)
 
 
-def test_no_ops_artifact_no_ops_group(deployment: Deployment) -> None:
+def test_both_stacks_deploy_the_ops_group(deployment: Deployment) -> None:
+    (ops_group,) = [g for g in deployment.of_type("aws:autoscaling/group:Group") if g.name == "ops"]
+    assert ops_group.inputs["name"] == f"idra-{deployment.stack}-ops"
+    assert deployment.outputs["opsGroupName"] == ops_group.inputs["name"]
+
+
+def test_no_ops_artifact_no_ops_group() -> None:
+    config = stack_config("staging") | {
+        "idra:firebasePrivateKey": "test-firebase-key",
+        "idra:blindedSigningPrivateKey": "test-signing-key",
+    }
+    del config["idra:opsUrl"], config["idra:opsSha256"]
+    deployment = deploy("staging", config)
     assert not [
         g.name for g in deployment.of_type("aws:autoscaling/group:Group") if g.name == "ops"
     ]

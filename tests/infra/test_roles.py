@@ -80,23 +80,15 @@ def test_ops_role_puts_metrics_only_in_its_namespace(deployment: Deployment) -> 
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": OPS_NAMESPACE}}
 
 
-def test_ops_role_touches_only_its_lease_table(deployment: Deployment) -> None:
-    lease = statements(deployment, "ops")["Lease"]
-    table = named(deployment, TABLE, "ops-lease")
-    assert lease["Resource"] == table.state["arn"], "ops Lease"
-    assert all(a.startswith("dynamodb:") and "*" not in a for a in lease["Action"])
-    assert set(statements(deployment, "ops")) == {
-        "Describe", "ActOnOwnNodeGroups", "OwnMetrics", "Lease"
-    }  # fmt: skip
-
-
-def test_lease_table_is_the_stacks_encrypted_on_demand_table(deployment: Deployment) -> None:
-    table = named(deployment, TABLE, "ops-lease")
-    assert table.inputs["name"] == f"idra-{deployment.stack}-ops-lease"
-    assert table.inputs["hashKey"] == "name"
-    assert table.inputs["billingMode"] == "PAY_PER_REQUEST"
-    assert table.inputs["serverSideEncryption"] == {"enabled": True}
-    assert table.region == load_stack(deployment.stack).regions[0]
+def test_ops_role_has_no_lease_table_the_lease_is_in_the_control_plane(
+    deployment: Deployment,
+) -> None:
+    """The ops loop's lease moved into the control plane: no DynamoDB table, no grant."""
+    assert set(statements(deployment, "ops")) == {"Describe", "ActOnOwnNodeGroups", "OwnMetrics"}
+    assert not deployment.of_type(TABLE)
+    for policy in deployment.of_type("aws:iam/rolePolicy:RolePolicy"):
+        assert "dynamodb" not in policy.inputs["policy"], policy.name
+    assert "opsLeaseTable" not in deployment.outputs
 
 
 def test_one_github_oidc_provider_for_sts(deployment: Deployment) -> None:
