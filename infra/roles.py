@@ -66,14 +66,54 @@ PREVIEW_READ = [
     "sns:GetTopicAttributes",
     "sns:ListTagsForResource",
 ]
-# The services `pulumi up` manages. Secret values and decrypts only on named resources.
+# The services `pulumi up` manages. Secret values and decrypts only on named resources;
+# IAM only on the roles, profiles and OIDC provider of this program (IAM_* below).
 DEPLOY_MANAGE = [
     "autoscaling:*",
     "cloudwatch:*",
     "ec2:*",
     "events:*",
-    "iam:*",
     "sns:*",
+]
+# IAM of `pulumi up`: the roles and their inline policies, the instance profiles, the
+# GitHub OIDC provider. Pulumi names each role and profile `<logical name>-<7 hex>`.
+IAM_ROLES = [
+    "iam:CreateRole",
+    "iam:DeleteRole",
+    "iam:GetRole",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:TagRole",
+    "iam:UntagRole",
+    "iam:ListRoleTags",
+    "iam:PutRolePolicy",
+    "iam:GetRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:ListRolePolicies",
+    "iam:ListAttachedRolePolicies",
+    "iam:ListInstanceProfilesForRole",
+]
+IAM_PROFILES = [
+    "iam:CreateInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:GetInstanceProfile",
+    "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+    "iam:UntagInstanceProfile",
+    "iam:ListInstanceProfileTags",
+]
+IAM_OIDC = [
+    "iam:CreateOpenIDConnectProvider",
+    "iam:DeleteOpenIDConnectProvider",
+    "iam:GetOpenIDConnectProvider",
+    "iam:UpdateOpenIDConnectProviderThumbprint",
+    "iam:AddClientIDToOpenIDConnectProvider",
+    "iam:RemoveClientIDFromOpenIDConnectProvider",
+    "iam:TagOpenIDConnectProvider",
+    "iam:UntagOpenIDConnectProvider",
+    "iam:ListOpenIDConnectProviderTags",
 ]
 SECRET_MANAGE = [
     "secretsmanager:CreateSecret",
@@ -151,9 +191,58 @@ def github_trust(provider_arn: str, repository: str, environment: str) -> str:
     )
 
 
-def deploy_policy(secret_arns: list[str], key_arns: list[str], account: str, stack: str) -> str:
+def iam_names(regions: list[str]) -> dict[str, list[str]]:
+    """Name patterns of the roles and instance profiles this program creates (logical name,
+    then Pulumi's random suffix): the nodes' per region, the ops service's, the CI roles."""
+    nodes = [f"{region}-node-*" for region in regions]
+    return {"role": [*nodes, "ops-*", "ci-*"], "instance-profile": [*nodes, "ops-*"]}
+
+
+def iam_statements(account: str, regions: list[str]) -> list[dict[str, Any]]:
+    """What `pulumi up` may do in IAM: only on this program's roles, profiles and GitHub
+    OIDC provider; pass only the instance roles, only to EC2."""
+    names = iam_names(regions)
+    arn = f"arn:aws:iam::{account}"
+    roles = [f"{arn}:role/{name}" for name in names["role"]]
+    instance_roles = [r for r in roles if not r.endswith("/ci-*")]
+    return [
+        {"Sid": "ManageOwnRoles", "Effect": "Allow", "Action": IAM_ROLES, "Resource": roles},
+        {
+            "Sid": "ManageOwnInstanceProfiles",
+            "Effect": "Allow",
+            "Action": IAM_PROFILES,
+            "Resource": [f"{arn}:instance-profile/{name}" for name in names["instance-profile"]],
+        },
+        {
+            "Sid": "ManageGitHubOidcProvider",
+            "Effect": "Allow",
+            "Action": IAM_OIDC,
+            "Resource": f"{arn}:oidc-provider/{GITHUB_OIDC_HOST}",
+        },
+        {
+            "Sid": "PassInstanceRolesToEc2",  # launch templates and groups name the profiles
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": instance_roles,
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        },
+        {
+            "Sid": "AutoScalingServiceLinkedRole",  # the account's first group creates it
+            "Effect": "Allow",
+            "Action": "iam:CreateServiceLinkedRole",
+            "Resource": f"{arn}:role/aws-service-role/autoscaling.amazonaws.com/"
+            "AWSServiceRoleForAutoScaling",
+            "Condition": {"StringEquals": {"iam:AWSServiceName": "autoscaling.amazonaws.com"}},
+        },
+    ]
+
+
+def deploy_policy(
+    secret_arns: list[str], key_arns: list[str], account: str, stack: str, regions: list[str]
+) -> str:
     return document(
         {"Sid": "Manage", "Effect": "Allow", "Action": DEPLOY_MANAGE, "Resource": "*"},
+        *iam_statements(account, regions),
         {
             "Sid": "ManageOwnSecrets",
             "Effect": "Allow",
@@ -265,7 +354,7 @@ def _ci_roles(
     ]
     deploy = pulumi.Output.all(
         pulumi.Output.all(*secret_arns), pulumi.Output.all(*secrets.key_arns.values()), account
-    ).apply(lambda a: deploy_policy(a[0], a[1], a[2], cfg.stack))
+    ).apply(lambda a: deploy_policy(a[0], a[1], a[2], cfg.stack, regions))
     preview = document(
         {"Sid": "ReadOnly", "Effect": "Allow", "Action": PREVIEW_READ, "Resource": "*"}
     )

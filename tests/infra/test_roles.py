@@ -8,6 +8,7 @@ import json
 import pytest
 
 from idra.config import OPS_NAMESPACE, load_stack
+from infra.roles import iam_names
 from tests.infra.harness import ACCOUNTS, Deployment, Resource, deploy, stack_config
 
 ROLE = "aws:iam/role:Role"
@@ -127,6 +128,55 @@ def test_deploy_role_reads_only_its_own_secrets(deployment: Deployment) -> None:
     read = statements(deployment, f"ci-{deployment.stack}")["ReadOwnSecrets"]
     assert all("*" not in arn for arn in read["Resource"]), read["Resource"]
     assert all(f"idra/{deployment.stack}/" in arn or ":kms:" in arn for arn in read["Resource"])
+
+
+def test_deploy_role_manages_only_this_programs_iam(deployment: Deployment) -> None:
+    """No iam:*: roles, profiles and the OIDC provider by ARN name prefix, PassRole of the
+    instance roles to EC2 only."""
+    stack, account = deployment.stack, ACCOUNTS[deployment.stack]
+    regions = load_stack(stack).regions
+    deploy = statements(deployment, f"ci-{stack}")
+    for statement in deploy.values():
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [
+            statement["Action"]]  # fmt: skip
+        assert not [a for a in actions if a in ("*", "iam:*")], statement["Sid"]
+        if any(a.startswith("iam:") for a in actions):
+            resources = statement["Resource"]
+            resources = resources if isinstance(resources, list) else [resources]
+            assert all(r.startswith(f"arn:aws:iam::{account}:") for r in resources), resources
+    node_roles = [f"arn:aws:iam::{account}:role/{region}-node-*" for region in regions]
+    assert deploy["ManageOwnRoles"]["Resource"] == [
+        *node_roles,
+        f"arn:aws:iam::{account}:role/ops-*",
+        f"arn:aws:iam::{account}:role/ci-*",
+    ]
+    assert deploy["ManageOwnInstanceProfiles"]["Resource"] == [
+        *(r.replace(":role/", ":instance-profile/") for r in node_roles),
+        f"arn:aws:iam::{account}:instance-profile/ops-*",
+    ]
+    assert deploy["ManageGitHubOidcProvider"]["Resource"] == (
+        f"arn:aws:iam::{account}:oidc-provider/{HOST}"
+    )
+    passing = deploy["PassInstanceRolesToEc2"]
+    assert passing["Resource"] == [*node_roles, f"arn:aws:iam::{account}:role/ops-*"]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_deploy_role_patterns_cover_every_role_and_profile_of_the_program(
+    deployment: Deployment,
+) -> None:
+    """Pulumi names each role and profile `<logical name>-<7 hex>`: the patterns above
+    match every one this program registers, and nothing else of IAM is registered."""
+    names = iam_names(load_stack(deployment.stack).regions)
+    for typ, kind in ((ROLE, "role"), ("aws:iam/instanceProfile:InstanceProfile",
+                                       "instance-profile")):  # fmt: skip
+        registered = deployment.of_type(typ)
+        assert registered
+        for resource in registered:
+            auto_name = f"{resource.name}-abcdef1"
+            assert any(fnmatch.fnmatchcase(auto_name, p) for p in names[kind]), resource.name
+    iam_types = {r.typ for r in deployment.resources if r.typ.startswith("aws:iam/")}
+    assert iam_types == {ROLE, ROLE_POLICY, OIDC, "aws:iam/instanceProfile:InstanceProfile"}
 
 
 def test_lifecycle_role_has_the_ops_permissions(deployment: Deployment) -> None:
