@@ -146,3 +146,20 @@ def test_no_ops_artifact_no_ops_group() -> None:
     assert not [s.name for s in deployment.of_type("aws:secretsmanager/secret:Secret")
                 if s.name == "operator-token"]  # fmt: skip
     assert deployment.outputs["opsGroupName"] == ""
+
+
+def test_ops_template_is_hardened_exactly_like_the_nodes(deployment: Deployment) -> None:
+    """One helper (infra.fleet.hardened) for both: IMDSv2 required with hop limit 1, no
+    instance tags in the metadata, an encrypted gp3 root on the image's root device."""
+    ops_template = template(deployment)
+    node_template = deployment.one("aws:ec2/launchTemplate:LaunchTemplate", ops_template.region)
+    for key in ("metadataOptions", "blockDeviceMappings"):
+        assert ops_template.inputs[key] == node_template.inputs[key], key
+    assert ops_template.inputs["metadataOptions"] == {
+        "httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1,
+        "instanceMetadataTags": "disabled",
+    }  # fmt: skip
+    (root,) = ops_template.inputs["blockDeviceMappings"]
+    assert root["ebs"] == {"volumeSize": load_stack(deployment.stack).root_volume_gb,
+                           "volumeType": "gp3", "encrypted": "true",
+                           "deleteOnTermination": "true"}  # fmt: skip
