@@ -18,6 +18,7 @@ from idra.render import render_ops_files
 from policy import rules
 from tests.infra.harness import IMAGES, Deployment, Resource, deploy, stack_config
 
+LOCKDOWN = "/usr/local/sbin/idra-lockdown"
 PINNED = load_stack("production")
 OPS_SHA, OPS_URL = PINNED.ops_sha256, PINNED.ops_url
 
@@ -99,8 +100,8 @@ def test_user_data_runs_the_pinned_loop_supervised_with_ssh_off(ops: Deployment)
     assert 'command_user="idra-ops:idra-ops"' in service
     assert f"pin='{OPS_SHA}'" in files["/usr/local/sbin/idra-install-ops"]
     boot = files["/var/lib/cloud/scripts/per-boot/idra-ops-boot"]
-    assert "rc-update del sshd" in boot and "mount -o remount,ro /" in boot
-    assert boot.index("remount,ro") < boot.index("rc-service idra-ops start")
+    assert "rc-update del sshd" in boot and "mount -o remount,ro" in files[LOCKDOWN]
+    assert boot.index(f"{LOCKDOWN} /") < boot.index("rc-service idra-ops start")
     stack = yaml.safe_load(files["/etc/idra/Pulumi.production.yaml"])["config"]
     assert stack["idra:opsSha256"] == OPS_SHA
     assert not any("secure" in str(value) for value in stack.values())
