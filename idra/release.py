@@ -82,7 +82,7 @@ def ops_release_url(agent_url: str, current: str | None, tag: str) -> str:
     of the same release as the agent."""
     if current:
         return release_url(current, tag, "opsUrl", "--ops-url")
-    return release_url(agent_url, tag).rsplit("/", 1)[0] + f"/{OPS_ASSET}"
+    return release_url(agent_url, tag, "agentUrl", "--ops-url").rsplit("/", 1)[0] + f"/{OPS_ASSET}"
 
 
 def set_keys(text: str, values: dict[str, str]) -> str:
