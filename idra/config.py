@@ -228,11 +228,6 @@ class StackConfig(BaseModel):
         )
 
     @property
-    def ops_lease_table(self) -> str:
-        """DynamoDB table holding the ops loop's lease."""
-        return f"idra-{self.stack}-ops-lease"
-
-    @property
     def ops_asg_name(self) -> str:
         """The ops service's one-instance group (never a node group)."""
         return f"idra-{self.stack}-ops"

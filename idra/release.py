@@ -1,14 +1,18 @@
-"""``idra release pin``: build the agent reproducibly and pin it in ``Pulumi.<stack>.yaml``.
+"""``idra release pin``: build a release's two artifacts reproducibly and pin them in
+``Pulumi.<stack>.yaml``: the node agent (``node-daemon.pyz``, ``idra:agentUrl``/
+``agentSha256``) and the ops service's ``idra`` zipapp (``idra-ops.pyz``,
+``idra:opsUrl``/``opsSha256``, which makes the stack deploy its ops group).
 
-Only the two lines ``idra:agentUrl`` and ``idra:agentSha256`` change; every other line,
-comment and key order of the stack file stays as it was. The new file is validated
-before it replaces the old one (atomically), so a failed pin leaves the file untouched.
+Only those four lines change; every other line, comment and key order of the stack file
+stays as it was. The new file is validated before it replaces the old one (atomically),
+so a failed pin leaves the file untouched.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +25,7 @@ from node_daemon import __version__ as AGENT_VERSION
 
 BUILD_SCRIPT = REPO_ROOT / "agent" / "build.py"
 ASSET = "node-daemon.pyz"
+OPS_ASSET = "idra-ops.pyz"
 # A GitHub release asset: .../releases/download/<tag>/<file>; the tag is replaced.
 RELEASE_URL = re.compile(r"^(https://github\.com/[^/]+/[^/]+/releases/download/)[^/]+(/[^/]+)$")
 
@@ -35,29 +40,49 @@ def _build_module() -> ModuleType:
         raise BadInput(f"{BUILD_SCRIPT}: not found; run 'idra release pin' from a checkout")
     spec = importlib.util.spec_from_file_location("idra_agent_build", BUILD_SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-def build_agent(out: Path) -> tuple[Path, str]:
-    """Build ``node-daemon.pyz`` into ``out``; return its path and sha256."""
+def build_artifact(out: Path, name: str) -> tuple[Path, str]:
+    """Build the release artifact ``name`` (``node-daemon`` or ``idra-ops``, see
+    agent/build.py) into ``out``; return its path and sha256."""
     module = _build_module()
     try:
-        path = module.build(out)
+        path = module.build(out, module.ARTIFACTS[name])
     except module.BuildError as exc:
-        raise Failed(f"agent build: {exc}") from None
-    digest = (path.parent / f"{ASSET}.sha256").read_text().split()[0]
+        raise Failed(f"{name} build: {exc}") from None
+    digest = (path.parent / f"{path.name}.sha256").read_text().split()[0]
     return path, digest
 
 
-def release_url(current: str, tag: str) -> str:
-    """The stack's current agent URL with its release tag replaced by ``tag``."""
+def build_agent(out: Path) -> tuple[Path, str]:
+    """Build ``node-daemon.pyz`` into ``out``; return its path and sha256."""
+    return build_artifact(out, "node-daemon")
+
+
+def build_ops(out: Path) -> tuple[Path, str]:
+    """Build ``idra-ops.pyz`` into ``out``; return its path and sha256."""
+    return build_artifact(out, "idra-ops")
+
+
+def release_url(current: str, tag: str, key: str = "agentUrl", flag: str = "--url") -> str:
+    """The stack's current URL (``idra:<key>``) with its release tag replaced by ``tag``."""
     match = RELEASE_URL.match(current)
     if not match:
         raise BadInput(
-            f"idra:agentUrl {current}: not a GitHub release asset URL; give --url for {tag}"
+            f"{NAMESPACE}:{key} {current}: not a GitHub release asset URL; give {flag} for {tag}"
         )
     return f"{match.group(1)}{tag}{match.group(2)}"
+
+
+def ops_release_url(agent_url: str, current: str | None, tag: str) -> str:
+    """The stack's ops URL with its tag replaced; a stack without one gets ``idra-ops.pyz``
+    of the same release as the agent."""
+    if current:
+        return release_url(current, tag, "opsUrl", "--ops-url")
+    return release_url(agent_url, tag, "agentUrl", "--ops-url").rsplit("/", 1)[0] + f"/{OPS_ASSET}"
 
 
 def set_keys(text: str, values: dict[str, str]) -> str:
@@ -82,12 +107,17 @@ def set_keys(text: str, values: dict[str, str]) -> str:
     return "".join(lines)
 
 
-def write_pin(stack: str, root: Path, url: str, sha256: str, *, dry_run: bool = False) -> Path:
-    """Set agentUrl/agentSha256 in ``root/Pulumi.<stack>.yaml``: validated, then atomic
-    (``dry_run``: validate only)."""
+def write_pin(stack: str, root: Path, pins: dict[str, tuple[str, str]], *,
+              dry_run: bool = False) -> Path:  # fmt: skip
+    """Set ``<prefix>Url``/``<prefix>Sha256`` for each ``prefix -> (url, sha256)`` of
+    ``pins`` (prefixes ``agent``, ``ops``) in ``root/Pulumi.<stack>.yaml``: validated, then
+    atomic (``dry_run``: validate only)."""
     path = stack_file(stack, root)
-    # Quoted: YAML would read a checksum of only digits as a number.
-    text = set_keys(path.read_text(), {"agentUrl": url, "agentSha256": f'"{sha256}"'})
+    values = {}
+    for prefix, (url, sha256) in pins.items():
+        # Quoted: YAML would read a checksum of only digits as a number.
+        values |= {f"{prefix}Url": url, f"{prefix}Sha256": f'"{sha256}"'}
+    text = set_keys(path.read_text(), values)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         candidate = stack_file(stack, Path(tmp))
         candidate.write_text(text)
@@ -103,7 +133,7 @@ def write_pin(stack: str, root: Path, url: str, sha256: str, *, dry_run: bool = 
 
 @click.group("release")
 def release() -> None:
-    """Agent releases: build reproducibly and pin them in a stack."""
+    """Releases (node agent and ops zipapp): build reproducibly and pin them in a stack."""
 
 
 @release.command("pin")
@@ -114,13 +144,20 @@ def release() -> None:
     default=None,
     help="Copy another stack's pin instead of building (production after staging).",
 )
-@click.option("--url", default=None, help="Where the release asset is downloaded from "
+@click.option("--url", default=None, help="Where node-daemon.pyz is downloaded from "
               "[default: the stack's agentUrl with its tag replaced].")  # fmt: skip
+@click.option(
+    "--ops-url",
+    default=None,
+    help="Where idra-ops.pyz is downloaded from "
+    "[default: the stack's opsUrl with its tag replaced, else beside the agent's].",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Keep the build here (node-daemon.pyz and .sha256) [default: a temporary folder].",
+    help="Keep the builds here (node-daemon.pyz, idra-ops.pyz and their .sha256) "
+    "[default: a temporary folder].",
 )
 @click.option(
     "--cwd",
@@ -129,9 +166,9 @@ def release() -> None:
     help="Folder holding Pulumi.<stack>.yaml (default: the current folder, as Pulumi).",
 )
 def pin(stack: str, tag: str | None, from_stack: str | None, url: str | None,
-        out: Path | None, cwd: Path) -> None:  # fmt: skip
-    """Build node-daemon.pyz of this tree reproducibly and pin its URL and sha256 in
-    Pulumi.<stack>.yaml (or copy the pin of --from-stack)."""
+        ops_url: str | None, out: Path | None, cwd: Path) -> None:  # fmt: skip
+    """Build node-daemon.pyz and idra-ops.pyz of this tree reproducibly and pin their URLs
+    and sha256 in Pulumi.<stack>.yaml (or copy the pins of --from-stack)."""
     root = cwd.resolve()
     try:
         cfg = load_stack(stack, root)
@@ -141,9 +178,11 @@ def pin(stack: str, tag: str | None, from_stack: str | None, url: str | None,
     if (tag is None) == (source is None):
         raise BadInput("give exactly one of --version and --from-stack")
     if source is not None:
-        if url:
-            raise BadInput("--url: not with --from-stack (its URL is copied)")
-        url, digest = source.agent_url, source.agent_sha256
+        if url or ops_url:
+            raise BadInput("--url, --ops-url: not with --from-stack (its URLs are copied)")
+        pins = {"agent": (source.agent_url, source.agent_sha256)}
+        if source.ops_url and source.ops_sha256:
+            pins["ops"] = (source.ops_url, source.ops_sha256)
     else:
         if tag != tree_tag():
             raise BadInput(
@@ -151,15 +190,18 @@ def pin(stack: str, tag: str | None, from_stack: str | None, url: str | None,
                 f"(agent/node_daemon/__init__.py); pin {tree_tag()} or check out {tag}"
             )
         url = url or release_url(cfg.agent_url, tag)
-        write_pin(stack, root, url, cfg.agent_sha256, dry_run=True)  # a bad --url: no build
-        if out is not None:
-            _, digest = build_agent(out)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                _, digest = build_agent(Path(tmp))
-    path = write_pin(stack, root, url, digest)
-    click.echo(f"{path.name}: {NAMESPACE}:agentUrl {url}")
-    click.echo(f"{path.name}: {NAMESPACE}:agentSha256 {digest}")
+        ops_url = ops_url or ops_release_url(url, cfg.ops_url, tag)
+        # A bad URL is refused before any build (any valid checksum stands in for now).
+        unbuilt = cfg.agent_sha256
+        write_pin(stack, root, {"agent": (url, unbuilt), "ops": (ops_url, unbuilt)}, dry_run=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = out if out is not None else Path(tmp)
+            pins = {"agent": (url, build_agent(folder)[1]), "ops": (ops_url, build_ops(folder)[1])}
+    path = write_pin(stack, root, pins)
+    for prefix, (pinned_url, digest) in pins.items():
+        click.echo(f"{path.name}: {NAMESPACE}:{prefix}Url {pinned_url}")
+        click.echo(f"{path.name}: {NAMESPACE}:{prefix}Sha256 {digest}")
 
 
-__all__ = ["build_agent", "pin", "release", "release_url", "set_keys", "tree_tag", "write_pin"]
+__all__ = ["build_agent", "build_artifact", "build_ops", "ops_release_url", "pin", "release",
+           "release_url", "set_keys", "tree_tag", "write_pin"]  # fmt: skip

@@ -1,6 +1,7 @@
 """Alarms that wake someone: per region an SNS topic (subscribers from
-``idra:alarmEmails``), the group's InService-below-desired alarm and an EventBridge rule
-on unsuccessful launches; in the primary region the ops loop's alarms (silent, drains
+``idra:alarmEmails``), the group's InService-below-desired alarm (which also covers
+abandoned readiness, see LAUNCH_UNSUCCESSFUL) and an EventBridge rule on unsuccessful
+launches; in the primary region the ops loop's alarms (silent, drains
 overdue, identity refusals, canary listings) on the metrics it puts each pass.
 
 CloudWatch alarms and EventBridge rules notify topics of their own region only, hence a
@@ -17,8 +18,17 @@ from idra.config import OPS_NAMESPACE, StackConfig
 from idra.lifecycle import metrics
 
 BELOW_DESIRED_MINUTES = 15
-# AWS: a launch that fails, or whose launch lifecycle action is abandoned (our readiness
-# hook's ABANDON), ends its Launching activity unsuccessfully and emits this event.
+# The Amazon EC2 Auto Scaling event reference
+# (https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-event-reference.html)
+# documents this event for a launch that failed ("Unsuccessful scaling events"), and
+# lifecycle-hook events only when an instance *enters* a wait state; it documents no event
+# for a launch lifecycle action that ends in ABANDON (our readiness hook timing out). So
+# the rule matches failed launches only, and abandoned readiness is caught by the
+# InService-below-desired alarm: an abandoned instance never reaches InService while the
+# desired capacity stays, so InService < desired for as long as readiness keeps failing.
+EVENT_REFERENCE = (
+    "https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-event-reference.html"
+)
 LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
 
 
@@ -77,7 +87,7 @@ def alarms(cfg: StackConfig, providers: dict[str, aws.Provider]) -> dict[str, aw
             )
         rule = aws.cloudwatch.EventRule(
             f"{region}-launch-failed",
-            description=f"IDRA {cfg.stack}: a node launch failed or its readiness was abandoned",
+            description=f"IDRA {cfg.stack}: a node launch failed",
             event_pattern=json.dumps(
                 {
                     "source": ["aws.autoscaling"],
@@ -108,7 +118,9 @@ def alarms(cfg: StackConfig, providers: dict[str, aws.Provider]) -> dict[str, aw
 def _below_desired(
     cfg: StackConfig, region: str, topic: aws.sns.Topic, opts: pulumi.ResourceOptions
 ) -> None:
-    """Fewer instances in service than desired, every minute for 15 minutes."""
+    """Fewer instances in service than desired, every minute for 15 minutes: a group that
+    cannot launch, or whose new nodes never pass readiness (abandoned by the launch hook,
+    for which AWS documents no event)."""
 
     def group_metric(query_id: str, name: str) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
         return aws.cloudwatch.MetricAlarmMetricQueryArgs(

@@ -47,6 +47,32 @@ def image(
     )
 
 
+def hardened(cfg: StackConfig, pinned: pulumi.Output[aws.ec2.GetAmiResult]) -> dict[str, object]:
+    """The launch-template settings every instance of the stack shares (nodes and the ops
+    service): IMDSv2 required with hop limit 1 (no container or forwarded packet reaches
+    the credentials), no instance tags in the metadata, an encrypted gp3 root on the pinned
+    image's own root device."""
+    return {
+        "metadata_options": aws.ec2.LaunchTemplateMetadataOptionsArgs(
+            http_endpoint="enabled",
+            http_tokens="required",
+            http_put_response_hop_limit=1,
+            instance_metadata_tags="disabled",
+        ),
+        "block_device_mappings": [
+            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name=pinned.root_device_name,
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=cfg.root_volume_gb,
+                    volume_type="gp3",
+                    encrypted="true",
+                    delete_on_termination="true",
+                ),
+            )
+        ],
+    }
+
+
 def user_data(cfg: StackConfig, region: str) -> str:
     """Base64 of the same ``user-data.yaml`` that ``idra render`` writes, as sent: gzipped,
     within the budget (above it, the preview stops)."""
@@ -73,23 +99,7 @@ def launch_template(
         user_data=user_data(cfg, region),
         update_default_version=True,
         iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=instance_profile_arn),
-        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-            http_endpoint="enabled",
-            http_tokens="required",
-            http_put_response_hop_limit=1,
-            instance_metadata_tags="disabled",
-        ),
-        block_device_mappings=[
-            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=pinned.root_device_name,
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=cfg.root_volume_gb,
-                    volume_type="gp3",
-                    encrypted="true",
-                    delete_on_termination="true",
-                ),
-            )
-        ],
+        **hardened(cfg, pinned),
         network_interfaces=[
             aws.ec2.LaunchTemplateNetworkInterfaceArgs(
                 device_index=0,

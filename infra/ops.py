@@ -15,7 +15,7 @@ import pulumi_random as random
 
 from idra.config import StackConfig
 from idra.render import render_ops_files, sent_user_data
-from infra.fleet import image
+from infra.fleet import hardened, image
 from infra.identity import token_policy
 from infra.roles import Roles
 from infra.settings import tags
@@ -91,23 +91,7 @@ def ops_service(
         iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(
             arn=roles.ops_profile.arn
         ),
-        metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-            http_endpoint="enabled",
-            http_tokens="required",
-            http_put_response_hop_limit=1,
-            instance_metadata_tags="disabled",
-        ),
-        block_device_mappings=[
-            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name=pinned.root_device_name,
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=cfg.root_volume_gb,
-                    volume_type="gp3",
-                    encrypted="true",
-                    delete_on_termination="true",
-                ),
-            )
-        ],
+        **hardened(cfg, pinned),
         network_interfaces=[
             aws.ec2.LaunchTemplateNetworkInterfaceArgs(
                 device_index=0,

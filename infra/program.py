@@ -56,7 +56,6 @@ def build(settings: stack_settings.Settings) -> dict[str, pulumi.Input[object]]:
         "kmsKeyArns": secrets.key_arns,
         "opsRoleArn": roles.ops_role.arn,
         "opsGroupName": ops.name if ops else "",
-        "opsLeaseTable": roles.lease_table.name,
         "ciRoleArns": {env: role.arn for env, role in roles.ci_roles.items()},
     }
 

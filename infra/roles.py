@@ -3,7 +3,7 @@
 - the **ops role** (the lifecycle service ``idra ops run``, and the break-glass workflow):
   ``Describe*`` where AWS allows no narrower resource; terminate, complete lifecycle
   actions and set desired capacity only on the stack's own node groups; metrics only in
-  the ``IDRA/Ops`` namespace; its lease table only;
+  the ``IDRA/Ops`` namespace (its lease is held in the control plane, not in AWS);
 - the **GitHub OIDC provider** (or the account's, by ARN) and the **CI roles**: each
   trusts one GitHub environment of one repository (``aud`` and ``sub`` pinned);
 - the **resource policies** of the control plane's two private keys: nobody but the
@@ -37,7 +37,6 @@ OPS_ACT = [
     "autoscaling:CompleteLifecycleAction",
     "autoscaling:SetDesiredCapacity",
 ]
-LEASE_ACTIONS = ["dynamodb:GetItem", "dynamodb:PutItem"]  # idra.lifecycle.ops.Lease
 # What `pulumi preview` reads (invokes and, with --refresh, every resource): no secret
 # value, no decrypt, no write.
 PREVIEW_READ = [
@@ -45,8 +44,6 @@ PREVIEW_READ = [
     "cloudwatch:Describe*",
     "cloudwatch:GetMetricData",
     "cloudwatch:ListTagsForResource",
-    "dynamodb:Describe*",
-    "dynamodb:ListTagsOfResource",
     "ec2:Describe*",
     "ec2:GetLaunchTemplateData",
     "events:Describe*",
@@ -69,15 +66,54 @@ PREVIEW_READ = [
     "sns:GetTopicAttributes",
     "sns:ListTagsForResource",
 ]
-# The services `pulumi up` manages. Secret values and decrypts only on named resources.
+# The services `pulumi up` manages. Secret values and decrypts only on named resources;
+# IAM only on the roles, profiles and OIDC provider of this program (IAM_* below).
 DEPLOY_MANAGE = [
     "autoscaling:*",
     "cloudwatch:*",
-    "dynamodb:*",
     "ec2:*",
     "events:*",
-    "iam:*",
     "sns:*",
+]
+# IAM of `pulumi up`: the roles and their inline policies, the instance profiles, the
+# GitHub OIDC provider. Pulumi names each role and profile `<logical name>-<7 hex>`.
+IAM_ROLES = [
+    "iam:CreateRole",
+    "iam:DeleteRole",
+    "iam:GetRole",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:TagRole",
+    "iam:UntagRole",
+    "iam:ListRoleTags",
+    "iam:PutRolePolicy",
+    "iam:GetRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:ListRolePolicies",
+    "iam:ListAttachedRolePolicies",
+    "iam:ListInstanceProfilesForRole",
+]
+IAM_PROFILES = [
+    "iam:CreateInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:GetInstanceProfile",
+    "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+    "iam:UntagInstanceProfile",
+    "iam:ListInstanceProfileTags",
+]
+IAM_OIDC = [
+    "iam:CreateOpenIDConnectProvider",
+    "iam:DeleteOpenIDConnectProvider",
+    "iam:GetOpenIDConnectProvider",
+    "iam:UpdateOpenIDConnectProviderThumbprint",
+    "iam:AddClientIDToOpenIDConnectProvider",
+    "iam:RemoveClientIDFromOpenIDConnectProvider",
+    "iam:TagOpenIDConnectProvider",
+    "iam:UntagOpenIDConnectProvider",
+    "iam:ListOpenIDConnectProviderTags",
 ]
 SECRET_MANAGE = [
     "secretsmanager:CreateSecret",
@@ -118,7 +154,7 @@ def document(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def ops_policy(cfg: StackConfig, account: str, table_arn: str) -> str:
+def ops_policy(cfg: StackConfig, account: str) -> str:
     """What the lifecycle service may do, and nothing else."""
     return document(
         {"Sid": "Describe", "Effect": "Allow", "Action": OPS_DESCRIBE, "Resource": "*"},
@@ -135,7 +171,6 @@ def ops_policy(cfg: StackConfig, account: str, table_arn: str) -> str:
             "Resource": "*",
             "Condition": {"StringEquals": {"cloudwatch:namespace": OPS_NAMESPACE}},
         },
-        {"Sid": "Lease", "Effect": "Allow", "Action": LEASE_ACTIONS, "Resource": table_arn},
     )
 
 
@@ -156,9 +191,58 @@ def github_trust(provider_arn: str, repository: str, environment: str) -> str:
     )
 
 
-def deploy_policy(secret_arns: list[str], key_arns: list[str], account: str, stack: str) -> str:
+def iam_names(regions: list[str]) -> dict[str, list[str]]:
+    """Name patterns of the roles and instance profiles this program creates (logical name,
+    then Pulumi's random suffix): the nodes' per region, the ops service's, the CI roles."""
+    nodes = [f"{region}-node-*" for region in regions]
+    return {"role": [*nodes, "ops-*", "ci-*"], "instance-profile": [*nodes, "ops-*"]}
+
+
+def iam_statements(account: str, regions: list[str]) -> list[dict[str, Any]]:
+    """What `pulumi up` may do in IAM: only on this program's roles, profiles and GitHub
+    OIDC provider; pass only the instance roles, only to EC2."""
+    names = iam_names(regions)
+    arn = f"arn:aws:iam::{account}"
+    roles = [f"{arn}:role/{name}" for name in names["role"]]
+    instance_roles = [r for r in roles if not r.endswith("/ci-*")]
+    return [
+        {"Sid": "ManageOwnRoles", "Effect": "Allow", "Action": IAM_ROLES, "Resource": roles},
+        {
+            "Sid": "ManageOwnInstanceProfiles",
+            "Effect": "Allow",
+            "Action": IAM_PROFILES,
+            "Resource": [f"{arn}:instance-profile/{name}" for name in names["instance-profile"]],
+        },
+        {
+            "Sid": "ManageGitHubOidcProvider",
+            "Effect": "Allow",
+            "Action": IAM_OIDC,
+            "Resource": f"{arn}:oidc-provider/{GITHUB_OIDC_HOST}",
+        },
+        {
+            "Sid": "PassInstanceRolesToEc2",  # launch templates and groups name the profiles
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": instance_roles,
+            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        },
+        {
+            "Sid": "AutoScalingServiceLinkedRole",  # the account's first group creates it
+            "Effect": "Allow",
+            "Action": "iam:CreateServiceLinkedRole",
+            "Resource": f"{arn}:role/aws-service-role/autoscaling.amazonaws.com/"
+            "AWSServiceRoleForAutoScaling",
+            "Condition": {"StringEquals": {"iam:AWSServiceName": "autoscaling.amazonaws.com"}},
+        },
+    ]
+
+
+def deploy_policy(
+    secret_arns: list[str], key_arns: list[str], account: str, stack: str, regions: list[str]
+) -> str:
     return document(
         {"Sid": "Manage", "Effect": "Allow", "Action": DEPLOY_MANAGE, "Resource": "*"},
+        *iam_statements(account, regions),
         {
             "Sid": "ManageOwnSecrets",
             "Effect": "Allow",
@@ -202,7 +286,6 @@ def private_key_policy(readers: list[str]) -> str:
 class Roles:
     ops_role: aws.iam.Role
     ops_profile: aws.iam.InstanceProfile
-    lease_table: aws.dynamodb.Table
     ci_roles: dict[str, aws.iam.Role]  # GitHub environment -> role
 
 
@@ -214,16 +297,7 @@ def environment_roles(
     caller = aws.get_caller_identity_output(opts=pulumi.InvokeOptions(provider=provider))
     account = caller.account_id
 
-    table = aws.dynamodb.Table(
-        "ops-lease",
-        name=cfg.ops_lease_table,
-        billing_mode="PAY_PER_REQUEST",
-        hash_key="name",
-        attributes=[aws.dynamodb.TableAttributeArgs(name="name", type="S")],
-        server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
-        opts=pulumi.ResourceOptions(provider=provider, delete_before_replace=True),  # fixed name
-    )
-    policy = pulumi.Output.all(account, table.arn).apply(lambda a: ops_policy(cfg, *a))
+    policy = account.apply(lambda a: ops_policy(cfg, a))
     ops_role = aws.iam.Role(
         "ops",
         description=f"IDRA {cfg.stack} lifecycle service (idra ops run)",
@@ -252,7 +326,7 @@ def environment_roles(
             block_public_policy=True,
             opts=pulumi.ResourceOptions(provider=providers[cfg.secrets_region]),
         )
-    return Roles(ops_role, profile, table, ci_roles)
+    return Roles(ops_role, profile, ci_roles)
 
 
 def _ci_roles(
@@ -280,7 +354,7 @@ def _ci_roles(
     ]
     deploy = pulumi.Output.all(
         pulumi.Output.all(*secret_arns), pulumi.Output.all(*secrets.key_arns.values()), account
-    ).apply(lambda a: deploy_policy(a[0], a[1], a[2], cfg.stack))
+    ).apply(lambda a: deploy_policy(a[0], a[1], a[2], cfg.stack, regions))
     preview = document(
         {"Sid": "ReadOnly", "Effect": "Allow", "Action": PREVIEW_READ, "Resource": "*"}
     )

@@ -147,6 +147,20 @@ def no_wildcard_secret_access(resource_type: str, props: Props) -> list[str]:
     return problems
 
 
+def no_iam_star(resource_type: str, props: Props) -> list[str]:
+    """No statement allows every action (``*``) or every IAM action (``iam:*``): whoever
+    holds it could grant itself anything."""
+    problems = []
+    for document in _documents(resource_type, props):
+        for statement in _as_list(document.get("Statement", [])):
+            if not isinstance(statement, Mapping) or statement.get("Effect") != "Allow":
+                continue
+            actions = [str(a).lower() for a in _as_list(statement.get("Action", []))]
+            if any(fnmatchcase("iam:*", action) for action in actions):
+                problems.append(f"statement {statement.get('Sid', '')!r} grants iam:*")
+    return problems
+
+
 OIDC_SUB = re.compile(r"repo:[^*?/:]+/[^*?/:]+:environment:[^*?:]+")
 
 
@@ -197,6 +211,7 @@ RULES: dict[str, tuple[str, Rule]] = {
         "IAM grants secret reads and decrypts on named resources only",
         no_wildcard_secret_access,
     ),
+    "no-iam-star": ("No statement grants * or iam:* (every IAM action)", no_iam_star),
     "oidc-trust-bound-to-environment": (
         "A web-identity trust names one repository environment and the STS audience",
         oidc_trust_bound_to_environment,

@@ -72,7 +72,7 @@ BAD_VALUES = {
     ),
     "bad alarm address": ("idra:alarmEmails", ["ops"], "idra:alarmEmails"),
     "lease shorter than two passes": ("idra:opsLeaseSeconds", 100, "idra:opsLeaseSeconds"),
-    "ops artifact without its pin": ("idra:opsUrl", "https://example.com/o.pyz", "idra:opsSha256"),
+    "ops artifact without its pin": ("idra:opsSha256", None, "idra:opsSha256"),
     "interval too short": ("idra:opsReaperIntervalSeconds", 5, "idra:opsReaperIntervalSeconds"),
 }
 

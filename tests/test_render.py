@@ -190,7 +190,7 @@ def test_ops_scripts_are_valid_shell_and_the_service_openrc(tmp_path: Path) -> N
     scripts = [
         f["content"] for f in document["write_files"] if f["content"].startswith("#!/bin/sh")
     ]
-    assert len(scripts) == 2
+    assert len(scripts) == 3  # install, lockdown, boot
     for index, script in enumerate([*scripts, files["idra-ops.initd"]]):
         path = tmp_path / f"script{index}"
         path.write_text(script)
@@ -199,5 +199,40 @@ def test_ops_scripts_are_valid_shell_and_the_service_openrc(tmp_path: Path) -> N
 
 
 def test_ops_files_need_a_pinned_artifact() -> None:
+    unpinned = load_stack("staging").model_copy(update={"ops_url": None, "ops_sha256": None})
     with pytest.raises(ConfigError, match="idra:opsUrl"):
-        render_ops_files(load_stack("staging"))
+        render_ops_files(unpinned)
+
+
+def _scripts(text: str) -> dict[str, str]:
+    return {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+
+
+def test_ops_boot_shares_the_nodes_install_lockdown_and_ssh_blocks() -> None:
+    """templates/boot-blocks.j2 renders both: the ops instance's pinned install, root
+    lockdown, SSH-off and service-user steps are the node's, word for word, but for
+    their names, pins and tmpfs list."""
+    cfg = load_stack("staging").model_copy(update=OPS)
+    node = _scripts(render_node_files(cfg)["user-data.yaml"])
+    ops = _scripts(render_ops_files(cfg)["ops-user-data.yaml"])
+    install = node["/usr/local/sbin/idra-install-agent"]
+    renames = ((cfg.agent_url, cfg.ops_url), ("idra-install-agent", "idra-install-ops"),
+               ("node-daemon", "idra-ops.pyz"), (cfg.agent_sha256, cfg.ops_sha256))  # fmt: skip
+    for old, new in renames:
+        install = install.replace(old, new)
+    assert ops["/usr/local/sbin/idra-install-ops"] == install
+
+    def without_paths(script: str) -> str:
+        head, rest = script.split("<<'EOF'\n")
+        return head + rest.split("EOF\n", 1)[1]
+
+    lockdown = "/usr/local/sbin/idra-lockdown"
+    assert without_paths(ops[lockdown]) == without_paths(node[lockdown])
+    assert "/var/lib/cloud 16m\n" in ops[lockdown] and "/tmp 64m ,noexec\n" in ops[lockdown]
+    node_boot = node["/var/lib/cloud/scripts/per-boot/idra-boot"]
+    ops_boot = ops["/var/lib/cloud/scripts/per-boot/idra-ops-boot"]
+    ssh_off = "rc-update del sshd default 2>/dev/null || true\nrc-service sshd stop"
+    assert ssh_off in node_boot and ssh_off in ops_boot
+    user = node_boot[node_boot.index("id node-daemon") : node_boot.index("agent=")]
+    assert user.replace("node-daemon", "idra-ops") in ops_boot
+    assert f"{lockdown} /" in ops_boot

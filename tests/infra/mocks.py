@@ -43,8 +43,13 @@ class Deployment:
         return [r for r in self.resources if r.typ == typ]
 
     def one(self, typ: str, region: str) -> Resource:
-        (found,) = [r for r in self.of_type(typ) if r.region == region]
+        """The region's node resource of ``typ`` (not the ops service's, named ``ops*``)."""
+        (found,) = [r for r in self.nodes(typ) if r.region == region]
         return found
+
+    def nodes(self, typ: str) -> list[Resource]:
+        """The resources of ``typ`` but the ops service's."""
+        return [r for r in self.of_type(typ) if not r.name.startswith("ops")]
 
     def arns(self) -> set[str]:
         return {r.state["arn"] for r in self.resources if "arn" in r.state}
@@ -124,9 +129,6 @@ class RecordingMocks(pulumi.runtime.Mocks):
                     f"autoScalingGroupName/{inputs['name']}",
                     "id": inputs["name"],
                 }
-            case "aws:dynamodb/table:Table":
-                return {"arn": f"{prefix.format('dynamodb')}:table/{inputs['name']}",
-                        "id": inputs["name"]}  # fmt: skip
             case "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
                 host = inputs["url"].removeprefix("https://")
                 return {"arn": f"arn:aws:iam::{self.account}:oidc-provider/{host}"}

@@ -6,6 +6,7 @@ import json
 
 from idra.config import OPS_NAMESPACE, load_stack
 from idra.lifecycle import metrics
+from infra.alarms import EVENT_REFERENCE
 from tests.infra.harness import ACCOUNTS, Deployment, Resource
 
 TOPIC = "aws:sns/topic:Topic"
@@ -36,6 +37,12 @@ def test_a_topic_per_region_with_the_configured_subscribers(deployment: Deployme
 
 
 def test_launch_failures_reach_the_topic(deployment: Deployment) -> None:
+    """AWS documents "EC2 Instance Launch Unsuccessful" for failed launches and no event for
+    an abandoned launch lifecycle action (event reference, below): the rule matches the
+    documented event only; abandonment is the below-desired alarm's (next tests)."""
+    assert EVENT_REFERENCE == (
+        "https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-event-reference.html"
+    )
     cfg = load_stack(deployment.stack)
     for region in cfg.regions:
         rule = named(deployment, RULE, f"{region}-launch-failed")
@@ -44,6 +51,7 @@ def test_launch_failures_reach_the_topic(deployment: Deployment) -> None:
             "detail-type": ["EC2 Instance Launch Unsuccessful"],
             "detail": {"AutoScalingGroupName": [f"idra-{cfg.stack}-{region}"]},
         }, rule.name
+        assert "abandon" not in rule.inputs["description"], "no event is documented for it"
         target = named(deployment, TARGET, f"{region}-launch-failed")
         topic = named(deployment, TOPIC, f"{region}-alarms")
         assert target.inputs["rule"] == rule.state["name"], target.name
@@ -69,6 +77,9 @@ def test_topic_policy_lets_events_publish_for_our_rule_only(deployment: Deployme
 
 
 def test_in_service_below_desired_for_15_minutes_per_group(deployment: Deployment) -> None:
+    """Also the alarm for abandoned readiness: an instance the launch hook abandons never
+    counts in GroupInServiceInstances while GroupDesiredCapacity keeps it (AWS emits no
+    documented event for the abandonment: infra/alarms.py, EVENT_REFERENCE)."""
     cfg = load_stack(deployment.stack)
     for region in cfg.regions:
         alarm = named(deployment, ALARM, f"{region}-below-desired")
@@ -90,7 +101,8 @@ def test_in_service_below_desired_for_15_minutes_per_group(deployment: Deploymen
 
 
 def test_groups_publish_the_metrics_the_alarm_reads(deployment: Deployment) -> None:
-    for group in deployment.of_type(ASG):
+    """Node groups (the ops group's own alarm is its loop's silence)."""
+    for group in [g for g in deployment.of_type(ASG) if g.name != "ops"]:
         assert set(group.inputs["enabledMetrics"]) >= {
             "GroupDesiredCapacity", "GroupInServiceInstances"
         }, group.name  # fmt: skip

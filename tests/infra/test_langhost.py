@@ -5,6 +5,8 @@ interpreter, the working directory set to ``main`` from ``Pulumi.yaml``,
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import shutil
@@ -17,7 +19,10 @@ import pytest
 import yaml
 
 from idra.config import REPO_ROOT
+from idra.netns import run as run_tool
 from tests.infra.harness import REQUIRED_SECRETS, Deployment, stack_config
+
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 
 HERE = Path(__file__).resolve().parent
 PROJECT = yaml.safe_load((REPO_ROOT / "Pulumi.yaml").read_text())
@@ -76,14 +81,23 @@ def cli_config(stack: str) -> tuple[dict[str, str], list[str]]:
 def test_registers_the_full_resource_set(
     stack: str, preview: bool, tmp_path: Path, deployments: dict[str, Deployment]
 ) -> None:
-    """`pulumi preview` (dry run) for both stacks, and `pulumi up` for production."""
+    """`pulumi preview` (dry run) for both stacks, and `pulumi up` for production: a node
+    group per region and the ops group (both stacks pin the ops artifact), whose user-data
+    as registered passes the real ``cloud-init schema``."""
     run = start_like_the_cli(stack, *cli_config(stack), tmp_path, preview=preview)
     assert run.returncode == 0, run.stderr
     expected = sorted((r.typ, r.name) for r in deployments[stack].resources)
     assert run.names() == expected
     assert len(expected) > 25
-    groups = [r for r in run.resources if r["typ"] == "aws:autoscaling/group:Group"]
-    assert len(groups) == len(yaml.safe_load(stack_config(stack)["idra:regions"]))
+    groups = sorted(r["name"] for r in run.resources if r["typ"] == "aws:autoscaling/group:Group")
+    regions = yaml.safe_load(stack_config(stack)["idra:regions"])
+    assert groups == sorted(["ops", *(f"{region}-nodes" for region in regions)])
+    (ops,) = [r for r in run.resources if r["typ"] == LAUNCH_TEMPLATE and r["name"] == "ops"]
+    path = tmp_path / "ops-user-data.yaml"
+    path.write_bytes(gzip.decompress(base64.b64decode(ops["inputs"]["userData"])))
+    assert path.read_text().startswith("#cloud-config\n")
+    result = run_tool(["cloud-init", "schema", "--config-file", str(path)], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_missing_secret_fails_with_the_documented_line(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ops service's group: built like the nodes, each resource and property by name."""
+"""The ops service's group: built like the nodes, each resource and property by name.
+Both stacks pin the ops artifact (``idra release pin``), so both deploy it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from idra.render import render_ops_files
 from policy import rules
 from tests.infra.harness import IMAGES, Deployment, Resource, deploy, stack_config
 
-OPS_SHA = "ab" * 32
-OPS_URL = "https://github.com/idra-vpn/exit-nodes/releases/download/v0.1.0/idra-ops.pyz"
+LOCKDOWN = "/usr/local/sbin/idra-lockdown"
+PINNED = load_stack("production")
+OPS_SHA, OPS_URL = PINNED.ops_sha256, PINNED.ops_url
 
 
 def named(deployment: Deployment, typ: str, name: str) -> Resource:
@@ -27,14 +29,10 @@ def named(deployment: Deployment, typ: str, name: str) -> Resource:
 
 
 @pytest.fixture(scope="module")
-def ops() -> Deployment:
-    config = stack_config("production") | {
-        "idra:firebasePrivateKey": "test-firebase-key",
-        "idra:blindedSigningPrivateKey": "test-signing-key",
-        "idra:opsUrl": OPS_URL,
-        "idra:opsSha256": OPS_SHA,
-    }
-    return deploy("production", config)
+def ops(deployments: dict[str, Deployment]) -> Deployment:
+    """The real production stack, as pinned."""
+    assert OPS_URL and OPS_SHA, "Pulumi.production.yaml pins no ops artifact"
+    return deployments["production"]
 
 
 def group(ops: Deployment) -> Resource:
@@ -80,15 +78,16 @@ def test_pinned_image_imdsv2_encrypted_root(ops: Deployment) -> None:
     assert group(ops).inputs["launchTemplate"]["id"] == launch.id
 
 
-def test_user_data_is_rendered_and_cloud_init_valid(ops: Deployment, tmp_path: Path) -> None:
-    text = gzip.decompress(base64.b64decode(template(ops).inputs["userData"])).decode()
-    cfg = load_stack("production").model_copy(update={"ops_url": OPS_URL, "ops_sha256": OPS_SHA})
-    assert text == render_ops_files(cfg)["ops-user-data.yaml"]
+def test_user_data_is_rendered_and_cloud_init_valid(deployment: Deployment, tmp_path: Path) -> None:
+    """Both stacks' ops user-data, as sent: the rendered file, valid for ``cloud-init
+    schema`` (as the nodes': tests/infra/test_program.py), no secret in it."""
+    text = gzip.decompress(base64.b64decode(template(deployment).inputs["userData"])).decode()
+    assert text == render_ops_files(load_stack(deployment.stack))["ops-user-data.yaml"]
     path = tmp_path / "ops-user-data.yaml"
     path.write_text(text)
     result = run(["cloud-init", "schema", "--config-file", str(path)], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert all(secret not in text for secret in ops.secret_values)
+    assert all(secret not in text for secret in deployment.secret_values)
 
 
 def test_user_data_runs_the_pinned_loop_supervised_with_ssh_off(ops: Deployment) -> None:
@@ -101,8 +100,8 @@ def test_user_data_runs_the_pinned_loop_supervised_with_ssh_off(ops: Deployment)
     assert 'command_user="idra-ops:idra-ops"' in service
     assert f"pin='{OPS_SHA}'" in files["/usr/local/sbin/idra-install-ops"]
     boot = files["/var/lib/cloud/scripts/per-boot/idra-ops-boot"]
-    assert "rc-update del sshd" in boot and "mount -o remount,ro /" in boot
-    assert boot.index("remount,ro") < boot.index("rc-service idra-ops start")
+    assert "rc-update del sshd" in boot and "mount -o remount,ro" in files[LOCKDOWN]
+    assert boot.index(f"{LOCKDOWN} /") < boot.index("rc-service idra-ops start")
     stack = yaml.safe_load(files["/etc/idra/Pulumi.production.yaml"])["config"]
     assert stack["idra:opsSha256"] == OPS_SHA
     assert not any("secure" in str(value) for value in stack.values())
@@ -129,10 +128,39 @@ def test_the_ops_resources_pass_every_policy(ops: Deployment) -> None:
             assert rule(resource.typ, props) == [], (name, resource.name)
 
 
-def test_no_ops_artifact_no_ops_group(deployment: Deployment) -> None:
+def test_both_stacks_deploy_the_ops_group(deployment: Deployment) -> None:
+    (ops_group,) = [g for g in deployment.of_type("aws:autoscaling/group:Group") if g.name == "ops"]
+    assert ops_group.inputs["name"] == f"idra-{deployment.stack}-ops"
+    assert deployment.outputs["opsGroupName"] == ops_group.inputs["name"]
+
+
+def test_no_ops_artifact_no_ops_group() -> None:
+    config = stack_config("staging") | {
+        "idra:firebasePrivateKey": "test-firebase-key",
+        "idra:blindedSigningPrivateKey": "test-signing-key",
+    }
+    del config["idra:opsUrl"], config["idra:opsSha256"]
+    deployment = deploy("staging", config)
     assert not [
         g.name for g in deployment.of_type("aws:autoscaling/group:Group") if g.name == "ops"
     ]
     assert not [s.name for s in deployment.of_type("aws:secretsmanager/secret:Secret")
                 if s.name == "operator-token"]  # fmt: skip
     assert deployment.outputs["opsGroupName"] == ""
+
+
+def test_ops_template_is_hardened_exactly_like_the_nodes(deployment: Deployment) -> None:
+    """One helper (infra.fleet.hardened) for both: IMDSv2 required with hop limit 1, no
+    instance tags in the metadata, an encrypted gp3 root on the image's root device."""
+    ops_template = template(deployment)
+    node_template = deployment.one("aws:ec2/launchTemplate:LaunchTemplate", ops_template.region)
+    for key in ("metadataOptions", "blockDeviceMappings"):
+        assert ops_template.inputs[key] == node_template.inputs[key], key
+    assert ops_template.inputs["metadataOptions"] == {
+        "httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1,
+        "instanceMetadataTags": "disabled",
+    }  # fmt: skip
+    (root,) = ops_template.inputs["blockDeviceMappings"]
+    assert root["ebs"] == {"volumeSize": load_stack(deployment.stack).root_volume_gb,
+                           "volumeType": "gp3", "encrypted": "true",
+                           "deleteOnTermination": "true"}  # fmt: skip

@@ -59,6 +59,17 @@ CASES = [
         {"ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "cidrIpv4": "0.0.0.0/0"}, 1),
     (rules.no_world_ssh, "aws:ec2/securityGroupRule:SecurityGroupRule", {"type": "ingress",
         "protocol": "tcp", "fromPort": 22, "toPort": 22, "cidrBlocks": ["0.0.0.0/0"]}, 1),
+    (rules.no_iam_star, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
+        {"Effect": "Allow", "Action": ["ec2:*", "iam:*"], "Resource": "*"})}, 1),
+    (rules.no_iam_star, "aws:iam/policy:Policy", {"policy": _document(
+        {"Effect": "Allow", "Action": "*", "Resource": "*"})}, 1),
+    (rules.no_iam_star, "aws:iam/role:Role", {"inlinePolicies": [{"name": "p", "policy":
+        _document({"Effect": "Allow", "Action": "IAM:*", "Resource": "arn:aws:iam::1:role/x"})}]},
+        1),
+    (rules.no_iam_star, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
+        {"Effect": "Allow", "Action": ["iam:Get*", "iam:PassRole"], "Resource": "*"})}, 0),
+    (rules.no_iam_star, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
+        {"Effect": "Deny", "Action": "iam:*", "Resource": "*"})}, 0),
     (rules.no_wildcard_secret_access, "aws:iam/rolePolicy:RolePolicy", {"policy": _document(
         {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
          "Resource": "arn:aws:secretsmanager:eu-west-1:1:secret:idra/x/NODE_TOKEN-abc"})}, 0),
@@ -207,3 +218,21 @@ def test_pack_checks_role_inline_policies(analyzer: analyzer_pb2_grpc.AnalyzerSt
     assert _analyze(analyzer, "aws:iam/role:Role", role) == ["no-wildcard-secret-access"]
     named = {"inlinePolicies": [{"name": "p", "policy": wildcard.replace('"*"', '"arn:x"')}]}
     assert _analyze(analyzer, "aws:iam/role:Role", named) == []
+
+
+def test_pack_refuses_iam_star_and_passes_our_deploy_role(
+    analyzer: analyzer_pb2_grpc.AnalyzerStub, deployments: dict[str, Deployment]
+) -> None:
+    """Through the served pack: a policy granting iam:* is refused; every one of ours
+    (the deploy role's included) passes."""
+    policy = "aws:iam/rolePolicy:RolePolicy"
+    star = {"role": "r", "policy": _document({"Effect": "Allow", "Action": "iam:*",
+                                              "Resource": "*"})}  # fmt: skip
+    assert _analyze(analyzer, policy, star) == ["no-iam-star"]
+    for stack, deployment in deployments.items():
+        ours = deployment.of_type(policy)
+        assert f"ci-{stack}" in [p.name for p in ours]
+        for resource in ours:
+            assert _analyze(analyzer, policy, json.loads(json.dumps(resource.inputs))) == [], (
+                resource.name
+            )

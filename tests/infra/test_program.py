@@ -39,7 +39,7 @@ def policy_statements(deployment: Deployment, region: str) -> list[dict]:
     """The statements of the policies of ``region``'s node role."""
     return [
         statement
-        for policy in deployment.of_type(ROLE_POLICY)
+        for policy in deployment.nodes(ROLE_POLICY)
         if policy.region == region and policy.name.startswith(f"{region}-node")
         for statement in json.loads(policy.inputs["policy"])["Statement"]
     ]
@@ -47,10 +47,11 @@ def policy_statements(deployment: Deployment, region: str) -> list[dict]:
 
 def test_one_provider_and_one_asg_per_region(deployment: Deployment) -> None:
     regions = load_stack(deployment.stack).regions
-    providers = deployment.of_type("pulumi:providers:aws")
+    providers = deployment.nodes("pulumi:providers:aws")
     assert sorted(p.inputs["region"] for p in providers) == sorted(regions)
-    assert sorted(asg.region for asg in deployment.of_type(ASG)) == sorted(regions)
-    for asg in deployment.of_type(ASG):
+    nodes = [asg for asg in deployment.nodes(ASG) if asg.name != "ops"]
+    assert sorted(asg.region for asg in nodes) == sorted(regions)
+    for asg in nodes:
         assert asg.inputs["name"] == f"idra-{deployment.stack}-{asg.region}"
     # Every AWS resource goes through one of the explicit regional providers.
     assert all(r.region in regions for r in deployment.resources if r.typ.startswith("aws:"))
@@ -86,7 +87,7 @@ def test_ssh_only_from_the_configured_bastions() -> None:
 
 
 def test_launch_template_imdsv2_and_encrypted_root(deployment: Deployment) -> None:
-    for template in deployment.of_type(LT):
+    for template in deployment.nodes(LT):
         options = template.inputs["metadataOptions"]
         assert options["httpTokens"] == "required"
         assert options["httpPutResponseHopLimit"] == 1
@@ -99,12 +100,12 @@ def test_launch_template_imdsv2_and_encrypted_root(deployment: Deployment) -> No
 def test_alpine_image_pinned_by_exact_name(deployment: Deployment) -> None:
     cfg = load_stack(deployment.stack)
     lookups = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
-    assert len(lookups) == len(cfg.regions)
+    assert len(lookups) == len(cfg.regions) + 1  # and the ops group's, in the primary region
     for args in lookups:
         assert args["owners"] == ["538276064493"] and not args.get("mostRecent")
         assert {"name": "name", "values": [cfg.ami_name]} in args["filters"]
         assert not any(c in cfg.ami_name for c in "*?")
-    for template in deployment.of_type(LT):
+    for template in deployment.nodes(LT):
         pinned = next(i for i in IMAGES if i.name == cfg.ami_name)
         assert template.inputs["imageId"] == pinned.id_in(template.region)
 
@@ -137,8 +138,9 @@ def test_ami_ids_per_region_are_looked_up_by_id() -> None:
     deployment = deploy(
         "staging", staging_with({"idra:amiIds": json.dumps({"eu-central-1": pinned})})
     )
-    (lookup,) = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
-    assert lookup["filters"] == [{"name": "image-id", "values": [pinned]}]
+    lookups = [args for token, args in deployment.invokes if token == "aws:ec2/getAmi:getAmi"]
+    assert len(lookups) == 2  # the nodes' and the ops group's
+    assert all(a["filters"] == [{"name": "image-id", "values": [pinned]}] for a in lookups)
     assert deployment.one(LT, "eu-central-1").inputs["imageId"] == pinned
 
 
@@ -160,7 +162,7 @@ def test_root_device_is_the_images_own() -> None:
 def test_providers_refuse_other_accounts_and_tag_everything(deployment: Deployment) -> None:
     cfg = load_stack(deployment.stack)
     assert cfg.aws_account_id == ACCOUNTS[deployment.stack]
-    for provider in deployment.of_type("pulumi:providers:aws"):
+    for provider in deployment.nodes("pulumi:providers:aws"):
         assert json.loads(provider.inputs["allowedAccountIds"]) == [cfg.aws_account_id]
         tags = json.loads(provider.inputs["defaultTags"])["tags"]
         assert tags == {"environment": cfg.stack, "role": "exit-node", "project": "idra"}
@@ -171,7 +173,9 @@ def test_stateful_resources_are_protected(deployment: Deployment) -> None:
     options = deployment.options
     stateful = ("aws:kms/key:Key", "aws:kms/replicaKey:ReplicaKey", SECRET)
     found = [key for key in options if key[0] in stateful]
-    assert len(found) == 1 + 3 + (len(load_stack(deployment.stack).regions) - 1)
+    # the key, the three stack secrets and the ops service's OPERATOR_TOKEN, a replica key
+    # per other region
+    assert len(found) == 1 + 4 + (len(load_stack(deployment.stack).regions) - 1)
     assert all(options[key]["protect"] for key in found)
     fixed_names = (SECRET, "aws:kms/alias:Alias", "aws:autoscaling/lifecycleHook:LifecycleHook")
     assert all(options[k]["delete_before_replace"] for k in options if k[0] in fixed_names)
@@ -187,7 +191,7 @@ def test_user_data_is_the_rendered_file_and_valid(deployment: Deployment, tmp_pa
     """Sent gzipped; cloud-init's own user-data processor (the system's cloud-init, as on
     the node) unpacks it into exactly the rendered cloud-config, which its schema accepts."""
     cfg = load_stack(deployment.stack)
-    for template in deployment.of_type(LT):
+    for template in deployment.nodes(LT):
         blob = sent_user_data(template)
         text = gzip.decompress(blob).decode()
         assert text == render_node_files(cfg, template.region)["user-data.yaml"]
@@ -217,7 +221,8 @@ def _inputs_text(resource: Resource) -> str:
 
 
 def test_no_secret_value_outside_its_secret_version(deployment: Deployment) -> None:
-    assert len(deployment.secret_values) == 3  # two stack secrets + generated NODE_TOKEN
+    # two stack secrets + generated NODE_TOKEN and OPERATOR_TOKEN
+    assert len(deployment.secret_values) == 4
     outputs = json.dumps(deployment.outputs)
     for value in deployment.secret_values:
         assert value not in outputs
@@ -269,12 +274,14 @@ def test_stacks_never_reference_each_other(deployments: dict[str, Deployment]) -
 
 def test_secrets_encrypted_and_replicated(deployment: Deployment) -> None:
     cfg = load_stack(deployment.stack)
-    secrets = deployment.of_type(SECRET)
+    secrets = deployment.nodes(SECRET)
     assert sorted(s.inputs["name"] for s in secrets) == sorted(
         f"idra/{cfg.stack}/{name}"
-        for name in ("NODE_TOKEN", "FIREBASE_PRIVATE_KEY", "BLINDED_SIGNING_PRIVATE_KEY")
-    )
-    (key,) = deployment.of_type("aws:kms/key:Key")
+        for name in (
+            "NODE_TOKEN", "FIREBASE_PRIVATE_KEY", "BLINDED_SIGNING_PRIVATE_KEY", "OPERATOR_TOKEN"
+        )
+    )  # fmt: skip
+    (key,) = deployment.nodes("aws:kms/key:Key")
     assert key.inputs["enableKeyRotation"] is True
     for secret in secrets:
         assert secret.inputs["kmsKeyId"] == key.state["arn"]
@@ -289,14 +296,15 @@ def test_secrets_encrypted_and_replicated(deployment: Deployment) -> None:
 def test_node_token_from_stack_secret_is_not_generated() -> None:
     config = staging_with({"idra:nodeToken": "a-token-set-by-the-operator-0123456789"})
     deployment = deploy("staging", config)
-    assert not deployment.of_type("random:index/randomPassword:RandomPassword")
-    versions = [_inputs_text(v) for v in deployment.of_type(VERSION)]
+    generated = deployment.of_type("random:index/randomPassword:RandomPassword")
+    assert [r.name for r in generated] == ["operator-token"]
+    versions = [_inputs_text(v) for v in deployment.nodes(VERSION)]
     assert sum("a-token-set-by-the-operator" in text for text in versions) == 1
 
 
 def test_scale_in_only_through_drain(deployment: Deployment) -> None:
     cfg = load_stack(deployment.stack)
-    for asg in deployment.of_type(ASG):
+    for asg in deployment.nodes(ASG):
         assert asg.inputs["protectFromScaleIn"] is True
         assert (asg.inputs["minSize"], asg.inputs["maxSize"]) == (cfg.min_size, cfg.max_size)
         assert "desiredCapacity" not in asg.inputs  # left to the scaling policies
@@ -305,7 +313,7 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         assert "instanceRefresh" not in asg.inputs  # serving nodes are rolled through drain
         overrides = asg.inputs["mixedInstancesPolicy"]["launchTemplate"]["overrides"]
         assert [o["instanceType"] for o in overrides] == cfg.instance_types
-    policies = deployment.of_type("aws:autoscaling/policy:Policy")
+    policies = deployment.nodes("aws:autoscaling/policy:Policy")
     metrics = 2 if cfg.scale_network_out_target_mbps else 1
     assert len(policies) == metrics * len(cfg.regions)
     for policy in policies:
@@ -316,7 +324,7 @@ def test_scale_in_only_through_drain(deployment: Deployment) -> None:
         assert tracking["disableScaleIn"] is False
     hooks = [
         h
-        for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+        for h in deployment.nodes("aws:autoscaling/lifecycleHook:LifecycleHook")
         if h.inputs["name"] == LIFECYCLE_HOOK
     ]
     assert sorted(h.inputs["autoscalingGroupName"] for h in hooks) == sorted(
@@ -340,13 +348,13 @@ def test_new_nodes_count_only_once_serving(deployment: Deployment) -> None:
         "heartbeatTimeout": cfg.launch_hook_timeout_seconds,
         "defaultResult": "ABANDON",
     }
-    for asg in deployment.of_type(ASG):
+    for asg in deployment.nodes(ASG):
         (hook,) = asg.inputs["initialLifecycleHooks"]
         assert hook == expected
         # and as its own resource, so a later change (or an older group) gets it too
         (own,) = [
             h
-            for h in deployment.of_type("aws:autoscaling/lifecycleHook:LifecycleHook")
+            for h in deployment.nodes("aws:autoscaling/lifecycleHook:LifecycleHook")
             if h.inputs["name"] == LAUNCH_HOOK and h.region == asg.region
         ]
         assert own.inputs == expected | {"autoscalingGroupName": asg.inputs["name"]}
@@ -367,12 +375,12 @@ def test_pulumi_never_waits_for_capacity_the_readiness_hook_does(deployment: Dep
     assert cfg.launch_hook_timeout_seconds + cfg.health_check_grace_seconds > (
         PROVIDER_CAPACITY_WAIT_S
     ), "the default wait would cut the readiness hook short"
-    for asg in deployment.of_type(ASG):
+    for asg in deployment.nodes(ASG):
         assert asg.inputs["waitForCapacityTimeout"] == "0"
         assert asg.inputs["ignoreFailedScalingActivities"] is True
     # The hooks and policies wait only for the group's creation, never for its capacity.
     for typ in ("aws:autoscaling/lifecycleHook:LifecycleHook", "aws:autoscaling/policy:Policy"):
-        for resource in deployment.of_type(typ):
+        for resource in deployment.nodes(typ):
             assert deployment.depends_on[resource.name] <= {
                 f"{ASG}::{resource.region}-nodes",
                 f"pulumi:providers:aws::aws-{resource.region}",
@@ -380,7 +388,7 @@ def test_pulumi_never_waits_for_capacity_the_readiness_hook_does(deployment: Dep
 
 
 def test_group_waits_for_the_token_and_the_node_policies(deployment: Deployment) -> None:
-    for asg in deployment.of_type(ASG):
+    for asg in deployment.nodes(ASG):
         needs = deployment.depends_on[asg.name]
         assert f"{VERSION}::node-token" in needs
         assert f"{ROLE_POLICY}::{asg.region}-node-token" in needs
@@ -392,10 +400,10 @@ def test_instances_carry_the_stack_tags(deployment: Deployment) -> None:
     instances, so the group and the template's tag specifications carry them (the reaper
     checks them before it terminates anything)."""
     stack_tags = {"environment": deployment.stack, "role": "exit-node", "project": "idra"}
-    for asg in deployment.of_type(ASG):
+    for asg in deployment.nodes(ASG):
         propagated = {t["key"]: t["value"] for t in asg.inputs["tags"] if t["propagateAtLaunch"]}
         assert propagated.items() >= stack_tags.items()
-    for template in deployment.of_type(LT):
+    for template in deployment.nodes(LT):
         specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
         assert sorted(specs) == ["instance", "network-interface", "volume"]
         assert all(tags.items() >= stack_tags.items() for tags in specs.values())
@@ -405,9 +413,9 @@ def test_instances_carry_the_stack_tags(deployment: Deployment) -> None:
 
 
 def test_dual_stack_public_subnets_across_zones(deployment: Deployment) -> None:
-    for vpc in deployment.of_type("aws:ec2/vpc:Vpc"):
+    for vpc in deployment.nodes("aws:ec2/vpc:Vpc"):
         assert vpc.inputs["assignGeneratedIpv6CidrBlock"] is True
-        subnets = [s for s in deployment.of_type("aws:ec2/subnet:Subnet") if s.region == vpc.region]
+        subnets = [s for s in deployment.nodes("aws:ec2/subnet:Subnet") if s.region == vpc.region]
         assert len({s.inputs["availabilityZone"] for s in subnets}) == 3
         assert len({s.inputs["ipv6CidrBlock"] for s in subnets}) == 3
         assert all(s.inputs["ipv6CidrBlock"].endswith("/64") for s in subnets)
@@ -419,7 +427,7 @@ def test_existing_subnets_replace_the_vpc() -> None:
     subnets = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"]
     config = staging_with({"idra:existingSubnetIds": json.dumps({"eu-central-1": subnets})})
     deployment = deploy("staging", config)
-    assert not deployment.of_type("aws:ec2/vpc:Vpc")
+    assert not deployment.nodes("aws:ec2/vpc:Vpc")
     assert deployment.one(ASG, "eu-central-1").inputs["vpcZoneIdentifiers"] == subnets
     assert deployment.one(SG, "eu-central-1").inputs["vpcId"] == "vpc-0123456789abcdef0"
 
@@ -479,7 +487,7 @@ def user_data_sizes(deployments: dict[str, Deployment]) -> dict[tuple[str, str],
     return {
         (stack, t.region): len(sent_user_data(t))
         for stack, deployment in deployments.items()
-        for t in deployment.of_type(LT)
+        for t in deployment.nodes(LT)
     }
 
 

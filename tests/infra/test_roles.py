@@ -8,6 +8,7 @@ import json
 import pytest
 
 from idra.config import OPS_NAMESPACE, load_stack
+from infra.roles import iam_names
 from tests.infra.harness import ACCOUNTS, Deployment, Resource, deploy, stack_config
 
 ROLE = "aws:iam/role:Role"
@@ -80,23 +81,15 @@ def test_ops_role_puts_metrics_only_in_its_namespace(deployment: Deployment) -> 
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": OPS_NAMESPACE}}
 
 
-def test_ops_role_touches_only_its_lease_table(deployment: Deployment) -> None:
-    lease = statements(deployment, "ops")["Lease"]
-    table = named(deployment, TABLE, "ops-lease")
-    assert lease["Resource"] == table.state["arn"], "ops Lease"
-    assert all(a.startswith("dynamodb:") and "*" not in a for a in lease["Action"])
-    assert set(statements(deployment, "ops")) == {
-        "Describe", "ActOnOwnNodeGroups", "OwnMetrics", "Lease"
-    }  # fmt: skip
-
-
-def test_lease_table_is_the_stacks_encrypted_on_demand_table(deployment: Deployment) -> None:
-    table = named(deployment, TABLE, "ops-lease")
-    assert table.inputs["name"] == f"idra-{deployment.stack}-ops-lease"
-    assert table.inputs["hashKey"] == "name"
-    assert table.inputs["billingMode"] == "PAY_PER_REQUEST"
-    assert table.inputs["serverSideEncryption"] == {"enabled": True}
-    assert table.region == load_stack(deployment.stack).regions[0]
+def test_ops_role_has_no_lease_table_the_lease_is_in_the_control_plane(
+    deployment: Deployment,
+) -> None:
+    """The ops loop's lease moved into the control plane: no DynamoDB table, no grant."""
+    assert set(statements(deployment, "ops")) == {"Describe", "ActOnOwnNodeGroups", "OwnMetrics"}
+    assert not deployment.of_type(TABLE)
+    for policy in deployment.of_type("aws:iam/rolePolicy:RolePolicy"):
+        assert "dynamodb" not in policy.inputs["policy"], policy.name
+    assert "opsLeaseTable" not in deployment.outputs
 
 
 def test_one_github_oidc_provider_for_sts(deployment: Deployment) -> None:
@@ -135,6 +128,55 @@ def test_deploy_role_reads_only_its_own_secrets(deployment: Deployment) -> None:
     read = statements(deployment, f"ci-{deployment.stack}")["ReadOwnSecrets"]
     assert all("*" not in arn for arn in read["Resource"]), read["Resource"]
     assert all(f"idra/{deployment.stack}/" in arn or ":kms:" in arn for arn in read["Resource"])
+
+
+def test_deploy_role_manages_only_this_programs_iam(deployment: Deployment) -> None:
+    """No iam:*: roles, profiles and the OIDC provider by ARN name prefix, PassRole of the
+    instance roles to EC2 only."""
+    stack, account = deployment.stack, ACCOUNTS[deployment.stack]
+    regions = load_stack(stack).regions
+    deploy = statements(deployment, f"ci-{stack}")
+    for statement in deploy.values():
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [
+            statement["Action"]]  # fmt: skip
+        assert not [a for a in actions if a in ("*", "iam:*")], statement["Sid"]
+        if any(a.startswith("iam:") for a in actions):
+            resources = statement["Resource"]
+            resources = resources if isinstance(resources, list) else [resources]
+            assert all(r.startswith(f"arn:aws:iam::{account}:") for r in resources), resources
+    node_roles = [f"arn:aws:iam::{account}:role/{region}-node-*" for region in regions]
+    assert deploy["ManageOwnRoles"]["Resource"] == [
+        *node_roles,
+        f"arn:aws:iam::{account}:role/ops-*",
+        f"arn:aws:iam::{account}:role/ci-*",
+    ]
+    assert deploy["ManageOwnInstanceProfiles"]["Resource"] == [
+        *(r.replace(":role/", ":instance-profile/") for r in node_roles),
+        f"arn:aws:iam::{account}:instance-profile/ops-*",
+    ]
+    assert deploy["ManageGitHubOidcProvider"]["Resource"] == (
+        f"arn:aws:iam::{account}:oidc-provider/{HOST}"
+    )
+    passing = deploy["PassInstanceRolesToEc2"]
+    assert passing["Resource"] == [*node_roles, f"arn:aws:iam::{account}:role/ops-*"]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_deploy_role_patterns_cover_every_role_and_profile_of_the_program(
+    deployment: Deployment,
+) -> None:
+    """Pulumi names each role and profile `<logical name>-<7 hex>`: the patterns above
+    match every one this program registers, and nothing else of IAM is registered."""
+    names = iam_names(load_stack(deployment.stack).regions)
+    for typ, kind in ((ROLE, "role"), ("aws:iam/instanceProfile:InstanceProfile",
+                                       "instance-profile")):  # fmt: skip
+        registered = deployment.of_type(typ)
+        assert registered
+        for resource in registered:
+            auto_name = f"{resource.name}-abcdef1"
+            assert any(fnmatch.fnmatchcase(auto_name, p) for p in names[kind]), resource.name
+    iam_types = {r.typ for r in deployment.resources if r.typ.startswith("aws:iam/")}
+    assert iam_types == {ROLE, ROLE_POLICY, OIDC, "aws:iam/instanceProfile:InstanceProfile"}
 
 
 def test_lifecycle_role_has_the_ops_permissions(deployment: Deployment) -> None:
