@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,27 @@ def test_ops_boot_shares_the_nodes_install_lockdown_and_ssh_blocks() -> None:
     user = node_boot[node_boot.index("id node-daemon") : node_boot.index("agent=")]
     assert user.replace("node-daemon", "idra-ops") in ops_boot
     assert f"{lockdown} /" in ops_boot
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_ops_service_arguments_are_what_idra_ops_run_takes(stack: str) -> None:
+    """The service's command line, parsed by the installed CLI itself (a removed option
+    would stop the service at every boot with "No such option")."""
+    initd = render_ops_files(load_stack(stack).model_copy(update=OPS))["idra-ops.initd"]
+    args = shlex.split(re.search(r'command_args="(.*?)"', initd, re.S)[1].replace("\\\n", " "))
+    assert args[0] == "/usr/local/lib/idra/idra-ops.pyz" and args[3:5] == ["ops", "run"]
+    idra = Path(sys.executable).with_name("idra")
+    result = subprocess.run([idra, *args[1:], "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ops_zipapp_unpacks_on_a_tmpfs_that_allows_its_compiled_wheels() -> None:
+    """shiv unpacks into SHIV_ROOT; /run may be noexec, so the service points it at a
+    tmpfs of its own that the lockdown mounts without noexec (but nosuid, nodev)."""
+    files = render_ops_files(load_stack("staging").model_copy(update=OPS))
+    assert 'supervise_daemon_args="--env SHIV_ROOT=/var/lib/idra-ops"' in files["idra-ops.initd"]
+    scripts = _scripts(files["ops-user-data.yaml"])
+    assert "\n/var/lib/idra-ops 256m\n" in scripts["/usr/local/sbin/idra-lockdown"]
+    boot = scripts["/var/lib/cloud/scripts/per-boot/idra-ops-boot"]
+    owned = "install -d -m 0700 -o idra-ops -g idra-ops /run/idra-ops /var/lib/idra-ops"
+    assert boot.index(owned) < boot.index("/usr/local/sbin/idra-lockdown /")
