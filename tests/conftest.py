@@ -16,5 +16,12 @@ def cp(tmp_path):
     server.process.wait(10)
 
 
+@pytest.fixture(scope="module")
+def backend():
+    """The store of the servers ``start`` starts outside tests/controlplane: SQLite
+    (tests/controlplane/conftest.py overrides it: every module there runs on both)."""
+    return "sqlite"
+
+
 # The throwaway PostgreSQL cluster (tests/pg.py), for every test folder.
 from tests.pg import postgres, postgres_cluster  # noqa: E402, F401

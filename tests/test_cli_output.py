@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from idra.config import REPO_ROOT
-from tests.controlplane.conftest import ControlPlane, start
+from tests.controlplane.conftest import ControlPlane, module_server
 
 IDRA = str(Path(sys.executable).parent / "idra")
 NO_AWS = {
@@ -82,13 +82,7 @@ def on_a_terminal(cp: ControlPlane, *args: str, answer: str = "", columns: int =
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-@pytest.fixture(scope="module")
-def empty(tmp_path_factory):
-    """A control plane that never gets a node."""
-    server = start(tmp_path_factory.mktemp("empty"))
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
+empty = module_server(doc="A control plane that never gets a node.")
 
 
 EMPTY = {
