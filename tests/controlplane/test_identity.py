@@ -10,17 +10,31 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from idra.controlplane.database import parse_url
 from idra.lab.pki import IdentitySigner
 
-from .conftest import ControlPlane, dump, sql, start, wg_key
+from .conftest import ControlPlane, dump, start, wg_key
 
 TABLES = ("nodes", "peers", "canaries", "changes", "retired")
 
 
 def snapshot(cp: ControlPlane) -> dict[str, list]:
-    """Every row of every table (read-only connection)."""
-    return {t: sql(cp.database_url, f"SELECT * FROM {t} ORDER BY 1") for t in TABLES}  # noqa: S608
+    """Every row of every table (read-only, one connection for all of them)."""
+    engine = sa.create_engine(parse_url(cp.database_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return {
+                table: [tuple(row) for row in conn.execute(sa.text(select_all(table)))]
+                for table in TABLES
+            }
+    finally:
+        engine.dispose()
+
+
+def select_all(table: str) -> str:
+    return f"SELECT * FROM {table} ORDER BY 1"  # noqa: S608 (a name from TABLES)
 
 
 def heartbeat_body(**integrity) -> dict:
