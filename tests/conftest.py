@@ -31,5 +31,12 @@ def pyz(tmp_path_factory) -> Path:
     return out / "node-daemon.pyz"
 
 
+@pytest.fixture(scope="module")
+def backend():
+    """The store of the servers ``start`` starts outside tests/controlplane: SQLite
+    (tests/controlplane/conftest.py overrides it: every module there runs on both)."""
+    return "sqlite"
+
+
 # The throwaway PostgreSQL cluster (tests/pg.py), for every test folder.
 from tests.pg import postgres, postgres_cluster  # noqa: E402, F401

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from idra.config import REPO_ROOT
-from tests.controlplane.conftest import ControlPlane, free_port, start, write_token
+from tests.controlplane.conftest import ControlPlane, free_port, module_server, start, write_token
 
 BIN = Path(sys.executable).parent
 IDRA, NODE_DAEMON = str(BIN / "idra"), str(BIN / "node-daemon")
@@ -44,12 +44,7 @@ def one_line(result, code: int, *expected: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    server = start(tmp_path_factory.mktemp("cp"))
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
+cp = module_server()
 
 
 def ops(cp: ControlPlane) -> list[str]:

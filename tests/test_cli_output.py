@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from idra.config import REPO_ROOT
-from tests.controlplane.conftest import ControlPlane, start
+from tests.controlplane.conftest import ControlPlane, module_server
 
 IDRA = str(Path(sys.executable).parent / "idra")
 NO_AWS = {
@@ -82,13 +82,7 @@ def on_a_terminal(cp: ControlPlane, *args: str, answer: str = "", columns: int =
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-@pytest.fixture(scope="module")
-def empty(tmp_path_factory):
-    """A control plane that never gets a node."""
-    server = start(tmp_path_factory.mktemp("empty"))
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
+empty = module_server(doc="A control plane that never gets a node.")
 
 
 EMPTY = {
@@ -238,3 +232,16 @@ def test_drain_with_an_unknown_id_drains_none(cp: ControlPlane) -> None:
     result = idra(cp, "nodes", "drain", node, "node-nope", "--yes")
     assert result.returncode == 1 and "node-nope: no such node" in result.stderr
     assert _state(cp, node) == ("active", None)
+
+
+def test_only_the_server_command_loads_the_servers_libraries() -> None:
+    """``idra controlplane`` is imported when asked for: other commands start without
+    FastAPI, uvicorn, SQLAlchemy and Alembic (most of a start), and it still runs."""
+    heavy = ("fastapi", "uvicorn", "sqlalchemy", "alembic")
+    code = f"import sys, idra.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
+    help_text = subprocess.run([IDRA, "controlplane", "serve", "--help"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert "--database-url" in help_text

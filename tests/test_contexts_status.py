@@ -12,17 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.controlplane.conftest import ControlPlane, start
+from tests.controlplane.conftest import ControlPlane, module_server
 
 IDRA = str(Path(sys.executable).parent / "idra")
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory):
-    server = start(tmp_path_factory.mktemp("cp"))
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
+cp = module_server()
 
 
 def idra(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

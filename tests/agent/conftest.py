@@ -8,13 +8,18 @@ node namespace: tunnel interface (wireguard-go) ── veth ── client namesp
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -22,7 +27,7 @@ import pytest
 from idra.lab import imds
 from idra.lab.pki import IdentitySigner
 from idra.netns import Netns, Topology, unique_name, wg_keypair
-from tests.agent.scripted import NODE_ADDRESSES
+from tests.agent.scripted import NODE_ADDRESSES, ScriptedControlPlane, ScriptedImds
 from tests.controlplane.conftest import ControlPlane, free_port, start
 
 NODE_IP = "192.0.2.1"
@@ -46,6 +51,64 @@ def eventually(condition: Callable[[], bool], timeout: float = 20, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}{last}")
         time.sleep(0.1)
+
+
+class Forwarder:
+    """A loopback HTTP relay in front of the control plane at ``upstream`` (``url``: the
+    agent's ``--api-url``). Only the headers the agent's calls need cross it. A subclass
+    overrides :meth:`exchange` to watch or change a request, or to leave it unanswered."""
+
+    HEADERS = ("authorization", "x-node-credential", "content-type")
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        forwarder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_) -> None:
+                pass
+
+            def _forward(self) -> None:
+                parts = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                reply = forwarder.exchange(
+                    self.command, parts.path, dict(parse_qsl(parts.query)), body, self.headers
+                )
+                if reply is None:
+                    self.close_connection = True
+                    return  # never answered
+                status, content = reply
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def exchange(
+        self, method: str, path: str, query: dict[str, str], body: bytes, headers
+    ) -> tuple[int, bytes] | None:
+        """Forward one request; its (status, body), 502 if the control plane is down, or
+        None to leave it unanswered (the connection closes)."""
+        headers = {k: v for k, v in headers.items() if k.lower() in self.HEADERS}
+        url = f"{self.upstream}{path}?{urlencode(query)}" if query else self.upstream + path
+        try:
+            reply = httpx.request(method, url, content=body, headers=headers, timeout=90)
+        except httpx.HTTPError:
+            return 502, b'{"detail":"upstream down"}'
+        return reply.status_code, reply.content
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
@@ -232,3 +295,45 @@ def signed_instance(signer: IdentitySigner, instance_id: str) -> imds.Instance:
     """Metadata of one instance whose identity document the control plane trusts."""
     document = IdentitySigner.document(instance_id)
     return imds.Instance(document, signer.sign(document), public_ipv4=NODE_IP)
+
+
+@contextlib.contextmanager
+def scripted_world(
+    tmp: Path, cp: ScriptedControlPlane, prefix: str
+) -> Iterator[tuple[Env, ScriptedControlPlane, ScriptedImds]]:
+    """``cp`` (a scripted control plane, tests/agent/scripted.py), a scripted IMDSv2
+    stand-in and a node namespace (names start with ``prefix``) with a wireguard-go
+    interface, for :func:`start_scripted_agent`. Afterwards the agent is stopped and
+    everything closed, ``cp`` included."""
+    imds_, topo, env = None, None, None
+    try:
+        imds_, topo = ScriptedImds(), Topology(prefix)
+        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
+        env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp, None, imds_.url)
+        yield env, cp, imds_
+    finally:
+        if env:
+            env.stop_agent()
+        if topo:
+            topo.close()
+        cp.close()
+        if imds_:
+            imds_.close()
+
+
+def start_scripted_agent(env: Env, pyz: Path, *flags: str) -> None:
+    """The packaged agent against the scripted control plane and IMDS of ``env``
+    (:func:`scripted_world`), ``flags`` (intervals, bounds) after the common ones; returns
+    after its first sync. Its sysctl file is ``sysctl.conf`` in ``env.tmp`` (if any)."""
+    (env.tmp / "node.token").write_text("scripted-node-token")
+    env.log = env.tmp / "agent.log"
+    env.agent = subprocess.Popen(
+        [sys.executable, str(pyz), "run", "--api-url", env.cp.url,
+         "--token-file", str(env.tmp / "node.token"), "--interface", env.wg,
+         "--interface-netns", env.node.name, "--driver", "uapi", "--imds-url", env.imds_url,
+         "--state-dir", str(env.tmp / "state"), "--sysctl-file", str(env.tmp / "sysctl.conf"),
+         "--metrics-addr", f"127.0.0.1:{env.metrics_port}", *flags],
+        stdout=env.log.open("a"), stderr=subprocess.STDOUT,
+        env={"SHIV_ROOT": str(env.tmp / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    eventually(lambda: env.metric("idra_agent_syncs_total", 'result="ok"') > 0, what="first sync")

@@ -13,18 +13,13 @@ wireguard-go in a namespace.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from idra.netns import Topology
-
-from .conftest import Env, eventually
-from .scripted import NODE_ADDRESSES, ScriptedControlPlane, ScriptedImds, random_key
+from .conftest import Env, eventually, scripted_world, start_scripted_agent
+from .scripted import ScriptedControlPlane, random_key
 
 MAX_PEERS, PAGE = 600, 100
 CLIENT = {random_key(): ["10.96.0.2/32"]}
@@ -69,37 +64,16 @@ class HostileControlPlane(ScriptedControlPlane):
 
 @pytest.fixture
 def world(tmp_path: Path):
-    cp, imds, topo, env = HostileControlPlane(), ScriptedImds(), Topology("bnd"), None
-    try:
-        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
-        env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path, None, imds.url)
-        yield env, cp, imds
-    finally:
-        if env and env.agent and env.agent.poll() is None:
-            env.agent.terminate()
-            env.agent.wait(10)
-        topo.close()
-        cp.close()
-        imds.close()
+    with scripted_world(tmp_path, HostileControlPlane(), "bnd") as world:
+        yield world
 
 
-def start_agent(env: Env, pyz: Path, cp: ScriptedControlPlane, imds: ScriptedImds) -> None:
+def start_agent(env: Env, pyz: Path) -> None:
     """The packaged agent with a small --max-peers and no --max-reply-bytes."""
-    (env.tmp / "node.token").write_text("scripted-node-token")
-    env.log = env.tmp / "agent.log"
-    env.agent = subprocess.Popen(
-        [sys.executable, str(pyz), "run", "--api-url", cp.url,
-         "--token-file", str(env.tmp / "node.token"), "--interface", env.wg,
-         "--interface-netns", env.node.name, "--driver", "uapi", "--imds-url", imds.url,
-         "--state-dir", str(env.tmp / "state"), "--heartbeat-interval", "0.3",
-         "--scan-interval", "1", "--backoff-max", "1", "--request-deadline", "5",
-         "--max-peers", str(MAX_PEERS), "--page-size", str(PAGE),
-         "--sysctl-file", str(env.tmp / "none.conf"),
-         "--metrics-addr", f"127.0.0.1:{env.metrics_port}"],
-        stdout=env.log.open("a"), stderr=subprocess.STDOUT,
-        env={"SHIV_ROOT": str(env.tmp / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    start_scripted_agent(
+        env, pyz, "--heartbeat-interval", "0.3", "--scan-interval", "1", "--backoff-max", "1",
+        "--request-deadline", "5", "--max-peers", str(MAX_PEERS), "--page-size", str(PAGE),
     )  # fmt: skip
-    eventually(lambda: env.metric("idra_agent_syncs_total", 'result="ok"') > 0, what="first sync")
 
 
 def faults(env: Env, kind: str) -> float:
@@ -113,9 +87,9 @@ def rss_kib(pid: int) -> int:
 
 
 def test_endless_full_list_is_cut_and_peers_stay(world, pyz: Path) -> None:
-    env, cp, imds = world
+    env, cp, _ = world
     cp.set_peers(CLIENT)
-    start_agent(env, pyz, cp, imds)
+    start_agent(env, pyz)
     assert set(env.dump()) == set(CLIENT)
     cp.endless = True
     cp.set_peers(CLIENT)  # a new version: the agent asks, and the list never ends
@@ -143,9 +117,9 @@ def test_endless_full_list_is_cut_and_peers_stay(world, pyz: Path) -> None:
 
 
 def test_reply_caps_follow_max_peers(world, pyz: Path) -> None:
-    env, cp, imds = world
+    env, cp, _ = world
     cp.set_peers(CLIENT)
-    start_agent(env, pyz, cp, imds)
+    start_agent(env, pyz)
     cap = MAX_PEERS * 256 + (64 << 10)  # no --max-reply-bytes: 256 bytes a peer
     cp.oversize = cap + 1024
     oversized = faults(env, "oversized")
@@ -166,11 +140,11 @@ def test_reply_caps_follow_max_peers(world, pyz: Path) -> None:
 def test_waiting_peers_are_bounded_and_still_converge(world, pyz: Path) -> None:
     """300 addresses handed on from unlisted peers to new ones, 100 peers a page: at most
     200 wait for the end of the list, the other 100 come with a second full list."""
-    env, cp, imds = world
+    env, cp, _ = world
     addresses = [[f"10.98.{n // 250}.{n % 250 + 1}/32"] for n in range(300)]
     old = {random_key(): ips for ips in addresses}
     cp.set_peers(CLIENT | old)
-    start_agent(env, pyz, cp, imds)
+    start_agent(env, pyz)
     eventually(lambda: len(env.dump()) == 301, what="the old peers")
     new = {random_key(): ips for ips in addresses}
     cp.paged = True

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from idra.netns import Topology, unique_name, wg_keypair
+from idra.netns import unique_name, wg_keypair
 
-from .conftest import Env, eventually
+from .conftest import Env, eventually, scripted_world, start_scripted_agent
 from .scripted import (
     CP_FAULTS,
     EXPECTED_KIND,
     IMDS_FAULTS,
-    NODE_ADDRESSES,
     ScriptedControlPlane,
-    ScriptedImds,
     random_key,
 )
 
@@ -38,40 +35,18 @@ CLIENT_IP = "10.96.0.2/32"
 
 @pytest.fixture
 def world(tmp_path: Path):
-    cp, imds = ScriptedControlPlane(oversize=1 << 20), ScriptedImds()
-    topo, env = Topology("flt"), None
-    try:
-        node, wg = topo.wireguard_node(*NODE_ADDRESSES)
-        env = Env(SimpleNamespace(url=cp.url), topo, node, wg, tmp_path, None, imds.url)
-        yield env, cp, imds
-    finally:
-        if env and env.agent and env.agent.poll() is None:
-            env.agent.terminate()
-            env.agent.wait(10)
-        topo.close()
-        cp.close()
-        imds.close()
+    with scripted_world(tmp_path, ScriptedControlPlane(oversize=1 << 20), "flt") as world:
+        yield world
 
 
-def start_agent(env: Env, pyz: Path, cp: ScriptedControlPlane, imds: ScriptedImds):
-    (env.tmp / "node.token").write_text("scripted-node-token")
+def start_agent(env: Env, pyz: Path):
     (env.tmp / "sysctl.conf").write_text("")
-    env.log = env.tmp / "agent.log"
-    env.agent = subprocess.Popen(
-        [sys.executable, str(pyz), "run", "--api-url", cp.url,
-         "--token-file", str(env.tmp / "node.token"), "--interface", env.wg,
-         "--interface-netns", env.node.name, "--driver", "uapi",
-         "--imds-url", imds.url, "--imds-deadline", str(DEADLINE),
-         "--state-dir", str(env.tmp / "state"), "--heartbeat-interval", str(INTERVAL),
-         "--scan-interval", "1", "--backoff-max", str(BACKOFF_MAX),
-         "--request-timeout", "5", "--request-deadline", str(DEADLINE),
-         "--max-reply-bytes", str(256 << 10), "--max-peers", "1000",
-         "--sysctl-file", str(env.tmp / "sysctl.conf"),
-         "--metrics-addr", f"127.0.0.1:{env.metrics_port}"],
-        stdout=env.log.open("a"), stderr=subprocess.STDOUT,
-        env={"SHIV_ROOT": str(env.tmp / "shiv"), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    start_scripted_agent(
+        env, pyz, "--imds-deadline", str(DEADLINE), "--heartbeat-interval", str(INTERVAL),
+        "--scan-interval", "1", "--backoff-max", str(BACKOFF_MAX), "--request-timeout", "5",
+        "--request-deadline", str(DEADLINE), "--max-reply-bytes", str(256 << 10),
+        "--max-peers", "1000",
     )  # fmt: skip
-    eventually(lambda: env.metric("idra_agent_syncs_total", 'result="ok"') > 0, what="first sync")
 
 
 def add_client(env: Env, private: str, node_key: str) -> SimpleNamespace:
@@ -141,7 +116,7 @@ def test_agent_survives_every_fault_and_converges(world, pyz: Path) -> None:
     env, cp, imds = world
     private, public = wg_keypair()
     cp.set_peers({public: [CLIENT_IP]})
-    start_agent(env, pyz, cp, imds)
+    start_agent(env, pyz)
     node_key = env.node.run("wg", "show", env.wg, "public-key").stdout.strip()
     client = add_client(env, private, node_key)
     eventually(lambda: env.ping(client, count=1) == 1, what="the tunnel up")
@@ -177,10 +152,10 @@ def test_agent_survives_every_fault_and_converges(world, pyz: Path) -> None:
 def test_a_draining_agent_adds_no_peer_the_control_plane_offers(world, pyz: Path) -> None:
     """Only the agent stands between a draining node and a control plane (buggy or
     hostile) that still hands it new users: updates and removals apply, additions never."""
-    env, cp, imds = world
+    env, cp, _ = world
     stays, gone, new = random_key(), random_key(), random_key()
     cp.set_peers({stays: ["10.96.0.2/32"], gone: ["10.96.0.3/32"]})
-    start_agent(env, pyz, cp, imds)
+    start_agent(env, pyz)
     eventually(lambda: set(env.dump()) == {stays, gone}, what="the first peers")
     cp.drain = True
     eventually(lambda: env.metric("idra_agent_draining") == 1, what="the drain")

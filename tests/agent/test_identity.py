@@ -13,19 +13,14 @@ built node-daemon.pyz, the real control plane and wireguard-go in a namespace.
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from .conftest import Env, eventually
-
-FORWARDED = ("authorization", "x-node-credential", "content-type")
+from .conftest import Env, Forwarder, eventually
 
 
 @dataclass
@@ -38,57 +33,28 @@ class Registration:
     reply: dict = field(default_factory=dict, repr=False)
 
 
-class Relay:
-    """A loopback relay in front of the control plane that records each registration
-    and, with ``lose_first``, delivers the first one but never its reply."""
+class Relay(Forwarder):
+    """Records each registration and, with ``lose_first``, delivers the first one but
+    never its reply."""
 
     def __init__(self, upstream: str, state_dir: Path, lose_first: bool = False) -> None:
+        super().__init__(upstream)
+        self.state_dir, self.lose_first = state_dir, lose_first
         self.registrations: list[Registration] = []
-        relay = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_) -> None:
-                pass
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
-                seen = None
-                if self.command == "POST" and self.path == "/v1/nodes":
-                    file = state_dir / "node.credential"
-                    saved = file.read_text().strip() if file.exists() else None
-                    mode = file.stat().st_mode & 0o777 if file.exists() else None
-                    seen = Registration(self.headers.get("x-node-credential"), saved, mode)
-                    relay.registrations.append(seen)
-                try:
-                    reply = httpx.request(self.command, upstream + self.path, content=body,
-                                          headers=headers, timeout=90)  # fmt: skip
-                    status, content = reply.status_code, reply.content
-                except httpx.HTTPError:
-                    status, content = 502, b'{"detail":"upstream down"}'
-                if seen is not None:
-                    seen.reply = json.loads(content or b"{}")
-                    if lose_first and len(relay.registrations) == 1:
-                        self.close_connection = True
-                        return  # committed by the control plane, never answered
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = do_DELETE = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def exchange(self, method, path, query, body, headers):
+        if (method, path) != ("POST", "/v1/nodes"):
+            return super().exchange(method, path, query, body, headers)
+        file = self.state_dir / "node.credential"
+        saved = file.read_text().strip() if file.exists() else None
+        mode = file.stat().st_mode & 0o777 if file.exists() else None
+        seen = Registration(headers.get("x-node-credential"), saved, mode)
+        self.registrations.append(seen)
+        status, content = super().exchange(method, path, query, body, headers)
+        seen.reply = json.loads(content or b"{}")
+        if self.lose_first and len(self.registrations) == 1:
+            return None  # committed by the control plane, never answered
+        return status, content
 
 
 @pytest.fixture

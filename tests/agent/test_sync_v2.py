@@ -9,76 +9,37 @@
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
-
-import httpx
 
 from tests.controlplane.conftest import start, wg_key
 
-from .conftest import Env, eventually
+from .conftest import Env, Forwarder, eventually
 
 SYNC_PARAMS = {"wait", "limit", "cursor"}
-FORWARDED = ("authorization", "x-node-credential", "content-type")
 
 
-class Proxy:
-    """A loopback HTTP proxy in front of the control plane that records each request's
-    query, can strip sync v2 parameters (playing a v1 control plane), and calls
-    ``on_cursor`` at the first page request after the first (then drops it unanswered)."""
+class Proxy(Forwarder):
+    """Records each request's query, can strip sync v2 parameters (playing a v1 control
+    plane), and calls ``on_cursor`` at the first page request after the first (then
+    drops it unanswered)."""
 
     def __init__(self, upstream: str, strip: set[str] = frozenset(),
                  on_cursor: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.upstream, self.strip, self.on_cursor = upstream, strip, on_cursor
+        super().__init__(upstream)
+        self.strip, self.on_cursor = strip, on_cursor
         self.queries: list[dict[str, str]] = []
-        proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_) -> None:
-                pass
-
-            def _forward(self) -> None:
-                parts = urlsplit(self.path)
-                query = dict(parse_qsl(parts.query))
-                proxy.queries.append(query)
-                if "cursor" in query and proxy.on_cursor:
-                    hook, proxy.on_cursor = proxy.on_cursor, None
-                    hook()
-                    self.close_connection = True
-                    return  # the page never arrives
-                query = {k: v for k, v in query.items() if k not in proxy.strip}
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED}
-                try:
-                    reply = httpx.request(
-                        self.command, proxy.upstream + parts.path + "?" + urlencode(query),
-                        content=body, headers=headers, timeout=90,
-                    )  # fmt: skip
-                    status, content = reply.status_code, reply.content
-                except httpx.HTTPError:
-                    status, content = 502, b'{"detail":"upstream down"}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            do_GET = do_POST = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def exchange(self, method, path, query, body, headers):
+        self.queries.append(query)
+        if "cursor" in query and self.on_cursor:
+            hook, self.on_cursor = self.on_cursor, None
+            hook()
+            return None  # the page never arrives
+        query = {k: v for k, v in query.items() if k not in self.strip}
+        return super().exchange(method, path, query, body, headers)
 
 
 def _add(env: Env, key: str) -> None:

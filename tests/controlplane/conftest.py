@@ -280,6 +280,22 @@ def cp(tmp_path):
     server.process.wait(10)
 
 
+def module_server(*extra: str, doc: str = "One server for the module (started by start())."):
+    """A module-scoped fixture: one server, started through :func:`start` with ``extra``,
+    shared by every test of the module (each test looks only at its own nodes) and
+    stopped after it. It depends on ``backend``, so in this folder each store gets its
+    own server. Use it as ``cp = module_server()`` at a test module's top level."""
+
+    def server(tmp_path_factory, backend):  # outside this folder: tests/conftest.py
+        running = start(tmp_path_factory.mktemp("cp"), *extra)
+        yield running
+        running.process.terminate()
+        running.process.wait(10)
+
+    server.__doc__ = doc
+    return pytest.fixture(scope="module")(server)
+
+
 def dump(url: str) -> str:
     """Every row of every table as text (for "this secret is stored nowhere")."""
     engine = sa.create_engine(parse_url(url), poolclass=sa.pool.NullPool)

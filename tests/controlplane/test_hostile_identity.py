@@ -24,20 +24,14 @@ from idra.controlplane.identity import Identity
 from idra.lab.pki import LAB_ACCOUNT
 from idra.nodes import nodes
 
-from .conftest import ControlPlane, dump, sql, start, wg_key, write_token
+from .conftest import ControlPlane, dump, module_server, sql, start, wg_key, write_token
 from .moto_serve import make_groups
 from .test_identity import snapshot
 
 MOTO_SERVE = Path(__file__).with_name("moto_serve.py")
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory, backend):
-    """One server for the module: each test looks only at its own nodes."""
-    server = start(tmp_path_factory.mktemp("cp"))
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
+cp = module_server(doc="One server for the module: each test looks only at its own nodes.")
 
 
 def _record(cp: ControlPlane, node_id: str) -> dict:
