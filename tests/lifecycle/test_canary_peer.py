@@ -16,7 +16,7 @@ from tests.agent.conftest import NODE_IP, Client, Env, eventually, signed_instan
 
 from .conftest import GROUP, STACK, instances
 
-env, pyz = agent_tests.env, agent_tests.pyz  # the agent tests' fixtures
+env = agent_tests.env  # the agent tests' fixture (pyz: tests/conftest.py)
 
 
 def _canary(lab: Env, node_id: str) -> Client:
