@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 
 from idra.controlplane import auth, edge, longpoll, observability
 from idra.controlplane.auth import requires
@@ -38,6 +38,10 @@ CREDENTIAL = r"^[A-Za-z0-9_-]{43,64}$"  # ≥ 256 bits, URL-safe base64 (secrets
 MAX_INT = 2**53  # every integer fits SQLite (2^63) and a JSON double exactly
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 Rate = Annotated[float, Field(ge=0, le=1e15)]
+NODE_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+LEASE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+HOLDER = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces (hostname:pid)
+MAX_LISTED = 2000  # canary confirmations in one PUT (the 64 KiB body holds ~800 anyway)
 
 
 class Body(BaseModel):
@@ -89,7 +93,7 @@ class Heartbeat(Body):
 
 
 class Drain(Body):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    id: str = Field(pattern=NODE_ID)
     reason: Literal["blocked", "compromised", "manual", "outdated", "scale_in"]
 
 
@@ -100,6 +104,18 @@ class PeerRequest(Body):
 
 class CanaryRequest(Body):
     public_key: WgKey
+
+
+class LeaseRequest(Body):
+    holder: str = Field(pattern=HOLDER)
+    seconds: float = Field(ge=1, le=3600)
+
+
+class CanaryConfirmations(Body):
+    listed_runs: dict[
+        Annotated[str, StringConstraints(pattern=NODE_ID)],
+        Annotated[int, Field(ge=1, le=1_000_000)],
+    ] = Field(max_length=MAX_LISTED)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -351,6 +367,42 @@ def create_app(store: Store, settings: Settings) -> FastAPI:
         if not store.remove_peer(public_key):
             raise HTTPException(404, "no such peer")
         return Response(status_code=204)
+
+    @app.put("/v1/ops/lease/{name}", **requires("operator", 400, 409))
+    def take_lease(
+        name: Annotated[str, Path(pattern=LEASE_NAME)], body: LeaseRequest
+    ) -> JSONResponse:
+        """Take or renew the ops loop's lease for ``seconds`` (by the database's clock):
+        200 when the caller holds it now, 409 while another holder's lease runs."""
+        taken, holder, expires_at = store.take_lease(name, body.holder, body.seconds)
+        reply = {"holder": holder, "expires_at": expires_at}
+        if not taken:
+            reply["detail"] = f"lease {name} held by {holder}"
+        return JSONResponse(reply, status_code=200 if taken else 409)
+
+    @app.delete("/v1/ops/lease/{name}", status_code=204, **requires("operator", 400, 409))
+    def release_lease(
+        name: Annotated[str, Path(pattern=LEASE_NAME)],
+        holder: Annotated[str, Query(pattern=HOLDER)],
+    ) -> Response:
+        """Give the lease up if ``holder`` holds it (204; also when nobody does); 409
+        while another holder's lease runs (left as it is)."""
+        other = store.release_lease(name, holder)
+        if other is None:
+            return Response(status_code=204)
+        return JSONResponse({"detail": f"lease {name} held by {other[0]}", "holder": other[0],
+                             "expires_at": other[1]}, status_code=409)  # fmt: skip
+
+    @app.get("/v1/ops/canary", **requires("operator"))
+    def canary_confirmations() -> dict:
+        """The canary's confirmations: node id → runs in a row that listed it."""
+        return {"listed_runs": store.listed_runs()}
+
+    @app.put("/v1/ops/canary", **requires("operator", 400))
+    def save_canary_confirmations(body: CanaryConfirmations) -> dict:
+        """Replace the canary's confirmations; unknown nodes are dropped (the reply says
+        what is stored)."""
+        return {"listed_runs": store.set_listed_runs(body.listed_runs)}
 
     return app
 

@@ -38,7 +38,8 @@ ERRORS = {
     403: "Instance identity refused (signature, account, region, auto-scaling group)",
     404: "No such node or peer",
     409: "Instance already bound to a node credential, retired, key in use, "
-    "(canary) node not active, or (delete) node still runs",
+    "(canary) node not active, (delete) node still runs, or (ops lease) another "
+    "holder's lease runs",
     413: "Body larger than 64 KiB",
     429: "This node already holds 2 long-polls, or the control plane is full: retry "
     "after Retry-After seconds",

@@ -92,3 +92,21 @@ counters = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+
+# The ops loop's state (``idra ops run``), so a replaced loop carries on. A lease: who
+# holds it until when (seconds since the epoch, by the database's clock).
+ops_leases = sa.Table(
+    "ops_leases",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+# The canary's confirmations: how many runs in a row listed the node.
+canary_listings = sa.Table(
+    "canary_listings",
+    metadata,
+    sa.Column("node_id", sa.Text, sa.ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("listed_runs", sa.Integer, nullable=False),
+)

@@ -18,6 +18,10 @@ then sees the winner's row. The in-process free-slot index and peer counts are o
 hints that make the usual case O(log n); they are rebuilt from the database after a
 lost race.
 
+The ops loop's lease and the canary's confirmations live here too (``ops_leases``,
+``canary_listings``): a lease is decided by one conditional upsert on the database's
+clock.
+
 Node credentials are stored only as sha256 (they are 256-bit random, so a plain hash
 suffices) and compared in constant time. A deleted node's instance id is kept as
 retired: its identity document can never register again. A SQLite file is created 0600.
@@ -41,16 +45,19 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 from idra.controlplane import fanout, migrations
 from idra.controlplane.database import create_engine, parse_url
 from idra.controlplane.notify import ChangeNotifier, LocalNotifier
 from idra.controlplane.schema import (
     canaries,
+    canary_listings,
     changes,
     counters,
     key_owners,
     nodes,
+    ops_leases,
     peers,
     retired,
 )
@@ -816,6 +823,92 @@ class Store:
                 tx.log(node_id, key)
 
         self._write(work)
+
+    # -- the ops loop's state ------------------------------------------------------------
+
+    def _clock(self) -> sa.ColumnElement:
+        """The database's clock in seconds since the epoch: one clock for all replicas
+        and ops loops, whatever their own clocks say."""
+        if self.sqlite:
+            return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+        return sa.literal_column("CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS FLOAT8)")
+
+    def take_lease(self, name: str, holder: str, seconds: float) -> tuple[bool, str, float]:
+        """Take or renew the lease ``name`` for ``seconds``: one conditional upsert that
+        writes only when nobody holds it, ``holder`` does, or its holder's lease expired
+        (by the database's clock; on PostgreSQL the conflicting row is locked, so two
+        replicas decide one after the other). ``(taken, holder, expires_at)``."""
+        insert = (sqlite.insert if self.sqlite else postgresql.insert)(ops_leases)
+        now = self._clock()
+        upsert = insert.values(name=name, holder=holder, expires_at=now + seconds)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[ops_leases.c.name],
+            set_={"holder": upsert.excluded.holder, "expires_at": upsert.excluded.expires_at},
+            where=(ops_leases.c.holder == holder) | (ops_leases.c.expires_at < now),
+        ).returning(ops_leases.c.holder, ops_leases.c.expires_at)
+
+        def work(tx: _Tx) -> tuple[bool, str, float]:
+            taken = tx.conn.execute(upsert).first()
+            if taken is not None:
+                return True, taken.holder, taken.expires_at
+            row = tx.conn.execute(
+                sa.select(ops_leases.c.holder, ops_leases.c.expires_at).where(
+                    ops_leases.c.name == name
+                )
+            ).one()
+            return False, row.holder, row.expires_at
+
+        return self._write(work)
+
+    def release_lease(self, name: str, holder: str) -> tuple[str, float] | None:
+        """Give the lease up if ``holder`` holds it. ``(holder, expires_at)`` of another
+        holder's lease that still runs, else None (released, or nobody's)."""
+
+        def work(tx: _Tx) -> tuple[str, float] | None:
+            tx.conn.execute(
+                sa.delete(ops_leases).where(ops_leases.c.name == name,
+                                            ops_leases.c.holder == holder)
+            )  # fmt: skip
+            row = tx.conn.execute(
+                sa.select(ops_leases.c.holder, ops_leases.c.expires_at).where(
+                    ops_leases.c.name == name, ops_leases.c.expires_at >= self._clock()
+                )
+            ).first()
+            return None if row is None else (row.holder, row.expires_at)
+
+        return self._write(work)
+
+    def listed_runs(self) -> dict[str, int]:
+        """The canary's confirmations: node id → runs in a row that listed it."""
+        with self.engine.connect() as conn:
+            return self._listed_runs(conn)
+
+    @staticmethod
+    def _listed_runs(conn: sa.Connection) -> dict[str, int]:
+        rows = conn.execute(
+            sa.select(canary_listings.c.node_id, canary_listings.c.listed_runs).order_by(
+                canary_listings.c.node_id
+            )
+        ).all()
+        return {row.node_id: row.listed_runs for row in rows}
+
+    def set_listed_runs(self, listed: dict[str, int]) -> dict[str, int]:
+        """Replace the canary's confirmations; nodes the store does not know (any more)
+        are dropped (a deleted node's row goes with it: ON DELETE CASCADE). Returns
+        what is stored."""
+
+        def work(tx: _Tx) -> dict[str, int]:
+            tx.conn.execute(sa.delete(canary_listings))
+            known = set(
+                tx.conn.execute(sa.select(nodes.c.id).where(nodes.c.id.in_(list(listed))))
+                .scalars()
+            ) if listed else set()  # fmt: skip
+            rows = [{"node_id": n, "listed_runs": c} for n, c in listed.items() if n in known]
+            if rows:
+                tx.conn.execute(sa.insert(canary_listings), rows)
+            return self._listed_runs(tx.conn)
+
+        return self._write(work)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -31,6 +31,18 @@ def _hint(exc: httpx.HTTPError) -> str:
     return "".join(f" (hint: {hint})" for key, hint in _TLS_HINTS.items() if key in text)
 
 
+_OLDER = " (a control plane older than the ops endpoints?)"
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    """The reply's JSON object ({} when it is none)."""
+    try:
+        reply = response.json()
+    except ValueError:
+        reply = None
+    return reply if isinstance(reply, dict) else {}
+
+
 def _detail(response: httpx.Response) -> str | None:
     try:
         detail = response.json().get("detail")
@@ -55,7 +67,8 @@ class OperatorApi:
             timeout=timeout,
         )
 
-    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+    def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (), **kw) -> httpx.Response:
+        """The response; an error status raises :class:`ApiError`, except 404 and ``ok``."""
         where = f"{method} {self.url}{path}"
         try:
             response = self._http.request(method, path, **kw)
@@ -63,7 +76,7 @@ class OperatorApi:
             raise ApiError(f"{where}: {type(exc).__name__}: {exc}{_hint(exc)}") from None
         if response.status_code == 401:
             raise ApiError(f"{where}: HTTP 401: the operator token was refused")
-        if response.status_code >= 400 and response.status_code != 404:
+        if response.status_code >= 400 and response.status_code not in (404, *ok):
             detail = " ".join(response.text[:200].split())
             raise ApiError(f"{where}: HTTP {response.status_code}: {detail}")
         return response
@@ -143,6 +156,49 @@ class OperatorApi:
     def remove_canary(self, node_id: str) -> None:
         """Remove the canary's peer from a node; a node already gone is fine."""
         self._call("DELETE", f"/v1/nodes/{node_id}/canary")
+
+    # -- the ops loop's state (``idra ops run``) ------------------------------------------
+
+    def ops_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds``; False while another holder's
+        lease runs (``PUT /v1/ops/lease/{name}``)."""
+        path = f"/v1/ops/lease/{name}"
+        response = self._call("PUT", path, ok=(409,), json={"holder": holder, "seconds": seconds})
+        reply = _body(response)
+        if response.status_code in (200, 409) and isinstance(reply.get("holder"), str):
+            return response.status_code == 200 and reply["holder"] == holder
+        raise ApiError(f"PUT {self.url}{path}: HTTP {response.status_code}, not a lease reply"
+                       f"{_OLDER if response.status_code == 404 else ''}")  # fmt: skip
+
+    def ops_release(self, name: str, holder: str) -> None:
+        """Give the lease up if ``holder`` holds it (another holder's stays)."""
+        path = f"/v1/ops/lease/{name}"
+        response = self._call("DELETE", path, ok=(409,), params={"holder": holder})
+        if response.status_code == 404:
+            raise ApiError(f"DELETE {self.url}{path}: HTTP 404{_OLDER}")
+
+    def canary_confirmations(self) -> dict[str, int]:
+        """The canary's confirmations kept in the control plane: node id → listed runs."""
+        response = self._call("GET", "/v1/ops/canary")
+        return self._listed_runs(response, "GET")
+
+    def save_canary_confirmations(self, listed_runs: dict[str, int]) -> dict[str, int]:
+        """Replace them; returns what is stored (nodes the control plane no longer knows
+        are dropped)."""
+        response = self._call("PUT", "/v1/ops/canary", json={"listed_runs": listed_runs})
+        return self._listed_runs(response, "PUT")
+
+    def _listed_runs(self, response: httpx.Response, method: str) -> dict[str, int]:
+        listed = _body(response).get("listed_runs")
+        if (
+            response.status_code != 200
+            or not isinstance(listed, dict)
+            or not all(isinstance(k, str) and type(v) is int for k, v in listed.items())
+        ):
+            raise ApiError(f"{method} {self.url}/v1/ops/canary: HTTP {response.status_code}, "
+                           f"not the canary's confirmations"
+                           f"{_OLDER if response.status_code == 404 else ''}")  # fmt: skip
+        return listed
 
     def close(self) -> None:
         self._http.close()

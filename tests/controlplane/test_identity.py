@@ -15,7 +15,7 @@ from idra.lab.pki import IdentitySigner
 
 from .conftest import ControlPlane, dump, sql, start, wg_key
 
-TABLES = ("nodes", "peers", "canaries", "changes", "retired")
+TABLES = ("nodes", "peers", "canaries", "changes", "retired", "ops_leases", "canary_listings")
 
 
 def snapshot(cp: ControlPlane) -> dict[str, list]:
@@ -84,12 +84,23 @@ def test_authorization_matrix(cp: ControlPlane) -> None:
         "DELETE /v1/nodes/D": ("operator", lambda c: c.delete(f"/v1/nodes/{deleted}")),
         "POST /v1/peers": ("client", lambda c: c.post("/v1/peers", json={"public_key": wg_key()})),
         "DELETE /v1/peers/K": ("client", lambda c: c.delete(f"/v1/peers/{peer}")),
+        "PUT /v1/ops/lease/ops": (
+            "operator", lambda c: c.put("/v1/ops/lease/ops", json={"holder": "me", "seconds": 60}),
+        ),
+        "DELETE /v1/ops/lease/ops": (
+            "operator", lambda c: c.delete("/v1/ops/lease/ops", params={"holder": "me"}),
+        ),
+        "GET /v1/ops/canary": ("operator", lambda c: c.get("/v1/ops/canary")),
+        "PUT /v1/ops/canary": (
+            "operator", lambda c: c.put("/v1/ops/canary", json={"listed_runs": {b: 1}}),
+        ),
         "GET /openapi.json": ("operator", lambda c: c.get("/openapi.json")),
         "GET /metrics": ("operator|metrics", lambda c: c.get("/metrics")),
         "GET /healthz": ("anyone", lambda c: c.get("/healthz")),
     }  # fmt: skip
     success = {"POST /v1/nodes": 201, "POST /node/drain": 202, "DELETE /v1/nodes/D": 204,
-               "DELETE /v1/peers/K": 204, "DELETE /v1/nodes/A/canary": 204}  # fmt: skip
+               "DELETE /v1/peers/K": 204, "DELETE /v1/nodes/A/canary": 204,
+               "DELETE /v1/ops/lease/ops": 204}  # fmt: skip
     expected, observed, changed = {}, {}, []
     for call, (allowed, send) in calls.items():
         for who in sorted(PRINCIPALS, key=lambda p: p in allowed.split("|")):  # allowed last

@@ -112,6 +112,31 @@ def test_concurrent_canaries_get_one_slot_per_key(pair) -> None:
 
 
 @pytest.mark.only_on("postgresql")
+def test_one_ops_lease_across_two_servers(pair) -> None:
+    """Ten holders per server race for one lease, five rounds (each expiring before the
+    next): exactly one wins each round; the expiry is the database's clock, not a
+    replica's."""
+    a, b = pair
+    for round_ in range(5):
+        barrier = threading.Barrier(20)
+
+        def take(job, barrier=barrier) -> int:
+            server, holder = job
+            with server.client("operator") as ops:
+                barrier.wait()
+                body = {"holder": holder, "seconds": 1}
+                return ops.put("/v1/ops/lease/ops", json=body).status_code
+
+        jobs = [((a, b)[i % 2], f"r{round_}-h{i}") for i in range(20)]
+        with ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(take, jobs))
+        assert sorted(codes) == [200] + [409] * 19, codes
+        held = sql(a.database_url, "SELECT holder FROM ops_leases WHERE name = 'ops'")
+        assert held[0][0].startswith(f"r{round_}-")
+        time.sleep(1.05)
+
+
+@pytest.mark.only_on("postgresql")
 def test_a_reader_following_since_never_misses_a_committed_change(pair) -> None:
     """Writers on both servers; a node follows ``since`` through both while they write.
     Versions are commit-ordered, so the deltas it reads add up to the final list."""
