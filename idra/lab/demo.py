@@ -236,43 +236,49 @@ def _replaced(state: LabState, victim, where: str, how: str, check: str,
     mark = (S.LAB_DIR / "logs" / OPS_LOG).stat().st_size
     (S.LAB_DIR / where).write_text(json.dumps({victim.public_v4: how}))
     with world.api_client(state, "operator") as ops:
-        drained = _eventually(lambda: _state(ops, victim.node_id) == "draining", LOOP_WAIT_S)
+        drained = _eventually(lambda: _states(ops).get(victim.instance_id) == "draining",
+                              LOOP_WAIT_S)  # fmt: skip
         (S.LAB_DIR / where).write_text("{}")
-        others = [_state(ops, n.node_id) for n in state.nodes if n is not victim]
+        states = _states(ops)
+        others = [states.get(n.instance_id) for n in state.nodes if n is not victim]
         listed = [line for line in _ops_passes(mark, "canary") if f"({check} 1)" in line]
-        only = (drained and all(s == "active" for s in others) and len(listed) >= 2
-                and " 0 drained" in listed[0] and ", 1 drained" in listed[1]
-                and listed[1].startswith(f"{len(state.nodes)} active, 1 listed"))  # fmt: skip
+        only = (drained and others and all(s == "active" for s in others)
+                and len(listed) >= 2 and " 0 drained" in listed[0]
+                and listed[1].startswith(f"{len(state.nodes)} active, 1 listed")
+                and ", 1 drained" in listed[1])  # fmt: skip
         state.__dict__.update(LabState.load().__dict__)
         moved = [c for c in state.clients if c.node_id == victim.node_id]
         with world.api_client(state, "client") as api:
             for client in moved:  # as a client app does when its node goes
                 world.connect(state, client, api)
-        replaced = _eventually(lambda: _gone(victim) and len(world.active_nodes(ops)) == len(
-            LabState.load().nodes), LOOP_WAIT_S)  # fmt: skip
+
+        def replaced() -> bool:  # by the loop's reaper (its line ends the pass)
+            now = LabState.load()
+            return (
+                victim.instance_id not in {n.instance_id for n in now.nodes}
+                and any(" 1 terminating" in line for line in _ops_passes(mark, "reaper"))
+                and len(world.active_nodes(ops)) == len(now.nodes)
+            )
+
+        reaped = _eventually(replaced, LOOP_WAIT_S)
         state.__dict__.update(LabState.load().__dict__)
-    reaped = any(" 1 terminating" in line for line in _ops_passes(mark, "reaper"))
+        world.learn_node_ids(state, ops)
     # a moved client's first handshake may precede its peer on the new node: WireGuard
     # retries after 5 s
     reachable = _eventually(lambda: all(_fetch(c, S.PUBLIC_V4) for c in state.clients), 20)
-    ok = only and replaced and reaped and reachable
+    ok = only and reaped and reachable
     return Step(
         name,
         ok,
         f"ops loop: drained on its 2nd listing pass ({check}; only it): {only}; "
-        f"{len(moved)} clients moved; replaced by its reaper: {replaced and reaped}; "
+        f"{len(moved)} clients moved; replaced by its reaper: {reaped}; "
         f"clients online: {reachable}",
     )
 
 
-def _state(ops, node_id: str) -> str:
-    nodes = ops.get("/v1/nodes").json()["nodes"]
-    return next((n["state"] for n in nodes if n["id"] == node_id), "gone")
-
-
-def _gone(victim) -> bool:
-    state = LabState.load()
-    return victim.instance_id not in {n.instance_id for n in state.nodes}
+def _states(ops) -> dict[str, str]:
+    """Instance id → state of every node the control plane knows."""
+    return {n["instance_id"]: n["state"] for n in ops.get("/v1/nodes").json()["nodes"]}
 
 
 def _eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -310,18 +311,28 @@ def ops_command(state: LabState, every: float = LAB_OPS_EVERY_S) -> list[str]:
         "--ca-file", str(S.LAB_DIR / "pki/ca.pem"), "--nameserver", f"{S.SVC_V4}:53",
         "--probes", str(probes), "--whoami-url", f"http://{S.PUBLIC_V4}:{S.WEB_PORT}/",
         "--key-file", str(S.LAB_DIR / "ops" / "canary.key"), "--handshake-timeout", "5",
-        "--state-file", str(S.LAB_DIR / "ops" / "canary.json"),
         "--canary-every", str(every), "--reap-every", str(every),
         "--lease-seconds", str(LAB_OPS_LEASE_S), "--holder", "lab-ops",
     ]  # fmt: skip
+
+
+def in_ops(*args: str) -> list[str]:
+    """``args`` run in the ops host's network namespace but the machine's mount namespace
+    (as :func:`enter_ops`): ``ip netns exec`` would give them a private one, where a
+    namespace the lab fleet adds (a replacement node) would be an empty file to others."""
+    return ["nsenter", f"--net=/run/netns/{S.NS_PREFIX}ops", "--", *args]
 
 
 def start_ops(state: LabState) -> None:
     """The lifecycle service in the ops namespace, respawned if it exits (as on its
     instance); its log is ``logs/ops.log``."""
     (S.LAB_DIR / "ops").mkdir(mode=0o700, exist_ok=True)
-    _spawn(state, ns("ops"), "ops", PYTHON, "-m", "idra.lab.supervise", "--",
-           *ops_command(state))  # fmt: skip
+    log = _log("ops")
+    command = in_ops(PYTHON, "-m", "idra.lab.supervise", "--", *ops_command(state))
+    proc = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    state.processes.append(Process("ops", proc.pid, str(log)))
+    state.save()
 
 
 def default_agent() -> Path:
