@@ -4,17 +4,18 @@ One supervised loop runs the canary, the rollout with scale-in, and the reaper, 
 its own interval (``idra:opsCanaryIntervalSeconds``, ``opsRolloutIntervalSeconds``,
 ``opsReaperIntervalSeconds``). It wakes every shortest interval (its *tick*) and then:
 
-1. takes or renews the **lease** (a conditional put on the stack's DynamoDB table): two
-   loops never act at once; a standby takes over once the holder's lease expired;
+1. takes or renews the **lease** in the control plane (``PUT /v1/ops/lease/ops``, judged
+   by the database's clock): two loops never act at once; a standby takes over once the
+   holder's lease expired;
 2. as holder, runs each pass that is due — a pass's error is logged and never ends the
    loop — and logs one progress line per pass;
 3. puts the heartbeat and the alarm metrics (:mod:`idra.lifecycle.metrics`) to
    CloudWatch.
 
 The passes are the existing one-shot functions (:func:`canary.run_once`,
-:func:`rollout.rollout`, :func:`scale_in.scale_in`, :func:`reaper.reap`). The canary's
-confirmations live behind :class:`Confirmations`; today a state file
-(``--state-file``), next the control plane, so a replaced instance carries on.
+:func:`rollout.rollout`, :func:`scale_in.scale_in`, :func:`reaper.reap`). The loop keeps
+no state of its own: the canary's confirmations are in the control plane too
+(:class:`Confirmations`), so a replaced instance carries on.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
-
-from botocore.exceptions import ClientError
+from typing import Any
 
 from idra.lifecycle import canary as canary_mod
 from idra.lifecycle import metrics
@@ -53,67 +51,35 @@ def default_holder() -> str:
 
 
 class Lease:
-    """A lease with expiry in DynamoDB: a conditional put succeeds only when nobody holds
-    it, we hold it, or the holder's lease expired. Renewed every tick."""
+    """The control plane's lease ``name`` (``PUT /v1/ops/lease/{name}``): taken when
+    nobody holds it, we hold it, or the holder's lease expired, judged by the
+    database's clock in one statement. Renewed every tick."""
 
-    def __init__(self, client: Any, table: str, holder: str, seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
-        self.client, self.table, self.holder = client, table, holder
-        self.seconds, self.clock = seconds, clock
+    def __init__(self, api: OperatorApi, holder: str, seconds: float,
+                 name: str = LEASE_NAME) -> None:  # fmt: skip
+        self.api, self.holder, self.seconds, self.name = api, holder, seconds, name
 
     def acquire(self) -> bool:
         """Take or renew the lease; False while another holder's lease runs."""
-        now = self.clock()
-        try:
-            self._put(now + self.seconds,
-                      "attribute_not_exists(#n) OR holder = :me OR expires < :now",
-                      names={"#n": "name"}, now={":now": {"N": f"{now:.3f}"}})  # fmt: skip
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self.api.ops_lease(self.name, self.holder, self.seconds)
 
     def release(self) -> None:
         """Give the lease up at once (a clean stop), if we still hold it."""
-        try:
-            self._put(0, "holder = :me")
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-
-    def _put(self, expires: float, condition: str, names: dict | None = None,
-             now: dict | None = None) -> None:  # fmt: skip
-        extra = {"ExpressionAttributeNames": names} if names else {}
-        self.client.put_item(
-            TableName=self.table,
-            Item={"name": {"S": LEASE_NAME}, "holder": {"S": self.holder},
-                  "expires": {"N": f"{expires:.3f}"}},
-            ConditionExpression=condition,
-            ExpressionAttributeValues={":me": {"S": self.holder}, **(now or {})},
-            **extra,
-        )  # fmt: skip
-
-
-class Confirmations(Protocol):
-    """Where the canary keeps its consecutive-listing counts between passes."""
-
-    def load(self) -> dict[str, int]: ...
-
-    def save(self, listed_runs: dict[str, int]) -> None: ...
+        self.api.ops_release(self.name, self.holder)
 
 
 @dataclass
-class FileConfirmations:
-    """Today's store: the canary's state file (its canary peers kept as they are)."""
+class Confirmations:
+    """The canary's consecutive-listing counts, kept in the control plane
+    (``/v1/ops/canary``): a replaced loop carries on where the last one stopped."""
 
-    path: Path | None
+    api: OperatorApi
 
     def load(self) -> dict[str, int]:
-        return canary_mod.load_state(self.path)
+        return self.api.canary_confirmations()
 
     def save(self, listed_runs: dict[str, int]) -> None:
-        canary_mod.save_state(self.path, listed_runs, canary_mod.load_peers(self.path))
+        self.api.save_canary_confirmations(listed_runs)
 
 
 @dataclass
@@ -159,7 +125,7 @@ class Ops:
     def tick_once(self, held: bool) -> bool:
         try:
             holding = self.lease.acquire()
-        except Exception as exc:  # DynamoDB unreachable: nobody acts, the alarm says so
+        except Exception as exc:  # control plane unreachable: nobody acts, the alarm says so
             log.error("ops: lease unavailable: %s", _short(exc), extra={"event": "ops.lease_error"})
             return False
         if holding != held:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 import threading
 from pathlib import Path
@@ -14,10 +15,11 @@ from idra.lifecycle.checks import probing
 from idra.lifecycle.commands import probe_options
 from idra.lifecycle.dnsbl import DEFAULT_ZONES, make_resolver
 from idra.lifecycle.fleet import AwsFleet
-from idra.lifecycle.ops import FileConfirmations, Lease, Ops, default_holder, passes
+from idra.lifecycle.ops import Confirmations, Lease, Ops, default_holder, passes
 from idra.lifecycle.rollout import AwsTemplates, stack_regions
 
 SECONDS = click.FloatRange(min=0.1)
+HOLDER = re.compile(r"[\x21-\x7e]{1,128}")  # as the control plane accepts it
 
 
 @click.group()
@@ -48,34 +50,34 @@ def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
 @click.option("--fleet", "fleet_kind", type=click.Choice(["aws", "lab"]), default="aws",
               show_default=True, help="aws: the stack's groups, rollout, CloudWatch; lab: "
               "the local lab (idra lab up), no rollout, no metrics.")  # fmt: skip
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The canary's confirmations (until the control plane keeps them).")  # fmt: skip
 @click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
 @click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
 @probe_options
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The canary's WireGuard key (made once, mode 0600), for --probes.")  # fmt: skip
-@click.option("--holder", default=None, help="Lease holder id [default: hostname:pid].")
+@click.option("--holder", default=None,
+              help="Lease holder id (no spaces) [default: hostname:pid].")  # fmt: skip
 @click.option("--canary-every", type=SECONDS, default=None,
               help="Override idra:opsCanaryIntervalSeconds.")  # fmt: skip
 @click.option("--rollout-every", type=SECONDS, default=None,
               help="Override idra:opsRolloutIntervalSeconds.")  # fmt: skip
 @click.option("--reap-every", type=SECONDS, default=None,
               help="Override idra:opsReaperIntervalSeconds.")  # fmt: skip
-@click.option("--lease-seconds", type=SECONDS, default=None,
+@click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=None,
               help="Override idra:opsLeaseSeconds.")  # fmt: skip
 @click.option("--ticks", type=click.IntRange(min=1), default=None, help="Stop after N ticks.")
-def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, state_file, zones,
-        nameserver, probes, whoami_url, tunnel_dns, handshake_timeout, key_file, holder,
-        canary_every, rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
+def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, zones, nameserver,
+        probes, whoami_url, tunnel_dns, handshake_timeout, key_file, holder, canary_every,
+        rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
     """Run the stack's lifecycle loop until SIGTERM or SIGINT (then release the lease).
 
     Only the lease holder acts; the others wait as standby and take over once its lease
-    expired. Each pass logs one line; a failed pass is logged and the loop goes on.
-    With --probes the canary pass also probes through its own tunnel to each node
-    (needs root), as ``idra canary --probes`` does. --fleet lab runs the loop against
-    the local lab: its fleet replaces a reaped node, there is no rollout pass (the lab
-    has no launch templates) and no CloudWatch metric (the log is the record)."""
+    expired. The lease and the canary's confirmations are kept in the control plane, so
+    a replaced loop carries on. Each pass logs one line; a failed pass is logged and the
+    loop goes on. With --probes the canary pass also probes through its own tunnel to
+    each node (needs root), as ``idra canary --probes`` does. --fleet lab runs the loop
+    against the local lab: its fleet replaces a reaped node, there is no rollout pass
+    (the lab has no launch templates) and no CloudWatch metric (the log is the record)."""
     cfg = stack_regions(stack, cwd, ())
     intervals = {
         "canary": canary_every or cfg.ops_canary_interval_seconds,
@@ -91,10 +93,12 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, state_fil
     lease_s = lease_seconds or cfg.ops_lease_seconds
     if lease_s <= tick:
         raise BadInput(f"the lease ({lease_s:g}s) must outlast a tick ({tick:g}s)")
+    holder = holder or default_holder()
+    if not HOLDER.fullmatch(holder):
+        raise BadInput("--holder: 1-128 printable ASCII characters, no spaces")
     api = make_api(api_url, operator_token_file, ca_file)
     try:
         resolver = make_resolver(nameserver)
-        FileConfirmations(state_file).load()
         settings = None
         if probes:
             settings = probing(probes, key_file, whoami_url, handshake_timeout, tunnel_dns, {},
@@ -116,7 +120,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, state_fil
     values: dict[str, float] = {}
     loop = Ops(
         stack=stack,
-        lease=_lease(cfg, holder or default_holder(), lease_s),
+        lease=Lease(api, holder, lease_s),
         cloudwatch=cloudwatch,
         passes=passes(
             api=api,
@@ -125,7 +129,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, state_fil
             regions=regions,
             intervals=intervals,
             max_drain=dt.timedelta(seconds=cfg.max_drain_seconds),
-            confirmations=FileConfirmations(state_file),
+            confirmations=Confirmations(api),
             zones=tuple(zones) or DEFAULT_ZONES,
             resolver=resolver,
             values=values,
@@ -141,10 +145,3 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, state_fil
     click.echo(f"ops: {stack} ({fleet_kind} fleet: {kinds}), every {tick:g}s, lease "
                f"{lease_s:g}s as {loop.lease.holder}", err=True)  # fmt: skip
     loop.run(stop, ticks)
-
-
-def _lease(cfg, holder: str, seconds: float) -> Lease:
-    import boto3
-
-    client = boto3.client("dynamodb", region_name=cfg.primary_region)
-    return Lease(client, cfg.ops_lease_table, holder, seconds)

@@ -1,12 +1,11 @@
 """``idra ops run``: the lease (two loops never act at once; the standby takes over after
-expiry), supervision (a failing pass never ends the loop) and the metrics of each pass.
+expiry), the canary's confirmations (a replaced loop carries on), supervision (a failing
+pass never ends the loop) and the metrics of each pass.
 
-The two loops are real ``idra`` subprocesses sharing moto's server mode on 127.0.0.1
-(``AWS_ENDPOINT_URL``) and the real control plane.
-
-What moto implements as AWS documents it and the tests rely on: DynamoDB ``PutItem`` with
-a ``ConditionExpression`` fails with ``ConditionalCheckFailedException`` when the
-condition is false (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_PutItem.html).
+The loops are real ``idra`` subprocesses against the real control plane, which holds
+their lease and the canary's confirmations (``/v1/ops/…``); their AWS calls (CloudWatch,
+Auto Scaling) go to moto's server mode on 127.0.0.1 (``AWS_ENDPOINT_URL``). The canary
+asks the test's DNS blocklist server on loopback.
 """
 
 from __future__ import annotations
@@ -28,52 +27,39 @@ from moto.server import ThreadedMotoServer
 
 from idra.config import OPS_NAMESPACE, REPO_ROOT
 from idra.lifecycle import metrics
-from idra.lifecycle.ops import LEASE_NAME, Lease, Ops, Pass
-from tests.controlplane.conftest import free_port, start
+from idra.lifecycle.api import OperatorApi
+from idra.lifecycle.ops import Lease, Ops, Pass
+from tests.controlplane.conftest import free_port, sql, start
+
+from .dns_server import start as start_dns
 
 REGION = "eu-central-1"  # staging's primary region
-TABLE = "idra-staging-ops-lease"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-def create_table(client) -> None:
-    client.create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "name", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "name", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+ZONE = "zen.test.example"
 
 
 @pytest.fixture
-def dynamodb(monkeypatch):
+def cp(tmp_path):
+    server = start(tmp_path)
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def test_lease_over_the_api(cp) -> None:
+    api = OperatorApi(cp.url, cp.tokens["operator"])
+    a, b = Lease(api, "a", 30), Lease(api, "b", 30)
+    assert a.acquire() and a.acquire() and not b.acquire()
+    b.release()
+    assert not b.acquire(), "b's release leaves a's lease"
+    a.release()
+    assert b.acquire(), "released: taken at once"
+    assert sql(cp.database_url, "SELECT name, holder FROM ops_leases") == [("ops", "b")]
+
+
+def test_a_failing_pass_never_ends_the_loop(cp, monkeypatch) -> None:
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name=REGION)
-        create_table(client)
-        yield client
-
-
-def test_lease_is_exclusive_until_it_expires(dynamodb) -> None:
-    now = [1000.0]
-    a = Lease(dynamodb, TABLE, "a", 30, clock=lambda: now[0])
-    b = Lease(dynamodb, TABLE, "b", 30, clock=lambda: now[0])
-    assert a.acquire() and not b.acquire()
-    now[0] += 20
-    assert a.acquire(), "the holder renews"
-    now[0] += 20
-    assert not b.acquire(), "renewed 20 s ago: still a's"
-    now[0] += 11
-    assert b.acquire() and not a.acquire(), "expired: b takes over, a stands by"
-    b.release()
-    assert a.acquire(), "released: taken at once"
-    item = dynamodb.get_item(TableName=TABLE, Key={"name": {"S": LEASE_NAME}})["Item"]
-    assert item["holder"] == {"S": "a"}
-
-
-def test_a_failing_pass_never_ends_the_loop(dynamodb) -> None:
-    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     ran: list[str] = []
 
     def broken() -> str:
@@ -84,15 +70,17 @@ def test_a_failing_pass_never_ends_the_loop(dynamodb) -> None:
         ran.append("fine")
         return "ok"
 
-    loop = Ops("staging", Lease(dynamodb, TABLE, "me", 30), cloudwatch,
-               [Pass("broken", 0.01, broken), Pass("fine", 0.01, fine)], tick=0.02,
-               values={metrics.CANARY_LISTED: 2})  # fmt: skip
-    loop.run(threading.Event(), ticks=3)
+    with mock_aws():
+        cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+        lease = Lease(OperatorApi(cp.url, cp.tokens["operator"]), "me", 30)
+        loop = Ops("staging", lease, cloudwatch,
+                   [Pass("broken", 0.01, broken), Pass("fine", 0.01, fine)], tick=0.02,
+                   values={metrics.CANARY_LISTED: 2})  # fmt: skip
+        loop.run(threading.Event(), ticks=3)
+        listed = cloudwatch.list_metrics(Namespace=OPS_NAMESPACE)["Metrics"]
     assert ran == ["broken", "fine"] * 3
-    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=OPS_NAMESPACE)["Metrics"]}
-    assert names == {metrics.HEARTBEAT, metrics.CANARY_LISTED}
-    item = dynamodb.get_item(TableName=TABLE, Key={"name": {"S": LEASE_NAME}})["Item"]
-    assert float(item["expires"]["N"]) == 0, "a clean stop releases the lease"
+    assert {m["MetricName"] for m in listed} == {metrics.HEARTBEAT, metrics.CANARY_LISTED}
+    assert sql(cp.database_url, "SELECT * FROM ops_leases") == [], "a clean stop releases it"
 
 
 @pytest.fixture
@@ -103,7 +91,6 @@ def moto_server():
     url = f"http://127.0.0.1:{port}"
     # The server shares moto's in-process state: start from an empty account.
     httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
-    create_table(boto3.client("dynamodb", region_name=REGION, endpoint_url=url, **_keys()))
     yield url
     server.stop()
 
@@ -112,22 +99,27 @@ def _keys() -> dict[str, str]:
     return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def _loop(tmp: Path, name: str, cp, endpoint: str) -> tuple[subprocess.Popen, Path]:
+EVERY = ("0.5", "0.5", "0.5")  # canary, rollout, reaper (seconds)
+
+
+def _loop(tmp: Path, name: str, cp, endpoint: str, *extra: str,
+          every: tuple[str, str, str] = EVERY) -> tuple[subprocess.Popen, Path]:  # fmt: skip
     log = tmp / f"{name}.log"
     env = os.environ | CREDENTIALS | {"AWS_ENDPOINT_URL": endpoint, "IDRA_LOG_FORMAT": "text"}
+    canary, rollout, reap = every
     process = subprocess.Popen(
         [sys.executable, "-m", "idra.cli", "ops", "run", "--stack", "staging",
          "--cwd", str(REPO_ROOT), "--api-url", cp.url,
          "--operator-token-file", str(tmp / "operator.token"), "--holder", name,
-         "--canary-every", "0.5", "--rollout-every", "0.5", "--reap-every", "0.5",
-         "--lease-seconds", "2"],
+         "--canary-every", canary, "--rollout-every", rollout, "--reap-every", reap,
+         "--lease-seconds", "2", *extra],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     return process, log
 
 
-def _passes(log: Path) -> int:
-    return len(re.findall(r"ops reaper pass: ", log.read_text()))
+def _passes(log: Path, kind: str = "reaper") -> int:
+    return len(re.findall(rf"ops {kind} pass: ", log.read_text()))
 
 
 def _wait(condition, timeout: float = 20) -> None:
@@ -137,8 +129,14 @@ def _wait(condition, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def test_two_loops_exactly_one_acts_and_the_other_takes_over(tmp_path: Path, moto_server) -> None:
-    cp = start(tmp_path)
+def _stop(*processes) -> None:
+    for process in processes:
+        if process and process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_two_loops_exactly_one_acts_and_the_other_takes_over(tmp_path: Path, cp, moto_server):
     a, a_log = _loop(tmp_path, "ops-a", cp, moto_server)
     b = None
     try:
@@ -165,14 +163,47 @@ def test_two_loops_exactly_one_acts_and_the_other_takes_over(tmp_path: Path, mot
         b.send_signal(signal.SIGTERM)
         assert b.wait(10) == 0
         assert "lease released" in b_log.read_text()
+        assert sql(cp.database_url, "SELECT * FROM ops_leases") == []
         assert cp.tokens["operator"] not in a_log.read_text() + b_log.read_text()
     finally:
-        for process in (a, b):
-            if process and process.poll() is None:
-                process.kill()
-                process.wait(10)
-        cp.process.terminate()
-        cp.process.wait(10)
+        _stop(a, b)
+
+
+def test_a_replaced_loop_resumes_the_canarys_confirmations(tmp_path: Path, cp, moto_server):
+    """Loop 1 sees the node listed once and is killed; loop 2, a new process with another
+    holder, drains it on its own first canary pass: the first listing came from the
+    control plane, not from anything loop 2 saw."""
+    listed_ip, clean_ip = "203.0.113.70", "203.0.113.71"
+    node = cp.register(region=REGION, public_ip=listed_ip)
+    cp.register(region=REGION, public_ip=clean_ip)
+    dns, behaviours, _, address = start_dns(ZONE)
+    behaviours[listed_ip] = "listed"
+    dnsbl = ("--dnsbl", ZONE, "--nameserver", address)
+    first = second = None
+    try:
+        # one canary pass (then not for a minute), the other passes each tick
+        first, first_log = _loop(tmp_path, "ops-1", cp, moto_server, *dnsbl,
+                                 every=("60", "0.5", "0.5"))  # fmt: skip
+        _wait(lambda: _passes(first_log, "canary") == 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert "ops canary pass: 2 active, 1 listed, 0 drained" in first_log.read_text()
+        with cp.client("operator") as ops:
+            assert ops.get("/v1/ops/canary").json() == {"listed_runs": {node: 1}}
+            assert ops.get(f"/v1/nodes/{node}").json()["state"] == "active"
+
+        second, second_log = _loop(tmp_path, "ops-2", cp, moto_server, *dnsbl,
+                                   every=("60", "0.5", "0.5"))  # fmt: skip
+        _wait(lambda: _passes(second_log, "canary") == 1)
+        assert "ops canary pass: 2 active, 1 listed, 1 drained" in second_log.read_text()
+        with cp.client("operator") as ops:
+            drained = ops.get(f"/v1/nodes/{node}").json()
+            assert (drained["state"], drained["drain_reason"]) == ("draining", "blocked")
+            assert ops.get("/v1/ops/canary").json() == {"listed_runs": {}}, "drained: cleared"
+        assert listed_ip not in first_log.read_text() + second_log.read_text()
+    finally:
+        _stop(first, second)
+        dns.stop()
 
 
 def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_server) -> None:
@@ -211,6 +242,8 @@ def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_s
         (["--stack", "staging", "--probes", "{probes}"], "--probes: give --key-file"),
         (["--stack", "staging", "--probes", "{probes}", "--key-file", "{probes}",
           "--tunnel-dns", "dns.example"], "--tunnel-dns dns.example: not an IP address"),
+        (["--stack", "staging", "--holder", "two words"], "--holder: 1-128 printable"),
+        (["--stack", "staging", "--lease-seconds", "0.5"], "--lease-seconds"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

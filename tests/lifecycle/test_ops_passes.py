@@ -11,7 +11,7 @@ from idra.lifecycle import metrics
 from idra.lifecycle.api import OperatorApi
 from idra.lifecycle.dnsbl import make_resolver
 from idra.lifecycle.fleet import AwsFleet
-from idra.lifecycle.ops import FileConfirmations, passes
+from idra.lifecycle.ops import Confirmations, passes
 from idra.lifecycle.rollout import AwsTemplates
 
 from .conftest import GROUP, OTHER, REGION, STACK, instances
@@ -36,7 +36,7 @@ def test_reaper_pass_counts_refusals_and_overdue_drains(cp, aws) -> None:
         regions=[REGION],
         intervals={"canary": 1, "rollout": 1, "reaper": 1},
         max_drain=dt.timedelta(0),
-        confirmations=FileConfirmations(None),
+        confirmations=Confirmations(OperatorApi(cp.url, cp.tokens["operator"])),
         zones=("zen.spamhaus.org",),
         resolver=make_resolver(None),
         values=values,
