@@ -293,7 +293,7 @@ def remove_node(state: LabState, node: Node) -> None:
     state.save()
 
 
-def ops_command(state: LabState, every: float = LAB_OPS_EVERY_S) -> list[str]:
+def ops_command(state: LabState) -> list[str]:
     """``idra ops run`` for the lab: its fleet, its DNS blocklist, the streaming probe
     through a tunnel to each node, intervals of seconds."""
     from idra.config import REPO_ROOT
@@ -311,7 +311,7 @@ def ops_command(state: LabState, every: float = LAB_OPS_EVERY_S) -> list[str]:
         "--ca-file", str(S.LAB_DIR / "pki/ca.pem"), "--nameserver", f"{S.SVC_V4}:53",
         "--probes", str(probes), "--whoami-url", f"http://{S.PUBLIC_V4}:{S.WEB_PORT}/",
         "--key-file", str(S.LAB_DIR / "ops" / "canary.key"), "--handshake-timeout", "5",
-        "--canary-every", str(every), "--reap-every", str(every),
+        "--canary-every", str(LAB_OPS_EVERY_S), "--reap-every", str(LAB_OPS_EVERY_S),
         "--lease-seconds", str(LAB_OPS_LEASE_S), "--holder", "lab-ops",
     ]  # fmt: skip
 

@@ -68,7 +68,13 @@ def probe_options(command: Callable) -> Callable:
     metavar="NODE=ADDRESS",
     help="Local address whose traffic leaves through NODE (id or public IP).",
 )
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the confirmations (and the nodes with a canary peer) in this file "
+    "[default: confirmations in the control plane, shared with idra ops run].",
+)
 @click.option(
     "--key-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -108,15 +114,18 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
     checks = NodeChecks(api, zones or DEFAULT_ZONES, resolver, settings)
 
     def one_pass() -> list[canary_mod.NodeReport]:
-        state = canary_mod.load_state(state_file)
         nodes = api.nodes("active")
+        state = canary_mod.load_state(state_file) if state_file else api.canary_confirmations()
         checks.begin(nodes, canary_mod.load_peers(state_file))
         with _progress(len(nodes)) as advance:
             reports, state = canary_mod.run_once(
                 nodes, checks, lambda node_id: api.drain(node_id, "blocked"), state,
                 workers=concurrency, progress=advance,
             )  # fmt: skip
-        canary_mod.save_state(state_file, state, checks.peers)
+        if state_file:
+            canary_mod.save_state(state_file, state, checks.peers)
+        else:
+            api.save_canary_confirmations(state)
         return reports
 
     failed, done = False, 0

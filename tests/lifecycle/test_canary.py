@@ -10,6 +10,7 @@ import select
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,9 @@ def _node(cp: ControlPlane, ip: str) -> str:
     return cp.register(f"i-{ip.replace('.', '')}", public_ip=ip)
 
 
-def _canary(cp: ControlPlane, dns: str, state, *extra: str) -> tuple[int, dict]:
+def _canary(cp: ControlPlane, dns: str, state: Path | None, *extra: str) -> tuple[int, dict]:
+    """``idra canary`` once; ``state``: its --state-file (None: the control plane keeps
+    the confirmations)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -46,13 +49,12 @@ def _canary(cp: ControlPlane, dns: str, state, *extra: str) -> tuple[int, dict]:
             "--api-url",
             cp.url,
             "--operator-token-file",
-            str(state.parent / "operator.token"),
+            str(cp.log.parent / "operator.token"),
             "--dnsbl",
             ZONE,
             "--nameserver",
             dns,
-            "--state-file",
-            str(state),
+            *(["--state-file", str(state)] if state else []),
             "--json",
             *extra,
         ],
@@ -93,6 +95,20 @@ def test_listing_drains_on_the_second_run_errors_never(world) -> None:
         _, later = _canary(cp, dns, state)
     assert listed not in later, "drained nodes are no longer checked"
     assert not any(r["drained"] for r in later.values())
+
+
+def test_without_a_state_file_the_control_plane_keeps_the_count(world) -> None:
+    """The default: the confirmations live in the control plane (``/v1/ops/canary``,
+    shared with ``idra ops run``), so two separate runs drain."""
+    cp, behaviours, dns, _ = world
+    ip = "203.0.113.30"
+    node = _node(cp, ip)
+    behaviours[ip] = "listed"
+    assert _canary(cp, dns, None)[1][ip]["confirmations"] == 1
+    with cp.client("operator") as ops:
+        assert ops.get("/v1/ops/canary").json() == {"listed_runs": {node: 1}}
+    assert _canary(cp, dns, None)[1][ip]["drained"]
+    assert _states(cp)[ip] == "draining"
 
 
 def test_a_clean_run_clears_the_count(world) -> None:
