@@ -235,8 +235,8 @@ def test_the_ops_loop_probes_through_tunnels_drains_on_its_second_pass_and_repla
     assert "ops canary pass: 2 active, 1 listed (streaming 1), 0 errors, 1 drained" in second
     assert "ops reaper pass: 1 draining, 1 terminating, 0 failed or refused" in second
     _eventually(lambda: len(_nodes("active")) == 2, "the replacement registered", 60)
-    left = {n["id"]: n["instance_id"] for n in _nodes()}
-    assert victim.node_id not in left and other.node_id in left
+    left = {n["instance_id"] for n in _nodes()}  # node 3, the replacement, has no id here
+    assert victim.instance_id not in left and other.instance_id in left
     assert victim.instance_id not in {n.instance_id for n in LabState.load().nodes}
     key = (S.LAB_DIR / "ops" / "canary.key").read_text().strip()
     assert key not in first + second, "the canary's key is never logged"
