@@ -33,7 +33,7 @@ from idra.config import load_stack
 from idra.lab import state as S
 from idra.lab import world
 from idra.lab.state import Client, LabState
-from idra.netns import Netns
+from idra.netns import Netns, is_running
 
 
 @dataclass
@@ -233,6 +233,9 @@ def _replaced(state: LabState, victim, where: str, how: str, check: str,
     """``victim``'s address goes into the lab file ``where``; nothing else is done to
     the fleet: the running ops loop drains it (on its second listing pass, and only it),
     its clients move, the loop's reaper replaces it."""
+    if not any(p.role == "ops" and is_running(p.pid) for p in state.processes):
+        return Step(name, False, "the lab's lifecycle service (idra ops run --fleet lab) is "
+                    "not running: nothing drains (idra lab down, then up)")  # fmt: skip
     mark = (S.LAB_DIR / "logs" / OPS_LOG).stat().st_size
     (S.LAB_DIR / where).write_text(json.dumps({victim.public_v4: how}))
     with world.api_client(state, "operator") as ops:
