@@ -10,17 +10,25 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from idra.controlplane.database import parse_url
 from idra.lab.pki import IdentitySigner
 
-from .conftest import ControlPlane, dump, sql, start, wg_key
+from .conftest import ControlPlane, dump, start, wg_key
 
 TABLES = ("nodes", "peers", "canaries", "changes", "retired", "ops_leases", "canary_listings")
 
 
 def snapshot(cp: ControlPlane) -> dict[str, list]:
-    """Every row of every table (read-only connection)."""
-    return {t: sql(cp.database_url, f"SELECT * FROM {t} ORDER BY 1") for t in TABLES}  # noqa: S608
+    """Every row of every table (one connection, no pool)."""
+    engine = sa.create_engine(parse_url(cp.database_url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT * FROM {} ORDER BY 1"
+            return {t: [tuple(r) for r in conn.execute(sa.text(query.format(t)))] for t in TABLES}
+    finally:
+        engine.dispose()
 
 
 def heartbeat_body(**integrity) -> dict:
