@@ -6,7 +6,8 @@ outside-world services, the VPC/metadata host, exit nodes and WireGuard clients.
       │                         N of them on PostgreSQL behind HAProxy (:8443)
       ├── svc     203.0.113.3   DNS blocklist (listed.json) + "streaming" service that
       │                         refuses the addresses in refused.json
-      ├── ops     203.0.113.4   where the canary and the reaper run
+      ├── ops     203.0.113.4   the lifecycle service: ``idra ops run --fleet lab``
+      │                         (canary with tunnel probes, reaper), supervised
       ├── nodeN   203.0.113.1N  rendered nftables + sysctl, wireguard-go, node-daemon.pyz,
       │                         an IMDSv2 stand-in at 169.254.169.254 (signed identity)
       ├── clientM 203.0.113.10M WireGuard client, all traffic through its node
@@ -18,6 +19,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +48,10 @@ from idra.render import render_node_files
 PYTHON = sys.executable
 FAILURES = "failures"  # logs of failed demo runs, kept by teardown
 LAB_HEARTBEAT_S = 2  # faster than production's 10 s, so the story moves quickly
+# The ops loop's intervals in the lab (production: minutes), so a drain and a replacement
+# take seconds; the lease outlasts a canary pass whose tunnels time out.
+LAB_OPS_EVERY_S = 2
+LAB_OPS_LEASE_S = 20
 
 
 def ns(role: str) -> Netns:
@@ -287,6 +293,48 @@ def remove_node(state: LabState, node: Node) -> None:
     state.save()
 
 
+def ops_command(state: LabState) -> list[str]:
+    """``idra ops run`` for the lab: its fleet, its DNS blocklist, the streaming probe
+    through a tunnel to each node, intervals of seconds."""
+    from idra.config import REPO_ROOT
+
+    probes = S.LAB_DIR / "probes.yaml"
+    if not probes.exists():
+        probes.write_text(
+            f"targets:\n  - name: streaming\n    url: http://{S.SVC_V4}:{S.STREAMING_PORT}/\n"
+            "    blocked: {status: [403], body: '(?i)proxy detected'}\n"
+        )
+    return [
+        PYTHON, "-m", "idra.cli", "ops", "run", "--fleet", "lab", "--stack", state.stack,
+        "--cwd", str(REPO_ROOT), "--api-url", state.api_url,
+        "--operator-token-file", str(S.LAB_DIR / "operator-token"),
+        "--ca-file", str(S.LAB_DIR / "pki/ca.pem"), "--nameserver", f"{S.SVC_V4}:53",
+        "--probes", str(probes), "--whoami-url", f"http://{S.PUBLIC_V4}:{S.WEB_PORT}/",
+        "--key-file", str(S.LAB_DIR / "ops" / "canary.key"), "--handshake-timeout", "5",
+        "--canary-every", str(LAB_OPS_EVERY_S), "--reap-every", str(LAB_OPS_EVERY_S),
+        "--lease-seconds", str(LAB_OPS_LEASE_S), "--holder", "lab-ops",
+    ]  # fmt: skip
+
+
+def in_ops(*args: str) -> list[str]:
+    """``args`` run in the ops host's network namespace but the machine's mount namespace
+    (as :func:`enter_ops`): ``ip netns exec`` would give them a private one, where a
+    namespace the lab fleet adds (a replacement node) would be an empty file to others."""
+    return ["nsenter", f"--net=/run/netns/{S.NS_PREFIX}ops", "--", *args]
+
+
+def start_ops(state: LabState) -> None:
+    """The lifecycle service in the ops namespace, respawned if it exits (as on its
+    instance); its log is ``logs/ops.log``."""
+    (S.LAB_DIR / "ops").mkdir(mode=0o700, exist_ok=True)
+    log = _log("ops")
+    command = in_ops(PYTHON, "-m", "idra.lab.supervise", "--", *ops_command(state))
+    proc = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    state.processes.append(Process("ops", proc.pid, str(log)))
+    state.save()
+
+
 def default_agent() -> Path:
     """Build dist/node-daemon.pyz from this checkout (the file every lab node runs)."""
     repo = Path(__file__).resolve().parents[2]
@@ -311,6 +359,9 @@ def teardown(state: LabState | None) -> list[str]:
         Cluster(Path(state.postgres)).remove()
         removed.append(f"postgresql cluster {state.postgres}")
     if state:
+        for process in state.processes:
+            if process.role == "ops":  # first: it must not replace a node meanwhile
+                stop_process(process.pid)
         for node in state.nodes:
             stop_process(node.wireguard_pid)
         for client in state.clients:
@@ -443,6 +494,8 @@ def bring_up(
             console.print(f"client{client.index} connected")
     for client in state.clients:
         _wait_for(lambda c=client: handshake(c), f"client{client.index}'s handshake", 60)
+    console.print("starting the lifecycle service (idra ops run --fleet lab)")
+    start_ops(state)
     state.status = "up"
     state.save()
     return state

@@ -4,11 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import logging
-import os
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -32,14 +28,32 @@ from idra.cliutil import (
 from idra.config import ConfigError, load_stack
 from idra.lifecycle import canary as canary_mod
 from idra.lifecycle.api import ApiError
-from idra.lifecycle.dnsbl import DEFAULT_ZONES, Check, Verdict, check, make_resolver
+from idra.lifecycle.checks import NodeChecks, probing
+from idra.lifecycle.dnsbl import DEFAULT_ZONES, Check, Verdict, make_resolver
 from idra.lifecycle.fleet import AwsFleet, Fleet
-from idra.lifecycle.identity import load_or_create
-from idra.lifecycle.probes import load_probes, probe
 from idra.lifecycle.reaper import reap as reap_once
-from idra.lifecycle.tunnel import probe_through, sweep
 
 log = logging.getLogger("idra.canary")
+NO_KEY = "--probes: give --state-file or --key-file (where the canary keeps its WireGuard key)"
+
+
+def probe_options(command: Callable) -> Callable:
+    """The probes and their tunnels (``idra canary``, ``idra ops run``)."""
+    options = (
+        click.option("--probes", type=click.Path(path_type=Path), default=None,
+                     help="Probes file: HTTP probes made through each node."),
+        click.option("--whoami-url", default="https://checkip.amazonaws.com/",
+                     show_default=True, help="A 'what is my IP' service: probes count only "
+                     "if it sees the node's address."),
+        click.option("--tunnel-dns", default=None, metavar="ADDRESS",
+                     help="DNS server used inside the tunnels [default: the host's "
+                     "resolv.conf]."),
+        click.option("--handshake-timeout", type=click.FloatRange(1, 120), default=10,
+                     show_default=True, help="Seconds a tunnel may take to come up."),
+    )  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.command()
@@ -47,7 +61,7 @@ log = logging.getLogger("idra.canary")
 @output_options
 @click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
 @click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
-@click.option("--probes", type=click.Path(path_type=Path), default=None, help="Probes file.")
+@probe_options
 @click.option(
     "--probe-source",
     multiple=True,
@@ -68,25 +82,6 @@ log = logging.getLogger("idra.canary")
     help="The canary's WireGuard key (made once, mode 0600) [default: canary.key next to "
     "--state-file].",
 )
-@click.option(
-    "--whoami-url",
-    default="https://checkip.amazonaws.com/",
-    show_default=True,
-    help="A 'what is my IP' service: probes count only if it sees the node's address.",
-)
-@click.option(
-    "--tunnel-dns",
-    default=None,
-    metavar="ADDRESS",
-    help="DNS server used inside the tunnels [default: the host's resolv.conf].",
-)
-@click.option(
-    "--handshake-timeout",
-    type=click.FloatRange(1, 120),
-    default=10,
-    show_default=True,
-    help="Seconds a tunnel may take to come up.",
-)
 @click.option("--every", type=click.FloatRange(min=1), default=None, help="Repeat every S s.")
 @click.option("--runs", type=click.IntRange(min=1), default=None, help="Stop after N runs.")
 @click.option(
@@ -104,58 +99,31 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
     With --every, a pass that fails (control plane down) is logged and the next one
     runs on time. Exit 1 when a pass failed or a check gave an error."""
     api = make_api(api_url, operator_token_file, ca_file)
+    sources = dict(_pair(item) for item in probe_source)
     try:
-        targets = load_probes(probes) if probes else []
         resolver = make_resolver(nameserver)
         canary_mod.load_state(state_file)
+        if key_file is None and state_file is not None:
+            key_file = state_file.with_name("canary.key")
+        settings = None
+        if probes:
+            settings = probing(probes, key_file, whoami_url, handshake_timeout, tunnel_dns,
+                               sources, no_key=NO_KEY)  # fmt: skip
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    sources = dict(_pair(item) for item in probe_source)
-    zones = zones or DEFAULT_ZONES
-    keys = _canary_key(key_file, state_file, probes, sources, whoami_url)
-    if tunnel_dns is not None:
-        try:
-            tunnel_dns = str(ipaddress.ip_address(tunnel_dns))
-        except ValueError:
-            raise BadInput(f"--tunnel-dns {tunnel_dns}: not an IP address") from None
-
-    def checks(node: dict) -> list[Check]:
-        results = [check(node["public_ip"], zone, resolver) for zone in zones]
-        source = sources.get(node["id"]) or sources.get(node["public_ip"])
-        if source:
-            results += [probe(target, source) for target in targets]
-        elif probes:  # the egress check alone still proves the tunnel
-            results += through_tunnel(node)
-        return results
-
-    made: set[str] = set()  # nodes on which this pass set the canary peer
-
-    def through_tunnel(node: dict) -> list[Check]:
-        if keys is None:
-            return [Check("tunnel", Verdict.ERROR, "no canary key: give --key-file")]
-        try:
-            peer = api.canary_peer(node["id"], keys[1])
-        except ApiError as exc:
-            return [Check("tunnel", Verdict.ERROR, f"canary peer: {exc}")]
-        made.add(node["id"])
-        return probe_through(peer, keys[0], node, targets, whoami_url, handshake_timeout,
-                             tunnel_dns)  # fmt: skip
+    checks = NodeChecks(api, zones or DEFAULT_ZONES, resolver, settings)
 
     def one_pass() -> list[canary_mod.NodeReport]:
         nodes = api.nodes("active")
         state = canary_mod.load_state(state_file) if state_file else api.canary_confirmations()
-        peers = canary_mod.load_peers(state_file)
-        if keys is not None:
-            sweep()  # probe namespaces a crashed canary left
-            peers -= _remove_peers(api, peers - {n["id"] for n in nodes})
-        made.clear()
+        checks.begin(nodes, canary_mod.load_peers(state_file))
         with _progress(len(nodes)) as advance:
             reports, state = canary_mod.run_once(
                 nodes, checks, lambda node_id: api.drain(node_id, "blocked"), state,
                 workers=concurrency, progress=advance,
             )  # fmt: skip
         if state_file:
-            canary_mod.save_state(state_file, state, peers | made)
+            canary_mod.save_state(state_file, state, checks.peers)
         else:
             api.save_canary_confirmations(state)
         return reports
@@ -180,46 +148,6 @@ def canary(api_url, operator_token_file, ca_file, out: Output, zones, nameserver
         time.sleep(every)
     if failed:
         sys.exit(1)
-
-
-def _canary_key(key_file: Path | None, state_file: Path | None, probes: Path | None,
-                sources: dict, whoami_url: str) -> tuple[str, str] | None:  # fmt: skip
-    """The canary's (private, public) WireGuard key when probes go through tunnels."""
-    if probes is None:
-        return None
-    if key_file is None and state_file is None:
-        if sources:
-            return None  # only --probe-source nodes can be probed; the others are errors
-        raise BadInput("--probes: give --state-file or --key-file (where the canary keeps "
-                       "its WireGuard key)")  # fmt: skip
-    if not re.match(r"^https?://", whoami_url):
-        raise BadInput(f"--whoami-url {whoami_url}: not an http(s) URL")
-    if os.geteuid() != 0:
-        raise BadInput("--probes: the tunnels to the nodes need root (network namespaces); "
-                       "run with sudo, or give --probe-source for the nodes")  # fmt: skip
-    missing = [tool for tool in ("ip", "wg") if not shutil.which(tool)]
-    if missing:
-        raise BadInput(f"--probes: {' and '.join(missing)} not found (iproute2, "
-                       "wireguard-tools)")  # fmt: skip
-    path = key_file or state_file.with_name("canary.key")
-    try:
-        return load_or_create(path)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-
-
-def _remove_peers(api, node_ids: set[str]) -> set[str]:
-    """Remove the canary peer from nodes that left the pool; those done (others retry)."""
-    done = set()
-    for node_id in node_ids:
-        try:
-            api.remove_canary(node_id)
-        except ApiError as exc:
-            log.warning("canary peer of %s not removed yet: %s", node_id, exc,
-                        extra={"event": "canary.peer_kept", "node_id": node_id})  # fmt: skip
-            continue
-        done.add(node_id)
-    return done
 
 
 class _progress:

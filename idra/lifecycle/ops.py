@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,8 @@ from typing import Any
 from idra.lifecycle import canary as canary_mod
 from idra.lifecycle import metrics
 from idra.lifecycle.api import OperatorApi
-from idra.lifecycle.dnsbl import Verdict, check
+from idra.lifecycle.checks import NodeChecks, Probing
+from idra.lifecycle.dnsbl import Verdict
 from idra.lifecycle.fleet import Fleet
 from idra.lifecycle.reaper import reap
 from idra.lifecycle.rollout import AwsTemplates, rollout
@@ -94,7 +96,7 @@ class Ops:
 
     stack: str
     lease: Lease
-    cloudwatch: Any
+    cloudwatch: Any  # None: no metrics (no AWS, the lab)
     passes: list[Pass]
     tick: float
     values: dict[str, float] = field(default_factory=dict)  # the last alarm metrics
@@ -148,6 +150,8 @@ class Ops:
                 continue
             log.info("ops %s pass: %s (%.1fs)", job.name, summary, time.monotonic() - started,
                      extra={"event": "ops.pass", "pass": job.name})  # fmt: skip
+        if self.cloudwatch is None:  # the lab: the progress lines are the record
+            return True
         try:
             metrics.put(self.cloudwatch, self.stack, {metrics.HEARTBEAT: 1, **self.values})
         except Exception as exc:
@@ -172,7 +176,7 @@ def _short(exc: Exception) -> str:
 def passes(
     *,
     api: OperatorApi,
-    templates: AwsTemplates,
+    templates: AwsTemplates | None,
     fleet: Fleet,
     regions: list[str],
     intervals: dict[str, float],
@@ -181,23 +185,32 @@ def passes(
     zones: tuple[str, ...],
     resolver: Any,
     values: dict[str, float],
+    probing: Probing | None = None,
 ) -> list[Pass]:
-    """The three passes of a stack; each updates its alarm metrics in ``values``."""
+    """The passes of a stack; each updates its alarm metrics in ``values``. Without
+    ``templates`` (the lab: no launch templates) there is no rollout pass; with
+    ``probing`` the canary also probes through its tunnel to each node."""
     values.update(dict.fromkeys(metrics.PASS_METRICS, 0.0))
+    checks = NodeChecks(api, zones, resolver, probing)
+    peers: set[str] = set()  # nodes with the canary's peer (set by this loop)
 
     def canary() -> str:
         nodes = [n for n in api.nodes("active") if n.get("region") in regions]
+        checks.begin(nodes, peers)
         reports, state = canary_mod.run_once(
-            nodes,
-            lambda node: [check(node["public_ip"], zone, resolver) for zone in zones],
-            lambda node_id: api.drain(node_id, "blocked"),
-            confirmations.load(),
+            nodes, checks, lambda node_id: api.drain(node_id, "blocked"), confirmations.load()
         )
         confirmations.save(state)
-        listed = sum(r.verdict is Verdict.LISTED for r in reports)
-        values[metrics.CANARY_LISTED] = listed
+        peers.clear()
+        peers.update(checks.peers)
+        listed = [r for r in reports if r.verdict is Verdict.LISTED]
+        values[metrics.CANARY_LISTED] = len(listed)
+        by = Counter(c.name for r in listed for c in r.checks if c.verdict is Verdict.LISTED)
+        errors = sum(r.verdict is Verdict.ERROR for r in reports)
         drained = sum(r.drained for r in reports)
-        return f"{len(reports)} active, {listed} listed, {drained} drained"
+        return (f"{len(reports)} active, {len(listed)} listed"
+                + (f" ({', '.join(f'{k} {v}' for k, v in sorted(by.items()))})" if by else "")
+                + f", {errors} errors, {drained} drained")  # fmt: skip
 
     def rollout_and_scale_in() -> str:
         steps = rollout(api, templates, regions=regions)
@@ -217,11 +230,10 @@ def passes(
         failed = sum(d.failed for d in decisions)
         return f"{len(decisions)} draining, {ended} terminating, {failed} failed or refused"
 
-    return [
-        Pass("canary", intervals["canary"], canary),
-        Pass("rollout", intervals["rollout"], rollout_and_scale_in),
-        Pass("reaper", intervals["reaper"], reaper),
-    ]
+    jobs = [Pass("canary", intervals["canary"], canary)]
+    if templates is not None:
+        jobs.append(Pass("rollout", intervals["rollout"], rollout_and_scale_in))
+    return [*jobs, Pass("reaper", intervals["reaper"], reaper)]
 
 
 def _overdue(node: dict[str, Any], now: dt.datetime, max_drain: dt.timedelta) -> bool:

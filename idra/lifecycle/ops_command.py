@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from idra.cliutil import BadInput, Failed, connection_options, cwd_option, make_api
+from idra.lifecycle.checks import probing
+from idra.lifecycle.commands import probe_options
 from idra.lifecycle.dnsbl import DEFAULT_ZONES, make_resolver
 from idra.lifecycle.fleet import AwsFleet
 from idra.lifecycle.ops import Confirmations, Lease, Ops, default_holder, passes
@@ -45,8 +47,14 @@ def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
 @connection_options
 @cwd_option
 @click.option("--stack", required=True, help="Stack: its regions, groups, intervals and lease.")
+@click.option("--fleet", "fleet_kind", type=click.Choice(["aws", "lab"]), default="aws",
+              show_default=True, help="aws: the stack's groups, rollout, CloudWatch; lab: "
+              "the local lab (idra lab up), no rollout, no metrics.")  # fmt: skip
 @click.option("--dnsbl", "zones", multiple=True, help="Blocklist zone (repeatable).")
 @click.option("--nameserver", default=None, help="DNS server HOST[:PORT] (default: system).")
+@probe_options
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The canary's WireGuard key (made once, mode 0600), for --probes.")  # fmt: skip
 @click.option("--holder", default=None,
               help="Lease holder id (no spaces) [default: hostname:pid].")  # fmt: skip
 @click.option("--canary-every", type=SECONDS, default=None,
@@ -58,20 +66,29 @@ def fetch_token(secret_id: str, region: str, out: Path, attempts: int) -> None:
 @click.option("--lease-seconds", type=click.FloatRange(1, 3600), default=None,
               help="Override idra:opsLeaseSeconds.")  # fmt: skip
 @click.option("--ticks", type=click.IntRange(min=1), default=None, help="Stop after N ticks.")
-def run(api_url, operator_token_file, ca_file, cwd, stack, zones, nameserver,
-        holder, canary_every, rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
+def run(api_url, operator_token_file, ca_file, cwd, stack, fleet_kind, zones, nameserver,
+        probes, whoami_url, tunnel_dns, handshake_timeout, key_file, holder, canary_every,
+        rollout_every, reap_every, lease_seconds, ticks) -> None:  # fmt: skip
     """Run the stack's lifecycle loop until SIGTERM or SIGINT (then release the lease).
 
     Only the lease holder acts; the others wait as standby and take over once its lease
     expired. The lease and the canary's confirmations are kept in the control plane, so
     a replaced loop carries on. Each pass logs one line; a failed pass is logged and the
-    loop goes on."""
+    loop goes on. With --probes the canary pass also probes through its own tunnel to
+    each node (needs root), as ``idra canary --probes`` does. --fleet lab runs the loop
+    against the local lab: its fleet replaces a reaped node, there is no rollout pass
+    (the lab has no launch templates) and no CloudWatch metric (the log is the record)."""
     cfg = stack_regions(stack, cwd, ())
     intervals = {
         "canary": canary_every or cfg.ops_canary_interval_seconds,
         "rollout": rollout_every or cfg.ops_rollout_interval_seconds,
         "reaper": reap_every or cfg.ops_reaper_interval_seconds,
     }
+    lab = fleet_kind == "lab"
+    if lab and rollout_every:
+        raise BadInput("--rollout-every: no rollout pass with --fleet lab")
+    if lab:
+        del intervals["rollout"]
     tick = min(intervals.values())
     lease_s = lease_seconds or cfg.ops_lease_seconds
     if lease_s <= tick:
@@ -82,24 +99,33 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, zones, nameserver,
     api = make_api(api_url, operator_token_file, ca_file)
     try:
         resolver = make_resolver(nameserver)
+        settings = None
+        if probes:
+            settings = probing(probes, key_file, whoami_url, handshake_timeout, tunnel_dns, {},
+                               no_key="--probes: give --key-file (the canary's key)")  # fmt: skip
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    import boto3
-
-    region = cfg.primary_region
     regions = list(cfg.regions)
+    if lab:
+        from idra.lab.fleet import LabFleet
+
+        templates, fleet, cloudwatch = None, LabFleet(), None
+    else:
+        import boto3
+
+        templates = AwsTemplates(lambda service, r: boto3.client(service, region_name=r),
+                                 {r: cfg.asg_name(r) for r in regions})  # fmt: skip
+        fleet = AwsFleet(lambda r: boto3.client("autoscaling", region_name=r), stack)
+        cloudwatch = boto3.client("cloudwatch", region_name=cfg.primary_region)
     values: dict[str, float] = {}
     loop = Ops(
         stack=stack,
         lease=Lease(api, holder, lease_s),
-        cloudwatch=boto3.client("cloudwatch", region_name=region),
+        cloudwatch=cloudwatch,
         passes=passes(
             api=api,
-            templates=AwsTemplates(
-                lambda service, r: boto3.client(service, region_name=r),
-                {r: cfg.asg_name(r) for r in regions},
-            ),
-            fleet=AwsFleet(lambda r: boto3.client("autoscaling", region_name=r), stack),
+            templates=templates,
+            fleet=fleet,
             regions=regions,
             intervals=intervals,
             max_drain=dt.timedelta(seconds=cfg.max_drain_seconds),
@@ -107,6 +133,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, zones, nameserver,
             zones=tuple(zones) or DEFAULT_ZONES,
             resolver=resolver,
             values=values,
+            probing=settings,
         ),
         tick=tick,
         values=values,
@@ -114,6 +141,7 @@ def run(api_url, operator_token_file, ca_file, cwd, stack, zones, nameserver,
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    click.echo(f"ops: {stack}, every {tick:g}s, lease {lease_s:g}s as {loop.lease.holder}",
-               err=True)  # fmt: skip
+    kinds = ", ".join(job.name for job in loop.passes)
+    click.echo(f"ops: {stack} ({fleet_kind} fleet: {kinds}), every {tick:g}s, lease "
+               f"{lease_s:g}s as {loop.lease.holder}", err=True)  # fmt: skip
     loop.run(stop, ticks)

@@ -1,8 +1,9 @@
 """The canary probes through every node (issue 17), end to end in the lab's namespaces:
 the real control plane, two lab nodes running the packaged agent, the lab's streaming
-and "what is my IP" services, ``idra canary`` and ``idra reap`` as subprocesses in the
-ops namespace. No --probe-source: the canary sets its own peer on each node and probes
-from a namespace whose only way out is the tunnel. Needs root and the netns lock."""
+and "what is my IP" services, ``idra canary``, ``idra reap`` and the lab's lifecycle
+service ``idra ops run --fleet lab`` as subprocesses in the ops namespace. No
+--probe-source: the canary sets its own peer on each node and probes from a namespace
+whose only way out is the tunnel. Needs root and the netns lock."""
 
 from __future__ import annotations
 
@@ -203,6 +204,42 @@ def test_the_canary_peer_is_never_a_user_the_drained_node_is_reaped(lab) -> None
     state = json.loads((S.LAB_DIR / "canary" / "state.json").read_text())
     assert victim.node_id not in state["canary_peers"], "the departed node is forgotten"
     assert set(state["canary_peers"]) == set(reports)
+
+
+def _ops_run() -> str:
+    """One tick of the lab's lifecycle service (as ``idra lab up`` runs it): its log."""
+    command = world.ops_command(LabState.load())
+    done = subprocess.run(world.in_ops(*command, "--ticks", "1"),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_ops_loop_probes_through_tunnels_drains_on_its_second_pass_and_replaces(
+    lab,
+) -> None:
+    """``idra ops run --fleet lab --probes``: its canary pass probes through the tunnels
+    as ``idra canary`` does; two loops one after the other (the second resumes the
+    first's confirmation) drain the refused node, and the second's reaper replaces it."""
+    victim, other = LabState.load().nodes
+    (S.LAB_DIR / "refused.json").write_text(json.dumps({victim.public_v4: "refused"}))
+    try:
+        first = _ops_run()
+        assert "(lab fleet: canary, reaper)" in first, "no rollout pass in the lab"
+        assert "ops canary pass: 2 active, 1 listed (streaming 1), 0 errors, 0 drained" in first
+        assert {n["state"] for n in _nodes()} == {"active"}, "one pass never drains"
+        second = _ops_run()
+    finally:
+        (S.LAB_DIR / "refused.json").write_text("{}")
+    assert "ops canary pass: 2 active, 1 listed (streaming 1), 0 errors, 1 drained" in second
+    assert "ops reaper pass: 1 draining, 1 terminating, 0 failed or refused" in second
+    _eventually(lambda: len(_nodes("active")) == 2, "the replacement registered", 60)
+    left = {n["instance_id"] for n in _nodes()}  # node 3, the replacement, has no id here
+    assert victim.instance_id not in left and other.instance_id in left
+    assert victim.instance_id not in {n.instance_id for n in LabState.load().nodes}
+    key = (S.LAB_DIR / "ops" / "canary.key").read_text().strip()
+    assert key not in first + second, "the canary's key is never logged"
+    assert not [n for n in netns_names() if n.startswith(NS_PREFIX)], "tunnels torn down"
 
 
 def test_sweep_removes_only_the_namespaces_of_a_canary_that_is_gone() -> None:

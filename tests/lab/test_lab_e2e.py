@@ -1,6 +1,7 @@
 """The lab end to end (issue 7): up with 2 nodes and 3 clients, an agent killed under
-supervision, the whole demo with real traffic, a privacy sweep of every log and metric,
-then down with nothing left behind."""
+supervision, the whole demo with real traffic (its drains and replacements made by the
+lab's running lifecycle service, ``idra ops run --fleet lab``), a privacy sweep of every
+log (the loop's too) and metric, then down with nothing left behind."""
 
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ def test_demo_holds_every_step(lab) -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.count("held") == 6
     assert "9/9 attacks refused" in demo.stdout and "CHANGED" not in demo.stdout
+    assert demo.stdout.count("replaced by its reaper: True") == 2, "the ops loop acted twice"
     latency = re.search(r"first ping answered in ([0-9.]+) s", demo.stdout)
     assert latency and float(latency.group(1)) < 2, "the newcomer connects at once"
 
@@ -110,6 +112,7 @@ def test_no_client_key_or_address_in_logs_or_metrics(lab) -> None:
     for node in state["nodes"]:
         captured += Netns(node["ns"]).run("curl", "-s", "127.0.0.1:9586/metrics").stdout
     assert "idra_agent_peers" in captured and "registered" in captured, "logs were captured"
+    assert "ops canary pass: " in captured and "ops reaper pass: " in captured, "the ops loop's"
     secrets = [c["public_key"] for c in state["clients"]]
     secrets += [c[k] for c in state["clients"] for k in ("address_v4", "address_v6")]
     secrets += [f"203.0.113.{100 + c['index']}" for c in state["clients"]]  # their own IPs

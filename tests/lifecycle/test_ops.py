@@ -187,7 +187,8 @@ def test_a_replaced_loop_resumes_the_canarys_confirmations(tmp_path: Path, cp, m
         _wait(lambda: _passes(first_log, "canary") == 1)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        assert "ops canary pass: 2 active, 1 listed, 0 drained" in first_log.read_text()
+        once = f"ops canary pass: 2 active, 1 listed ({ZONE} 1), 0 errors, 0 drained"
+        assert once in first_log.read_text()
         with cp.client("operator") as ops:
             assert ops.get("/v1/ops/canary").json() == {"listed_runs": {node: 1}}
             assert ops.get(f"/v1/nodes/{node}").json()["state"] == "active"
@@ -195,7 +196,8 @@ def test_a_replaced_loop_resumes_the_canarys_confirmations(tmp_path: Path, cp, m
         second, second_log = _loop(tmp_path, "ops-2", cp, moto_server, *dnsbl,
                                    every=("60", "0.5", "0.5"))  # fmt: skip
         _wait(lambda: _passes(second_log, "canary") == 1)
-        assert "ops canary pass: 2 active, 1 listed, 1 drained" in second_log.read_text()
+        twice = f"ops canary pass: 2 active, 1 listed ({ZONE} 1), 0 errors, 1 drained"
+        assert twice in second_log.read_text()
         with cp.client("operator") as ops:
             drained = ops.get(f"/v1/nodes/{node}").json()
             assert (drained["state"], drained["drain_reason"]) == ("draining", "blocked")
@@ -234,6 +236,14 @@ def test_fetch_token_writes_the_operator_token_owner_only(tmp_path: Path, moto_s
         (["--stack", "staging", "--reap-every", "5", "--lease-seconds", "5"],
          "the lease (5s) must outlast a tick (5s)"),
         (["--stack", "staging", "--api-url", "http://api.example"], "must be https://"),
+        (["--stack", "staging", "--fleet", "gcp"], "Invalid value for '--fleet': 'gcp'"),
+        (["--stack", "staging", "--fleet", "lab", "--rollout-every", "5"],
+         "--rollout-every: no rollout pass with --fleet lab"),
+        (["--stack", "staging", "--probes", "/nonexistent/probes.yaml"],
+         "--probes /nonexistent/probes.yaml: No such file or directory"),
+        (["--stack", "staging", "--probes", "{probes}"], "--probes: give --key-file"),
+        (["--stack", "staging", "--probes", "{probes}", "--key-file", "{probes}",
+          "--tunnel-dns", "dns.example"], "--tunnel-dns dns.example: not an IP address"),
         (["--stack", "staging", "--holder", "two words"], "--holder: 1-128 printable"),
         (["--stack", "staging", "--lease-seconds", "0.5"], "--lease-seconds"),
     ],
@@ -242,6 +252,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     token = tmp_path / "operator.token"
     token.write_text("x" * 32)
     token.chmod(0o600)
+    probes = tmp_path / "probes.yaml"
+    probes.write_text("targets: []\n")
+    args = [a.format(probes=probes) for a in args]
     base = ["--cwd", str(REPO_ROOT), "--api-url", "https://api.example",
             "--operator-token-file", str(token)]  # fmt: skip
     idra = str(Path(sys.executable).parent / "idra")
@@ -250,3 +263,44 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr
+
+
+def test_the_lab_fleet_needs_no_aws(tmp_path: Path) -> None:
+    """``--fleet lab``: no rollout pass, no CloudWatch, the lab's fleet backend (an
+    instance the lab does not run is already gone: the drained record is forgotten).
+    Every AWS call would fail here: no credentials, an endpoint nobody listens on."""
+    cp = start(tmp_path)
+    node = cp.register("i-0a1b2c3d4e5f60001", region=REGION)
+    cp.heartbeat(node, active_peers=0)
+    with cp.client("operator") as operator:
+        assert (
+            operator.post("/node/drain", json={"id": node, "reason": "manual"}).status_code == 202
+        )
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    (lab_dir / "state.json").write_text(
+        '{"status": "up", "processes": [], "nodes": [], "clients": []}'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "IDRA_LAB_DIR": str(lab_dir)}
+    idra = str(Path(sys.executable).parent / "idra")
+    try:
+        done = subprocess.run(
+            [idra, "ops", "run", "--fleet", "lab", "--stack", "staging", "--cwd", str(REPO_ROOT),
+             "--api-url", cp.url, "--operator-token-file", str(tmp_path / "operator.token"),
+             "--holder", "lab-test", "--dnsbl", "zone.invalid", "--ticks", "1"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        with cp.client("operator") as operator:
+            left = operator.get("/v1/nodes").json()["nodes"]
+    finally:
+        cp.process.terminate()
+        cp.process.wait(10)
+    log = done.stderr
+    assert done.returncode == 0, log
+    assert "(lab fleet: canary, reaper)" in log
+    assert "ops canary pass: 0 active, 0 listed, 0 errors, 0 drained" in log
+    assert "ops reaper pass: 1 draining, 1 terminating, 0 failed or refused" in log
+    assert "rollout" not in log.replace("--rollout", "") and "metrics" not in log
+    assert not re.search(r"Traceback| error | warning ", log), log
+    assert left == [], "the lab fleet said the instance is gone: the record went"
