@@ -11,6 +11,19 @@ import pytest
 from tests.controlplane.conftest import start
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N`` (scripts/test): each test file runs whole on one worker (its
+    module-scoped servers start once), and all of tests/lab on the same one, since the
+    machine holds one lab at a time (its namespace names are fixed)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneLabAtATime(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/lab" if nodeid.startswith("tests/lab/") else super()._split_scope(nodeid)
+
+    return OneLabAtATime(config, log)
+
+
 @pytest.fixture
 def cp(tmp_path):
     """The reference control plane as a real server (tests/controlplane has its own)."""
