@@ -38,14 +38,6 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 ZONE = "zen.test.example"
 
 
-@pytest.fixture
-def cp(tmp_path):
-    server = start(tmp_path)
-    yield server
-    server.process.terminate()
-    server.process.wait(10)
-
-
 def test_lease_over_the_api(cp) -> None:
     api = OperatorApi(cp.url, cp.tokens["operator"])
     a, b = Lease(api, "a", 30), Lease(api, "b", 30)
