@@ -207,8 +207,12 @@ def section(quick: bool) -> str:
             "peer; *wake*: from A's answer to B's (NOTIFY, LISTEN, the long-poll re-reading; "
             "on SQLite the long-poll is woken in-process before the POST's answer is sent, "
             "so it can be negative). The machine's load average before each run: "
-            f"{sq['load_before']:.1f} (SQLite), {pg['load_before']:.1f} (PostgreSQL) — other "
-            "work shared the cores.",
+            f"{sq['load_before']:.1f} (SQLite), {pg['load_before']:.1f} (PostgreSQL)"
+            + (
+                " — other work shared the cores."
+                if max(sq["load_before"], pg["load_before"]) > 1.5
+                else " — a quiet machine."
+            ),
             "",
             table(
                 ["measure", "SQLite", "PostgreSQL"],
