@@ -361,6 +361,15 @@ def _parse_duration(text: str) -> float:
     return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def stack_region_options(command: Callable) -> Callable:
+    """``--stack`` and ``--region`` (repeatable), checked by :func:`stack_regions`."""
+    stack = click.option("--stack", required=True,
+                         help="Stack: its regions and groups (Pulumi.<stack>.yaml).")  # fmt: skip
+    region = click.option("--region", "regions", multiple=True,
+                          help="Only these regions of the stack.")  # fmt: skip
+    return stack(region(command))
+
+
 def stack_regions(stack: str, cwd, regions: Collection[str]):
     """The stack's config, once every ``--region`` given is one of its regions."""
     try:
@@ -377,8 +386,7 @@ def stack_regions(stack: str, cwd, regions: Collection[str]):
 @connection_options
 @output_options
 @cwd_option
-@click.option("--stack", required=True, help="Stack: its regions and groups (Pulumi.<stack>.yaml).")
-@click.option("--region", "regions", multiple=True, help="Only these regions of the stack.")
+@stack_region_options
 @click.option(
     "--max-draining",
     type=click.IntRange(min=1),

@@ -33,6 +33,7 @@ from idra.lifecycle.rollout import (
     Step,
     is_fresh,
     report_steps,
+    stack_region_options,
     stack_regions,
 )
 
@@ -91,8 +92,7 @@ def scale_in(
 @connection_options
 @output_options
 @cwd_option
-@click.option("--stack", required=True, help="Stack: its regions and groups (Pulumi.<stack>.yaml).")
-@click.option("--region", "regions", multiple=True, help="Only these regions of the stack.")
+@stack_region_options
 @click.option("--dry-run", is_flag=True, help="Show what would be drained; change nothing.")
 def scale_in_command(api_url, operator_token_file, ca_file, out: Output, cwd, stack, regions,
                      dry_run) -> None:  # fmt: skip
