@@ -75,9 +75,7 @@ IDRA_OPS = Artifact(
         AGENT / "node_daemon": "node_daemon",
     },
     entry_point="idra.cli:main",
-    keep_services=frozenset(
-        {"autoscaling", "cloudwatch", "dynamodb", "ec2", "secretsmanager", "sts"}
-    ),
+    keep_services=frozenset({"autoscaling", "cloudwatch", "ec2", "secretsmanager", "sts"}),
     target=MUSL_CP312,
 )
 ARTIFACTS = {a.name: a for a in (NODE_DAEMON, IDRA_OPS)}

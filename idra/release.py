@@ -57,16 +57,6 @@ def build_artifact(out: Path, name: str) -> tuple[Path, str]:
     return path, digest
 
 
-def build_agent(out: Path) -> tuple[Path, str]:
-    """Build ``node-daemon.pyz`` into ``out``; return its path and sha256."""
-    return build_artifact(out, "node-daemon")
-
-
-def build_ops(out: Path) -> tuple[Path, str]:
-    """Build ``idra-ops.pyz`` into ``out``; return its path and sha256."""
-    return build_artifact(out, "idra-ops")
-
-
 def release_url(current: str, tag: str, key: str = "agentUrl", flag: str = "--url") -> str:
     """The stack's current URL (``idra:<key>``) with its release tag replaced by ``tag``."""
     match = RELEASE_URL.match(current)
@@ -196,12 +186,13 @@ def pin(stack: str, tag: str | None, from_stack: str | None, url: str | None,
         write_pin(stack, root, {"agent": (url, unbuilt), "ops": (ops_url, unbuilt)}, dry_run=True)
         with tempfile.TemporaryDirectory() as tmp:
             folder = out if out is not None else Path(tmp)
-            pins = {"agent": (url, build_agent(folder)[1]), "ops": (ops_url, build_ops(folder)[1])}
+            pins = {"agent": (url, build_artifact(folder, "node-daemon")[1]),
+                    "ops": (ops_url, build_artifact(folder, "idra-ops")[1])}  # fmt: skip
     path = write_pin(stack, root, pins)
     for prefix, (pinned_url, digest) in pins.items():
         click.echo(f"{path.name}: {NAMESPACE}:{prefix}Url {pinned_url}")
         click.echo(f"{path.name}: {NAMESPACE}:{prefix}Sha256 {digest}")
 
 
-__all__ = ["build_agent", "build_artifact", "build_ops", "ops_release_url", "pin", "release",
+__all__ = ["build_artifact", "ops_release_url", "pin", "release",
            "release_url", "set_keys", "tree_tag", "write_pin"]  # fmt: skip
